@@ -1,0 +1,5 @@
+"""Frozen dataclass schemas for models, data, optimisation and training."""
+
+from rwkvjax.config.model import ModelConfig
+
+__all__ = ["ModelConfig"]

@@ -1,0 +1,79 @@
+"""Logits of any RWKV checkpoint, for checking it against other implementations.
+
+  python -m rwkvjax.cli.logits --checkpoint MODEL.pth --tokens TOKENS.npy --out OUT.npz [--mode parallel|recurrent]
+
+Writes `logits` [T, vocab] float32 and the final recurrent state in the official `rwkv` package's layout:
+`state_att_x_prev` [L, C], `state_wkv` [L, H, N, N] (x070: [layer, head, value, key]), `state_ffn_x_prev` [L, C].
+The version is detected from the checkpoint's keys.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+from rwkvjax.convert.rwkv_pth import load_pth
+from rwkvjax.fileio import save_npz_atomic
+from rwkvjax.models import rwkv7
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "RWKV-LM .pth checkpoint (fp32, bf16 or fp16).", required=True)
+_TOKENS = flags.DEFINE_string("tokens", None, ".npy file of token ids, shape [T].", required=True)
+_OUT = flags.DEFINE_string("out", None, "Output .npz path.", required=True)
+_MODE = flags.DEFINE_enum("mode", "parallel", ["parallel", "recurrent"],
+                          "parallel: one forward over the sequence; recurrent: one token at a time.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_IMPL = flags.DEFINE_string("impl", "auto", "WKV backend (see rwkvjax.ops.wkv7).")
+
+
+def load_tokens(path: str, vocab_size: int) -> np.ndarray:
+  """Reads a 1-D integer .npy of token ids and checks them against the vocabulary."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--tokens {path} does not exist")
+  tokens = np.load(path)
+  if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+    raise ValueError(f"--tokens {path}: expected a 1-D integer array, got shape {tokens.shape} dtype {tokens.dtype}")
+  if tokens.size == 0:
+    raise ValueError(f"--tokens {path}: is empty")
+  if tokens.min() < 0 or tokens.max() >= vocab_size:
+    raise ValueError(f"--tokens {path}: ids must be in [0, {vocab_size}), got [{tokens.min()}, {tokens.max()}]")
+  return tokens.astype(np.int32)
+
+
+def run(params, cfg, tokens: np.ndarray, mode: str, impl: str = "auto"):
+  """Returns (logits [T, V] float32, state dict in the official layout) for one sequence."""
+  toks = jnp.asarray(tokens)[None]
+  if mode == "parallel":
+    logits, state = jax.jit(lambda p, t: rwkv7.forward(p, cfg, t, impl=impl))(params, toks)
+    logits = logits[0]
+  else:
+    def scan_tokens(p, t):
+      def body(state, tok):
+        logits, state = rwkv7.step(p, cfg, tok[None], state, impl=impl)
+        return state, logits[0]
+      state, logits = jax.lax.scan(body, rwkv7.init_state(cfg, 1), t[0])
+      return logits, state
+    logits, state = jax.jit(scan_tokens)(params, toks)
+  return np.asarray(logits, np.float32), {
+      "state_att_x_prev": np.asarray(state["att_x_prev"][:, 0], np.float32),
+      "state_wkv": np.asarray(jnp.swapaxes(state["wkv"][:, 0], -1, -2), np.float32),  # [K,V] -> official [V,K]
+      "state_ffn_x_prev": np.asarray(state["ffn_x_prev"][:, 0], np.float32),
+  }
+
+
+def main(argv):
+  del argv
+  params, cfg = load_pth(_CHECKPOINT.value)
+  cfg = cfg.__class__(**{**cfg.__dict__, "compute_dtype": _DTYPE.value})
+  tokens = load_tokens(_TOKENS.value, cfg.vocab_size)
+  logging.info("%s: %s, %d tokens, mode=%s", _CHECKPOINT.value, cfg, tokens.size, _MODE.value)
+  logits, state = run(params, cfg, tokens, _MODE.value, _IMPL.value)
+  save_npz_atomic(_OUT.value, logits=logits, **state)
+  print(f"wrote {_OUT.value}: logits {logits.shape}, state_wkv {state['state_wkv'].shape}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,309 @@
+"""RWKV-7 "Goose" (x070) as pure functions over a parameter tree (§5 of specs/rwkv_architecture.md).
+
+Parameter names are RWKV-LM's state-dict keys (see `param_specs`); per-block tensors are stacked on a
+leading layer axis and the blocks run under `lax.scan`.
+
+Recurrent state (`init_state`), per layer, all float32:
+  att_x_prev [L, B, C]      ln1 output of the previous token (time-mix token shift)
+  wkv        [L, B, H, K, V] WKV state in the op's [K, V] layout (the transpose of the official S[value, key])
+  ffn_x_prev [L, B, C]      ln2 output of the previous token (channel-mix token shift)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rwkvjax.config.model import ModelConfig
+from rwkvjax.models import layers
+from rwkvjax.models.params import ParamSpec, init_params
+from rwkvjax.ops import wkv7
+from rwkvjax.ops.reference import segment_starts
+
+GROUP_NORM_EPS = 64e-5
+DECAY_SCALE = math.exp(-0.5)  # log-decay = -exp(-0.5) * sigmoid(w_logit), i.e. decay in (0.545, 1)
+NORMALIZE_EPS = 1e-12
+
+Params = dict[str, Any]
+State = dict[str, jax.Array]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Official initialisation (RWKV-LM RWKV-v7/train_temp: RWKV_Tmix_x070/RWKV_CMix_x070 + generate_init_weight)
+# ----------------------------------------------------------------------------------------------------
+
+def _ratios(layer, cfg: ModelConfig):
+  """(ratio_0_to_1, ratio_1_to_almost0) = (l / (L-1), 1 - l / L); ratio_0_to_1 is 0 when L == 1."""
+  l = jnp.asarray(layer, jnp.float32)
+  r0 = l / (cfg.n_layer - 1) if cfg.n_layer > 1 else jnp.zeros((), jnp.float32)
+  return r0, 1.0 - l / cfg.n_layer
+
+
+def _ddd(C: int) -> jax.Array:
+  return jnp.arange(C, dtype=jnp.float32) / C
+
+
+def _linear_ramp(C: int) -> jax.Array:
+  return jnp.arange(C, dtype=jnp.float32) / (C - 1) - 0.5
+
+
+def _zigzag(C: int, N: int) -> jax.Array:
+  half = (N - 1) / 2
+  z = ((jnp.arange(C) % N).astype(jnp.float32) - half) / half
+  return z * jnp.abs(z)
+
+
+def _mix_init(power: float):
+  """x_* = 1 - ddd ** (power * ratio_1_to_almost0)."""
+  def init(key, layer, cfg):
+    del key
+    return 1.0 - _ddd(cfg.n_embd) ** (power * _ratios(layer, cfg)[1])
+  return init
+
+
+def _ffn_mix_init(key, layer, cfg):
+  del key
+  return 1.0 - _ddd(cfg.n_embd) ** (_ratios(layer, cfg)[1] ** 4)
+
+
+def _w0_init(key, layer, cfg):
+  del key
+  C = cfg.n_embd
+  r0 = _ratios(layer, cfg)[0]
+  www = -6.0 + 6.0 * (jnp.arange(C, dtype=jnp.float32) / (C - 1)) ** (1.0 + r0 ** 0.3)
+  return www + 0.5 + 2.5 * _zigzag(C, cfg.head_size)
+
+
+def _a0_init(key, layer, cfg):
+  del key, layer
+  return -0.19 + 0.3 * _zigzag(cfg.n_embd, cfg.head_size) + 0.4 * _linear_ramp(cfg.n_embd)
+
+
+def _const_init(fn):
+  def init(key, layer, cfg):
+    del key, layer
+    return fn(cfg)
+  return init
+
+
+def _orthogonal_init(gain_fn):
+  """torch.nn.init.orthogonal_ with gain gain_fn(shape, cfg)."""
+  def factory(shape):
+    def init(key, layer, cfg):
+      del layer
+      return jax.nn.initializers.orthogonal(scale=gain_fn(shape, cfg))(key, shape, jnp.float32)
+    return init
+  return factory
+
+
+def _lora_up_gain(shape, cfg):  # RWKV-LM ortho_init(x, 0.1): gain 0.1 * sqrt(d0/d1) if d0 > d1
+  del cfg
+  return 0.1 * (math.sqrt(shape[0] / shape[1]) if shape[0] > shape[1] else 1.0)
+
+
+def _head_gain(shape, cfg):
+  del shape
+  return 0.5 * math.sqrt(cfg.vocab_size / cfg.n_embd) if cfg.vocab_size > cfg.n_embd else 0.5
+
+
+def _zeros(shape):
+  return lambda key, layer, cfg: jnp.zeros(shape, jnp.float32)
+
+
+def _ones(shape):
+  return lambda key, layer, cfg: jnp.ones(shape, jnp.float32)
+
+
+def _ln_x_weight_init(key, layer, cfg):
+  del key
+  return jnp.full((cfg.n_embd,), ((jnp.asarray(layer, jnp.float32) + 1) / cfg.n_layer) ** 0.7, jnp.float32)
+
+
+def _emb_init(key, layer, cfg):
+  del layer
+  return jax.random.uniform(key, (cfg.vocab_size, cfg.n_embd), jnp.float32, -1e-4, 1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The ParamSpec table
+# ----------------------------------------------------------------------------------------------------
+
+def param_specs(cfg: ModelConfig) -> list[ParamSpec]:
+  """Every RWKV-7 parameter, in RWKV-LM's state-dict order. Logical axes: vocab, embed (model width as
+  input), att (time-mix channels, C = H*N), heads, head_dim, mlp (channel-mix width), lora."""
+  C, V, H, N, F = cfg.n_embd, cfg.vocab_size, cfg.n_head, cfg.head_size, cfg.ffn_dim
+  D = cfg.lora_dims
+  ortho = _orthogonal_init(lambda shape, cfg, g=1.0: g)
+  ortho_01 = _orthogonal_init(lambda shape, cfg: 0.1)
+  lora_up = _orthogonal_init(_lora_up_gain)
+  specs: list[ParamSpec] = []
+
+  def add(name, shape, axes, init, *, stacked=True, pth_key=None, pth_shape=None, wd=False, lr_scale=1.0):
+    shape = tuple(shape)
+    if pth_key is None:
+      pth_key = name.replace("blocks.", "blocks.{l}.", 1) if stacked else name
+    specs.append(ParamSpec(name, shape, tuple(axes), init, stacked, pth_key,
+                           tuple(pth_shape) if pth_shape else shape, wd, lr_scale))
+
+  def vec(name, init, axis):  # RWKV-LM stores mixing/bias vectors as [1, 1, C]
+    add(name, (C,), (axis,), init, pth_shape=(1, 1, C))
+
+  add("emb.weight", (V, C), ("vocab", "embed"), _emb_init, stacked=False, wd=True)
+  for ln in ("ln1", "ln2"):
+    add(f"blocks.{ln}.weight", (C,), ("embed",), _ones((C,)))
+    add(f"blocks.{ln}.bias", (C,), ("embed",), _zeros((C,)))
+  add("ln0.weight", (C,), ("embed",), _ones((C,)), stacked=False, pth_key="blocks.0.ln0.weight")
+  add("ln0.bias", (C,), ("embed",), _zeros((C,)), stacked=False, pth_key="blocks.0.ln0.bias")
+
+  for name, power in (("r", 0.2), ("w", 0.9), ("k", 0.7), ("v", 0.7), ("a", 0.9), ("g", 0.2)):
+    vec(f"blocks.att.x_{name}", _mix_init(power), "embed")
+  for p in ("w", "a", "v", "g"):
+    add(f"blocks.att.{p}1", (C, D[p]), ("embed", "lora"), _zeros((C, D[p])))
+    add(f"blocks.att.{p}2", (D[p], C), ("lora", "att"), lora_up((D[p], C)))
+    if p == "w":
+      vec("blocks.att.w0", _w0_init, "att")
+      specs[-1] = ParamSpec(**{**specs[-1].__dict__, "lr_scale": 2.0})
+    elif p == "a":
+      vec("blocks.att.a0", _a0_init, "att")
+    elif p == "v":
+      vec("blocks.att.v0", _const_init(lambda cfg: 0.73 - 0.4 * _linear_ramp(cfg.n_embd)), "att")
+  vec("blocks.att.k_k", _const_init(lambda cfg: 0.71 - 0.1 * _linear_ramp(cfg.n_embd)), "att")
+  vec("blocks.att.k_a", _const_init(lambda cfg: jnp.full((cfg.n_embd,), 1.02, jnp.float32)), "att")
+  add("blocks.att.r_k", (H, N), ("heads", "head_dim"), _const_init(lambda cfg: jnp.full((H, N), -0.04, jnp.float32)))
+  add("blocks.att.receptance.weight", (C, C), ("att", "embed"), ortho((C, C)), wd=True)
+  add("blocks.att.key.weight", (C, C), ("att", "embed"), ortho_01((C, C)), wd=True)
+  add("blocks.att.value.weight", (C, C), ("att", "embed"), ortho((C, C)), wd=True)
+  add("blocks.att.output.weight", (C, C), ("embed", "att"), _zeros((C, C)), wd=True)
+  add("blocks.att.ln_x.weight", (C,), ("att",), _ln_x_weight_init)
+  add("blocks.att.ln_x.bias", (C,), ("att",), _zeros((C,)))
+  vec("blocks.ffn.x_k", _ffn_mix_init, "embed")
+  add("blocks.ffn.key.weight", (F, C), ("mlp", "embed"), ortho((F, C)), wd=True)
+  add("blocks.ffn.value.weight", (C, F), ("embed", "mlp"), _zeros((C, F)), wd=True)
+  add("ln_out.weight", (C,), ("embed",), _ones((C,)), stacked=False)
+  add("ln_out.bias", (C,), ("embed",), _zeros((C,)), stacked=False)
+  add("head.weight", (V, C), ("vocab", "embed"), _orthogonal_init(_head_gain)((V, C)), stacked=False, wd=True)
+  return specs
+
+
+def init(cfg: ModelConfig, key: jax.Array) -> Params:
+  """The official RWKV-LM x070 initialisation, float32."""
+  return init_params(param_specs(cfg), cfg, key)
+
+
+def init_state(cfg: ModelConfig, batch: int) -> State:
+  """The zero recurrent state (a fresh sequence)."""
+  L, C, H, N = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_size
+  return {
+      "att_x_prev": jnp.zeros((L, batch, C), jnp.float32),
+      "wkv": jnp.zeros((L, batch, H, N, N), jnp.float32),
+      "ffn_x_prev": jnp.zeros((L, batch, C), jnp.float32),
+  }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------------
+
+def time_mix(p, cfg: ModelConfig, x, x_prev, wkv_state, v_first, is_first_layer, starts, segment_ids, impl):
+  """RWKV-7 time mixing (§5.2).
+
+  Args:
+    p: this layer's `att` parameters. x: [B, T, C] ln1 output (compute dtype). x_prev: [B, C] shift state.
+    wkv_state: [B, H, K, V] float32. v_first: [B, T, C] layer-0 values (ignored when is_first_layer).
+    is_first_layer: bool scalar (traced under the layer scan). starts: [B, T] bool segment starts.
+  Returns: (out [B, T, C], v_first [B, T, C], new wkv_state [B, H, K, V] float32).
+  """
+  B, T, C = x.shape
+  H, N = cfg.n_head, cfg.head_size
+  f32 = jnp.float32
+  xx = layers.token_shift(x, x_prev, starts) - x
+  xr, xw, xk, xv, xa, xg = (x + xx * p[f"x_{n}"].astype(x.dtype) for n in "rwkvag")
+
+  r = layers.linear(xr, p["receptance"]["weight"])
+  k = layers.linear(xk, p["key"]["weight"])
+  v = layers.linear(xv, p["value"]["weight"])
+  w_logit = p["w0"] + layers.matmul(jnp.tanh(layers.matmul(xw, p["w1"])), p["w2"]).astype(f32)
+  log_decay = -DECAY_SCALE * jax.nn.sigmoid(w_logit)  # float32, in (-0.6065, 0)
+
+  v_gate = jax.nn.sigmoid(p["v0"] + layers.matmul(layers.matmul(xv, p["v1"]), p["v2"]).astype(f32))
+  v_mixed = (v + (v_first - v) * v_gate).astype(v.dtype)
+  v = jnp.where(is_first_layer, v, v_mixed)
+  v_first = jnp.where(is_first_layer, v, v_first)
+
+  iclr = jax.nn.sigmoid(p["a0"] + layers.matmul(layers.matmul(xa, p["a1"]), p["a2"]).astype(f32))
+  g = layers.matmul(jax.nn.sigmoid(layers.matmul(xg, p["g1"])), p["g2"])
+
+  heads = lambda t: t.reshape(B, T, H, N)
+  kk = heads(k.astype(f32) * p["k_k"])
+  kk = kk / jnp.maximum(jnp.linalg.norm(kk, axis=-1, keepdims=True), NORMALIZE_EPS)
+  k = (k.astype(f32) * (1.0 + (iclr - 1.0) * p["k_a"])).astype(x.dtype)
+  iclr_h = heads(iclr)
+
+  o, wkv_state = wkv7(heads(r), heads(log_decay), heads(k), heads(v), (-kk).astype(x.dtype),
+                      (kk * iclr_h).astype(x.dtype), wkv_state, segment_ids=segment_ids, impl=impl)
+  o = layers.group_norm(o.reshape(B, T, C), H, p["ln_x"]["weight"], p["ln_x"]["bias"], GROUP_NORM_EPS)
+  bonus = (heads(r).astype(f32) * heads(k).astype(f32) * p["r_k"]).sum(-1, keepdims=True) * heads(v).astype(f32)
+  o = (o.astype(f32) + bonus.reshape(B, T, C)).astype(x.dtype)
+  return layers.linear(o * g, p["output"]["weight"]), v_first, wkv_state
+
+
+def channel_mix(p, x, x_prev, starts):
+  """RWKV-7 channel mixing (§5.4): x [B, T, C] ln2 output, x_prev [B, C] -> [B, T, C]."""
+  xk = x + (layers.token_shift(x, x_prev, starts) - x) * p["x_k"].astype(x.dtype)
+  hidden = jnp.square(jax.nn.relu(layers.linear(xk, p["key"]["weight"])))
+  return layers.linear(hidden, p["value"]["weight"])
+
+
+def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None = None, *,
+            segment_ids: jax.Array | None = None, impl: str = "auto") -> tuple[jax.Array, State]:
+  """Runs the model over a sequence.
+
+  Args:
+    params: the parameter tree (float32 or any float dtype; cast to cfg.compute_dtype for compute).
+    tokens: [B, T] int token ids.
+    state: the recurrent state before tokens[:, 0] (`init_state`); None means a fresh sequence.
+    segment_ids: optional [B, T] ints; where the id changes, token shift and WKV state restart from zero
+      (packed documents). Position 0 continues from `state`.
+    impl: WKV backend (see rwkvjax.ops.wkv7).
+  Returns:
+    logits [B, T, V] float32, and the state after the last token.
+  """
+  if tokens.ndim != 2:
+    raise ValueError(f"forward: tokens has shape {tokens.shape}; expected [B, T]")
+  B, T = tokens.shape
+  cdt = jnp.dtype(cfg.compute_dtype)
+  if state is None:
+    state = init_state(cfg, B)
+  starts = segment_starts(segment_ids, B, T) if segment_ids is not None else None
+
+  x = params["emb"]["weight"].astype(cdt)[tokens]
+  x = layers.layer_norm(x, params["ln0"]["weight"], params["ln0"]["bias"])
+
+  def block(carry, inputs):
+    x, v_first = carry
+    p, layer, att_x_prev, wkv_state, ffn_x_prev = inputs
+    h = layers.layer_norm(x, p["ln1"]["weight"], p["ln1"]["bias"])
+    att, v_first, wkv_state = time_mix(p["att"], cfg, h, att_x_prev, wkv_state, v_first, layer == 0,
+                                       starts, segment_ids, impl)
+    x = x + att
+    h2 = layers.layer_norm(x, p["ln2"]["weight"], p["ln2"]["bias"])
+    x = x + channel_mix(p["ffn"], h2, ffn_x_prev, starts)
+    new_state = (h[:, -1].astype(jnp.float32), wkv_state, h2[:, -1].astype(jnp.float32))
+    return (x, v_first), new_state
+
+  xs = (params["blocks"], jnp.arange(cfg.n_layer), state["att_x_prev"], state["wkv"], state["ffn_x_prev"])
+  (x, _), (att_x_prev, wkv_state, ffn_x_prev) = jax.lax.scan(block, (x, jnp.zeros_like(x)), xs)
+
+  x = layers.layer_norm(x, params["ln_out"]["weight"], params["ln_out"]["bias"])
+  logits = jnp.einsum("btc,vc->btv", x, params["head"]["weight"].astype(cdt), preferred_element_type=jnp.float32)
+  return logits, {"att_x_prev": att_x_prev, "wkv": wkv_state, "ffn_x_prev": ffn_x_prev}
+
+
+def step(params: Params, cfg: ModelConfig, token: jax.Array, state: State, *, impl: str = "auto"
+         ) -> tuple[jax.Array, State]:
+  """One recurrent step: token [B] ints -> logits [B, V] float32 and the next state."""
+  logits, state = forward(params, cfg, token[:, None], state, impl=impl)
+  return logits[:, 0], state
