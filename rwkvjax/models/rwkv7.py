@@ -279,7 +279,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | 
     state = init_state(cfg, B)
   starts = segment_starts(segment_ids, B, T) if segment_ids is not None else None
 
-  x = params["emb"]["weight"].astype(cdt)[tokens]
+  x = jnp.take(jnp.asarray(params["emb"]["weight"], cdt), tokens, axis=0)
   x = layers.layer_norm(x, params["ln0"]["weight"], params["ln0"]["bias"])
 
   def block(carry, inputs):
