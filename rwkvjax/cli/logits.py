@@ -18,7 +18,7 @@ from absl import app, flags, logging
 
 from rwkvjax.convert.rwkv_pth import load_pth
 from rwkvjax.fileio import save_npz_atomic
-from rwkvjax.models import rwkv7
+from rwkvjax.models import get_model
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "RWKV-LM .pth checkpoint (fp32, bf16 or fp16).", required=True)
 _TOKENS = flags.DEFINE_string("tokens", None, ".npy file of token ids, shape [T].", required=True)
@@ -45,23 +45,20 @@ def load_tokens(path: str, vocab_size: int) -> np.ndarray:
 
 def run(params, cfg, tokens: np.ndarray, mode: str, impl: str = "auto"):
   """Returns (logits [T, V] float32, state dict in the official layout) for one sequence."""
+  model = get_model(cfg.version)
   toks = jnp.asarray(tokens)[None]
   if mode == "parallel":
-    logits, state = jax.jit(lambda p, t: rwkv7.forward(p, cfg, t, impl=impl))(params, toks)
+    logits, state = jax.jit(lambda p, t: model.forward(p, cfg, t, impl=impl))(params, toks)
     logits = logits[0]
   else:
     def scan_tokens(p, t):
       def body(state, tok):
-        logits, state = rwkv7.step(p, cfg, tok[None], state, impl=impl)
+        logits, state = model.step(p, cfg, tok[None], state, impl=impl)
         return state, logits[0]
-      state, logits = jax.lax.scan(body, rwkv7.init_state(cfg, 1), t[0])
+      state, logits = jax.lax.scan(body, model.init_state(cfg, 1), t[0])
       return logits, state
     logits, state = jax.jit(scan_tokens)(params, toks)
-  return np.asarray(logits, np.float32), {
-      "state_att_x_prev": np.asarray(state["att_x_prev"][:, 0], np.float32),
-      "state_wkv": np.asarray(jnp.swapaxes(state["wkv"][:, 0], -1, -2), np.float32),  # [K,V] -> official [V,K]
-      "state_ffn_x_prev": np.asarray(state["ffn_x_prev"][:, 0], np.float32),
-  }
+  return np.asarray(logits, np.float32), {k: np.asarray(v, np.float32) for k, v in model.official_state(state).items()}
 
 
 def main(argv):

@@ -15,13 +15,14 @@ import numpy as np
 
 from rwkvjax.config.model import ModelConfig
 from rwkvjax.convert.torch_zip import load_state_dict, save_state_dict
-from rwkvjax.models import rwkv7
+from rwkvjax.models import get_model
 from rwkvjax.models.params import ParamSpec, flatten, unflatten
 
 PTH_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
               "float16": np.dtype(np.float16)}
-# Present in RWKV-LM's block 0 but unused there (v_first is the block-0 value); fla omits them.
-_OPTIONAL_BLOCK0 = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
+# Keys a checkpoint may lack (filled with zeros), per version. x070: present in RWKV-LM's block 0 but unused
+# there (v_first is the block-0 value); fla's conversions omit them.
+_OPTIONAL_KEYS = {"x070": ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")}
 
 
 class CheckpointError(ValueError):
@@ -47,26 +48,37 @@ def _shape(sd, key) -> tuple[int, ...]:
   return tuple(sd[key].shape)
 
 
-def config_from_state_dict(sd: Mapping[str, np.ndarray], **overrides) -> ModelConfig:
-  """Infers the ModelConfig (layers, widths, head size, LoRA ranks, vocab) from an x070 state dict."""
-  version = detect_version(sd)
-  if version != "x070":
-    raise CheckpointError(f"checkpoint is RWKV {version}; this build supports x070 (RWKV-7) only")
+def _n_layer(sd) -> int:
   blocks = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
   if not blocks or blocks != set(range(max(blocks) + 1)):
     raise CheckpointError(f"block indices {sorted(blocks)} are not 0..L-1")
+  return max(blocks) + 1
+
+
+def _config_x070(sd) -> dict[str, Any]:
   V, C = _shape(sd, "emb.weight")
   H, N = _shape(sd, "blocks.0.att.r_k")
-  fields = dict(
-      version=version, n_layer=max(blocks) + 1, n_embd=C, vocab_size=V, head_size=N,
-      dim_ffn=_shape(sd, "blocks.0.ffn.key.weight")[0],
-      d_decay_lora=_shape(sd, "blocks.0.att.w1")[1], d_aaa_lora=_shape(sd, "blocks.0.att.a1")[1],
-      d_mv_lora=next((sd[k].shape[1] for k in ("blocks.0.att.v1", "blocks.1.att.v1") if k in sd), None),
-      d_gate_lora=_shape(sd, "blocks.0.att.g1")[1])
-  fields.update(overrides)
   if H * N != C:
     raise CheckpointError(f"blocks.0.att.r_k has shape {(H, N)}: H*N={H * N} does not match n_embd={C} "
                           "from emb.weight")
+  return dict(
+      n_embd=C, vocab_size=V, head_size=N, dim_ffn=_shape(sd, "blocks.0.ffn.key.weight")[0],
+      d_decay_lora=_shape(sd, "blocks.0.att.w1")[1], d_aaa_lora=_shape(sd, "blocks.0.att.a1")[1],
+      d_mv_lora=next((sd[k].shape[1] for k in ("blocks.0.att.v1", "blocks.1.att.v1") if k in sd), None),
+      d_gate_lora=_shape(sd, "blocks.0.att.g1")[1])
+
+
+# version -> reader of the ModelConfig fields (other than version and n_layer) from a state dict
+_CONFIG_READERS = {"x070": _config_x070}
+
+
+def config_from_state_dict(sd: Mapping[str, np.ndarray], **overrides) -> ModelConfig:
+  """Infers the ModelConfig (version, layers, widths, head size, LoRA ranks, vocab) from a state dict."""
+  version = detect_version(sd)
+  if version not in _CONFIG_READERS:
+    raise CheckpointError(f"checkpoint is RWKV {version}; this build reads {sorted(_CONFIG_READERS)}")
+  fields = dict(version=version, n_layer=_n_layer(sd), **_CONFIG_READERS[version](sd))
+  fields.update(overrides)
   return ModelConfig(**fields)
 
 
@@ -83,9 +95,10 @@ def params_from_state_dict(sd: Mapping[str, np.ndarray], cfg: ModelConfig | None
   """Converts an RWKV-LM state dict to (params, cfg). Params are numpy arrays of `dtype` (float32 keeps
   bf16/fp16 checkpoints exact). Raises CheckpointError naming missing, unexpected or mis-shaped keys."""
   cfg = cfg or config_from_state_dict(sd)
-  specs = rwkv7.param_specs(cfg)
+  specs = get_model(cfg.version).param_specs(cfg)
   expected = _expected_keys(specs, cfg.n_layer)
-  missing = [k for k in expected if k not in sd and k not in _OPTIONAL_BLOCK0]
+  optional = _OPTIONAL_KEYS.get(cfg.version, ())
+  missing = [k for k in expected if k not in sd and k not in optional]
   if missing:
     k = missing[0]
     raise CheckpointError(f"missing key {k!r} (expected shape {expected[k]}); {len(missing)} missing in all")
@@ -115,7 +128,7 @@ def state_dict_from_params(params: Mapping[str, Any], cfg: ModelConfig, dtype: s
     raise ValueError(f"dtype={dtype!r}: expected one of {sorted(PTH_DTYPES)}")
   np_dtype = PTH_DTYPES[dtype]
   flat = {k: np.asarray(v) for k, v in flatten(dict(params)).items()}
-  specs = rwkv7.param_specs(cfg)
+  specs = get_model(cfg.version).param_specs(cfg)
   for s in specs:
     if s.name not in flat:
       raise CheckpointError(f"params lack {s.name!r}")

@@ -1,0 +1,23 @@
+"""RWKV models as pure functions, one module per version, looked up by RWKV-LM's version tag.
+
+Each model module provides: param_specs(cfg), init(cfg, key), init_state(cfg, batch),
+forward(params, cfg, tokens, state=None, *, segment_ids=None, impl) -> (logits, state),
+step(params, cfg, token, state, *, impl) -> (logits, state), and official_state(state, index) -> the state
+of batch row `index` as the official `rwkv` package lays it out ({"state_att_x_prev": [L, C], ...}).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from rwkvjax.models import rwkv7
+
+_MODELS: dict[str, ModuleType] = {"x070": rwkv7}
+
+
+def get_model(version: str) -> ModuleType:
+  """The model module for an RWKV-LM version tag ("x070", ...)."""
+  try:
+    return _MODELS[version]
+  except KeyError:
+    raise ValueError(f"model version {version!r}: expected one of {sorted(_MODELS)}") from None

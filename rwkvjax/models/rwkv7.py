@@ -307,3 +307,13 @@ def step(params: Params, cfg: ModelConfig, token: jax.Array, state: State, *, im
   """One recurrent step: token [B] ints -> logits [B, V] float32 and the next state."""
   logits, state = forward(params, cfg, token[:, None], state, impl=impl)
   return logits[:, 0], state
+
+
+def official_state(state: State, index: int = 0) -> dict[str, jax.Array]:
+  """Batch row `index` of the state in the official `rwkv` package's layout (float32):
+  state_att_x_prev [L, C], state_wkv [L, H, N, N] as [layer, head, value, key], state_ffn_x_prev [L, C]."""
+  return {
+      "state_att_x_prev": state["att_x_prev"][:, index],
+      "state_wkv": jnp.swapaxes(state["wkv"][:, index], -1, -2),
+      "state_ffn_x_prev": state["ffn_x_prev"][:, index],
+  }

@@ -19,37 +19,41 @@ import jax.numpy as jnp
 
 Backend = Callable[..., tuple[jax.Array, jax.Array]]
 
-_BACKENDS: dict[str, Backend] = {}
-# Backends in order of preference for `impl="auto"`, per platform.
-_AUTO_ORDER: dict[str, list[str]] = {}
+# (op, backend name) -> fn(r, w, k, v, a, b, initial_state, segment_ids) -> (o, final_state)
+_BACKENDS: dict[tuple[str, str], Backend] = {}
+# (op, platform) -> backend names in order of preference for impl="auto".
+_AUTO_ORDER: dict[tuple[str, str], list[str]] = {}
 
 
-def register_backend(name: str, fn: Backend, *, auto_platforms: tuple[str, ...] = ()) -> None:
-  """Registers `fn(r, w, k, v, a, b, initial_state, segment_ids) -> (o, final_state)` as backend `name`.
+def register_backend(name: str, fn: Backend, *, auto_platforms: tuple[str, ...] = (), op: str = "wkv7") -> None:
+  """Registers `fn` as backend `name` of `op` ("wkv7", ...), with that op's argument contract.
 
   `auto_platforms` lists the platforms ("cpu", "gpu", "tpu") on which `impl="auto"` may pick it;
   backends registered later for a platform are preferred (faster backends register after slower ones).
   """
-  _BACKENDS[name] = fn
+  _BACKENDS[(op, name)] = fn
   for platform in auto_platforms:
-    _AUTO_ORDER.setdefault(platform, []).insert(0, name)
+    _AUTO_ORDER.setdefault((op, platform), []).insert(0, name)
 
 
-def backends() -> tuple[str, ...]:
-  """Names of the registered backends."""
-  return tuple(_BACKENDS)
+def backends(op: str = "wkv7") -> tuple[str, ...]:
+  """Names of the backends registered for `op`."""
+  return tuple(name for o, name in _BACKENDS if o == op)
 
 
-def resolve_impl(impl: str) -> str:
-  """Maps "auto" to the preferred backend of the default platform; validates other names."""
+def resolve_impl(impl: str, op: str = "wkv7") -> str:
+  """Maps "auto" to the preferred backend of `op` on the default platform; validates other names."""
   if impl == "auto":
-    platform = jax.default_backend()
-    for name in _AUTO_ORDER.get(platform, []):
-      return name
-    return "reference"
-  if impl not in _BACKENDS:
-    raise ValueError(f"wkv7 impl={impl!r}: expected 'auto' or one of {sorted(_BACKENDS)}")
+    preferred = _AUTO_ORDER.get((op, jax.default_backend()), [])
+    return preferred[0] if preferred else "reference"
+  if (op, impl) not in _BACKENDS:
+    raise ValueError(f"{op} impl={impl!r}: expected 'auto' or one of {sorted(backends(op))}")
   return impl
+
+
+def dispatch(op: str, impl: str) -> Backend:
+  """The backend function of `op` that `impl` names."""
+  return _BACKENDS[(op, resolve_impl(impl, op))]
 
 
 def _check_inputs(r, w, k, v, a, b, initial_state, segment_ids) -> None:
@@ -74,7 +78,8 @@ def wkv7(r, w, k, v, a, b, initial_state=None, *, segment_ids=None, impl: str = 
   """The RWKV-7 WKV recurrence (generalised delta rule with a diagonal-plus-rank-1 transition).
 
   Args:
-    r, w, k, v, a, b: [B, T, H, N] arrays of one float dtype; w is the log-decay (<= 0).
+    r, w, k, v, a, b: [B, T, H, N] float arrays; w is the log-decay (<= 0). r, k, v, a, b share one dtype
+      (float32 or bfloat16); w may be float32 while they are bfloat16 (the models keep decays in float32).
     initial_state: optional [B, H, K, V] float32 state before the first token (zeros if None).
     segment_ids: optional [B, T] ints; where the id changes from t-1 to t the state restarts from zero
       before token t (packed documents). Position 0 starts from `initial_state`.
@@ -85,4 +90,4 @@ def wkv7(r, w, k, v, a, b, initial_state=None, *, segment_ids=None, impl: str = 
     final_state: [B, H, K, V] float32, the state after the last token.
   """
   _check_inputs(r, w, k, v, a, b, initial_state, segment_ids)
-  return _BACKENDS[resolve_impl(impl)](r, w, k, v, a, b, initial_state, segment_ids)
+  return dispatch("wkv7", impl)(r, w, k, v, a, b, initial_state, segment_ids)
