@@ -257,8 +257,12 @@ def channel_mix(p, x, x_prev, starts):
   return layers.linear(hidden, p["value"]["weight"])
 
 
+REMAT_POLICIES = {"block": None, "block_save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None = None, *,
-            segment_ids: jax.Array | None = None, impl: str = "auto") -> tuple[jax.Array, State]:
+            segment_ids: jax.Array | None = None, impl: str = "auto", remat: str = "none"
+            ) -> tuple[jax.Array, State]:
   """Runs the model over a sequence.
 
   Args:
@@ -268,6 +272,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | 
     segment_ids: optional [B, T] ints; where the id changes, token shift and WKV state restart from zero
       (packed documents). Position 0 continues from `state`.
     impl: WKV backend (see rwkvjax.ops.wkv7).
+    remat: "none", or recompute each block in the backward pass: "block" (save nothing inside the block)
+      or "block_save_dots" (save matmul outputs).
   Returns:
     logits [B, T, V] float32, and the state after the last token.
   """
@@ -294,6 +300,10 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | 
     new_state = (h[:, -1].astype(jnp.float32), wkv_state, h2[:, -1].astype(jnp.float32))
     return (x, v_first), new_state
 
+  if remat != "none":
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f"forward: remat={remat!r}; expected 'none' or one of {sorted(REMAT_POLICIES)}")
+    block = jax.checkpoint(block, policy=REMAT_POLICIES[remat])
   xs = (params["blocks"], jnp.arange(cfg.n_layer), state["att_x_prev"], state["wkv"], state["ffn_x_prev"])
   (x, _), (att_x_prev, wkv_state, ffn_x_prev) = jax.lax.scan(block, (x, jnp.zeros_like(x)), xs)
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from tests.conftest import FIXTURES
 
 
 @pytest.mark.parametrize("mode", ["parallel", "recurrent"])

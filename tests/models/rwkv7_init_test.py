@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import shared_golden
+from tests.conftest import shared_golden
 from rwkvjax.config import ModelConfig
 from rwkvjax.convert.rwkv_pth import params_from_state_dict, state_dict_from_params
 from rwkvjax.convert.torch_zip import load_state_dict

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from tests.conftest import FIXTURES
 from rwkvjax.cli.logits import run
 from rwkvjax.config import ModelConfig
 from rwkvjax.convert.rwkv_pth import params_from_state_dict

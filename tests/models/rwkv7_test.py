@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import shared_golden
+from tests.conftest import shared_golden
 from rwkvjax.config import ModelConfig
 from rwkvjax.convert.rwkv_pth import load_pth, state_dict_from_params
 from rwkvjax.models import rwkv7
