@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from rwkvjax.config.model import ModelConfig
+from rwkvjax.config.transformer import TransformerConfig
 
 SAMPLERS = ("magic_prime", "shuffle")
 NAN_POLICIES = ("stop", "skip")
@@ -99,7 +100,8 @@ class TrainConfig:
   """A training run.
 
   Attributes:
-    model, data, optim, mesh: see their classes.
+    model: an RWKV ModelConfig or a TransformerConfig (Llama / Qwen2 baselines).
+    data, optim, mesh: see their classes.
     ctx_len: tokens per training row (RWKV-LM --ctx_len).
     micro_bsz: rows per RWKV-LM rank per step (RWKV-LM --micro_bsz).
     world_size: RWKV-LM ranks (nodes x devices) the global batch is made of; 0 means the number of
@@ -113,15 +115,16 @@ class TrainConfig:
     remat: "none", "block" (recompute each block in backward) or "block_save_dots" (keep matmul outputs).
     nan_policy: a non-finite loss or gradient is never applied; "stop" ends the run with an error,
       "skip" logs a warning and goes on.
-    load_model: start from this RWKV-LM .pth when the workdir has no checkpoint yet.
-    export_dtype: dtype of exported .pth files.
+    load_model: start from this RWKV-LM .pth (or HF model directory for transformers) when the workdir has
+      no checkpoint yet.
+    export_dtype: dtype of exported model files (rwkv-N.pth for RWKV, hf-N/ directories for transformers).
     impl: WKV backend ("auto" picks the fastest for the platform).
     l2wrap: add RWKV-LM's L2Wrap gradient to the loss.
     sample: text to sample from the final model (None: no sample).
     seed: parameter-init seed.
   """
 
-  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  model: ModelConfig | TransformerConfig = dataclasses.field(default_factory=ModelConfig)
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)

@@ -2,17 +2,18 @@
 
 Each model module provides: param_specs(cfg), init(cfg, key), init_state(cfg, batch),
 forward(params, cfg, tokens, state=None, *, segment_ids=None, impl) -> (logits, state),
-step(params, cfg, token, state, *, impl) -> (logits, state), and official_state(state, index) -> the state
-of batch row `index` as the official `rwkv` package lays it out ({"state_att_x_prev": [L, C], ...}).
+step(params, cfg, token, state, *, impl) -> (logits, state), forward_flops_per_token(cfg, seq_len), and (RWKV)
+official_state(state, index) -> the state of batch row `index` as the official `rwkv` package lays it out.
+The transformer family (Llama, Qwen2) is registered under its HF model_type.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from rwkvjax.models import rwkv7
+from rwkvjax.models import rwkv7, transformer
 
-_MODELS: dict[str, ModuleType] = {"x070": rwkv7}
+_MODELS: dict[str, ModuleType] = {"x070": rwkv7, "llama": transformer, "qwen2": transformer}
 
 
 def get_model(version: str) -> ModuleType:

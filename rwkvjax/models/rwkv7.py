@@ -319,6 +319,19 @@ def step(params: Params, cfg: ModelConfig, token: jax.Array, state: State, *, im
   return logits[:, 0], state
 
 
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Forward FLOPs per token of RWKV-7 as this framework computes it (matmuls at 2 FLOPs per multiply-add,
+  the WKV update and readout, the LM head). Elementwise work is not counted; independent of seq_len."""
+  del seq_len
+  C, N, F, V, L = cfg.n_embd, cfg.head_size, cfg.ffn_dim, cfg.vocab_size, cfg.n_layer
+  lora = sum(cfg.lora_dims.values())
+  per_layer = (2 * 4 * C * C        # receptance, key, value, output
+               + 2 * 2 * C * lora   # w, a, v, g LoRAs: C -> D -> C each (v also runs in layer 0)
+               + 2 * 2 * C * F      # channel-mix key and value
+               + 2 * 4 * C * N)     # WKV per head: a^T S, b (a^T S)^T, k v^T, S^T r on N x N
+  return L * per_layer + 2 * C * V
+
+
 def official_state(state: State, index: int = 0) -> dict[str, jax.Array]:
   """Batch row `index` of the state in the official `rwkv` package's layout (float32):
   state_att_x_prev [L, C], state_wkv [L, H, N, N] as [layer, head, value, key], state_ffn_x_prev [L, C]."""

@@ -362,3 +362,8 @@ def prefill(params: Params, cfg: TransformerConfig, tokens: jax.Array, cache: Ca
 def decode_step(params: Params, cfg: TransformerConfig, token: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
   """Same as `step`."""
   return step(params, cfg, token, cache)
+
+
+def forward_flops_per_token(cfg: TransformerConfig, seq_len: int) -> float:
+  """Forward FLOPs per token at sequence length seq_len (a third of TransformerConfig.flops_per_token)."""
+  return cfg.flops_per_token(seq_len) / 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from rwkvjax.config.model import ModelConfig
+from rwkvjax.models import get_model
 
 # Dense peak FLOP/s per device by (device kind substring, compute dtype). Vendor datasheet numbers.
 PEAK_FLOPS = {
@@ -16,21 +16,10 @@ PEAK_FLOPS = {
 }
 
 
-def rwkv7_forward_flops_per_token(cfg: ModelConfig) -> float:
-  """Forward FLOPs per token of RWKV-7 as this framework computes it (matmuls at 2 FLOPs per multiply-add,
-  the WKV update and readout, the LM head). Elementwise work is not counted."""
-  C, N, F, V, L = cfg.n_embd, cfg.head_size, cfg.ffn_dim, cfg.vocab_size, cfg.n_layer
-  lora = sum(cfg.lora_dims.values())
-  per_layer = (2 * 4 * C * C        # receptance, key, value, output
-               + 2 * 2 * C * lora   # w, a, v, g LoRAs: C -> D -> C each (v also runs in layer 0)
-               + 2 * 2 * C * F      # channel-mix key and value
-               + 2 * 4 * C * N)     # WKV per head: a^T S, b (a^T S)^T, k v^T, S^T r on N x N
-  return L * per_layer + 2 * C * V
-
-
-def train_flops_per_token(cfg: ModelConfig) -> float:
-  """Model FLOPs of one training token: forward + backward (2x forward), without rematerialisation."""
-  return 3 * rwkv7_forward_flops_per_token(cfg)
+def train_flops_per_token(cfg, seq_len: int) -> float:
+  """Model FLOPs of one training token: forward + backward (2x forward), without rematerialisation. The
+  forward count is the model's own (`forward_flops_per_token` of its module)."""
+  return 3 * get_model(cfg.version).forward_flops_per_token(cfg, seq_len)
 
 
 def peak_flops(device: jax.Device, compute_dtype: str) -> float | None:

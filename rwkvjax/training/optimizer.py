@@ -20,9 +20,12 @@ from rwkvjax.models.params import ParamSpec, unflatten
 
 
 def _scale_by_tree(scales: Any) -> optax.GradientTransformation:
+  """Multiplies each update by its parameter's factor (frozen leaves arrive as optax.MaskedNode)."""
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+
   def update(updates, state, params=None):
     del params
-    return jax.tree.map(lambda u, s: u * s, updates, scales), state
+    return jax.tree.map(lambda u, s: u if masked(u) else u * s, updates, scales, is_leaf=masked), state
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 

@@ -28,6 +28,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "att": ("tensor",),
     "mlp": ("tensor",),
     "heads": ("tensor",),
+    "kv_heads": ("tensor",),
     "head_dim": (),
     "lora": (),
     "layers": (),

@@ -22,7 +22,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from rwkvjax.config.train import TrainConfig
-from rwkvjax.convert.rwkv_pth import load_pth, save_pth
+from rwkvjax.convert.checkpoints import export_model, load_model_file
 from rwkvjax.data.corpus import default_corpus
 from rwkvjax.data.pipeline import make_pretrain_dataset, pretrain_sampler
 from rwkvjax.data.binidx import BinIdx
@@ -145,7 +145,7 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
     print(f"resumed from {checkpointer.directory}/{step0} (data position {data_state})", flush=True)
   else:
     if cfg.load_model:
-      loaded, loaded_cfg = load_pth(cfg.load_model)
+      loaded, loaded_cfg = load_model_file(cfg.load_model)
       if dataclasses.replace(loaded_cfg, compute_dtype=cfg.model.compute_dtype) != cfg.model:
         raise ValueError(f"load_model {cfg.load_model} is {loaded_cfg}, but the run's model is {cfg.model}")
       params = jax.device_put(loaded, params_sharding)
@@ -183,10 +183,10 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
     return total / max(count, 1.0)
 
   n_params = count_params(abstract_params)
-  flops_per_token = flops.train_flops_per_token(cfg.model)
+  flops_per_token = flops.train_flops_per_token(cfg.model, cfg.ctx_len)
   peak = flops.peak_flops(jax.devices()[0], cfg.model.compute_dtype)
   if primary:
-    print(f"{cfg.model.version} L{cfg.model.n_layer}-D{cfg.model.n_embd}: {n_params:,} params | mesh "
+    print(f"{cfg.model.version} L{cfg.model.n_layer}: {n_params:,} params | mesh "
           f"{dict(mesh.shape)} | batch {samples_per_step} x {cfg.ctx_len} tokens | {total_steps} steps to "
           f"{cfg.my_exit_tokens:,} tokens | sampler {cfg.data.sampler} (magic_prime {sampler_info.magic_prime})",
           flush=True)
@@ -243,7 +243,7 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
       if cfg.epoch_save and epoch % cfg.epoch_save == 0 and step < total_steps:
         host_params = _host_params(state.params)
         if primary:
-          save_pth(host_params, cfg.model, os.path.join(workdir, f"rwkv-{epoch}.pth"), dtype=cfg.export_dtype)
+          export_model(host_params, cfg.model, workdir, str(epoch), dtype=cfg.export_dtype)
     if step % cfg.save_every_steps == 0 and step < total_steps:
       save(step)
     if stop.requested:
@@ -257,12 +257,12 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
   eval_loss = evaluate(state.params)
   host_params = _host_params(state.params)
   if primary:
-    save_pth(host_params, cfg.model, os.path.join(workdir, "rwkv-final.pth"), dtype=cfg.export_dtype)
+    final_path = export_model(host_params, cfg.model, workdir, "final", dtype=cfg.export_dtype)
     if eval_loss is not None:
       logger.log({"step": step, "eval_loss": eval_loss})
     print(f"finished: {step} steps, {step * tokens_per_step:,} tokens, loss {last_loss}"
           + (f", held-out loss {eval_loss:.4f}" if eval_loss is not None else "")
-          + f"; wrote {os.path.join(workdir, 'rwkv-final.pth')}", flush=True)
+          + f"; wrote {final_path}", flush=True)
   checkpointer.close()
   logger.close()
   if cfg.sample is not None and primary:

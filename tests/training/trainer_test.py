@@ -88,3 +88,18 @@ def test_sharded_meshes_agree(tmp_path, tiny_data):
     losses[name] = [result.losses[s] for s in sorted(result.losses)]
   np.testing.assert_allclose(losses["fsdp"], losses["data"], rtol=2e-5)
   np.testing.assert_allclose(losses["fsdp_tensor"], losses["data"], rtol=2e-5)
+
+
+def test_llama_baseline_trains_with_the_same_trainer(tmp_path, tiny_data):
+  from rwkvjax.config.transformer import TransformerConfig
+  from rwkvjax.convert.hf import load_hf
+  model = TransformerConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, compute_dtype="float32")
+  cfg = tiny_config(tiny_data, model=model, my_exit_tokens=32 * 4 * 16, epoch_save=0)
+  cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr_init=1e-2, lr_final=1e-3))
+  result = trainer.train(cfg, str(tmp_path))
+  metrics = read_metrics(tmp_path)
+  assert metrics[16]["loss"] < metrics[1]["loss"] - 1.0
+  params, hf_cfg = load_hf(tmp_path / "hf-final")
+  assert hf_cfg.num_hidden_layers == 2
+  np.testing.assert_allclose(params["lm_head"]["weight"], result.params["lm_head"]["weight"], atol=1e-2)
