@@ -38,8 +38,9 @@ _TOKENS = flags.DEFINE_string("tokens", None, "HF models: comma-separated prompt
 
 
 def sample_text(params, cfg, prompt: str, *, max_new_tokens: int, temperature: float, top_p: float,
-                top_k: int = 0, seed: int = 0) -> str:
-  """Continues `prompt`; the text is cut at the first end-of-text token (id 0)."""
+                top_k: int = 0, seed: int = 0, state=None) -> str:
+  """Continues `prompt` (World tokenizer) from recurrent `state` (None: a fresh sequence); the text is cut
+  at the first end-of-text token (id 0)."""
   tokenizer = default_tokenizer()
   ids = tokenizer.encode(prompt)
   if not ids:
@@ -47,7 +48,8 @@ def sample_text(params, cfg, prompt: str, *, max_new_tokens: int, temperature: f
   if max(ids) >= cfg.vocab_size:
     raise ValueError(f"the prompt has token id {max(ids)} >= the model's vocab_size {cfg.vocab_size}")
   tokens, _ = generate(params, cfg, jnp.asarray([ids], jnp.int32), jax.random.key(seed),
-                       max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+                       max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                       state=state)
   new = np.asarray(tokens[0])
   if (new == tokenizer.eod_id).any():
     new = new[: int(np.argmax(new == tokenizer.eod_id))]

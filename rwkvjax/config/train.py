@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from rwkvjax.config.model import ModelConfig
 from rwkvjax.config.transformer import TransformerConfig
 
 SAMPLERS = ("magic_prime", "shuffle")
+DATA_TYPES = ("binidx", "packed")
 NAN_POLICIES = ("stop", "skip")
 REMAT_POLICIES = ("none", "block", "block_save_dots")
 
@@ -21,16 +23,20 @@ class DataConfig:
   """Where training tokens come from.
 
   Attributes:
-    data_file: binidx prefix (`path/name` for name.bin + name.idx); "" uses the embedded default corpus
-      (the Python standard library's sources, built on first use; see docs/data.md).
-    val_file: binidx prefix of held-out data for evaluation; "" uses the corpus's held-out split when
+    data_type: "binidx" (a token stream read in windows of ctx_len + 1, RWKV-LM pretraining) or "packed"
+      (jsonl / arrow / parquet records tokenised with loss masks and packed into rows, for fine-tuning:
+      {"text": ...} records are trained on whole, {"prompt": ..., "response": ...} on the response only).
+    data_file: binidx prefix (`path/name` for name.bin + name.idx) or records path; "" uses the embedded
+      default corpus (the Python standard library's sources, built on first use; see docs/data.md).
+    val_file: held-out data of the same type for evaluation; "" uses the corpus's held-out split when
       data_file is "", and no evaluation otherwise.
-    sampler: "magic_prime" (RWKV-LM's exact order) or "shuffle" (grain's permutation).
+    sampler: binidx order: "magic_prime" (RWKV-LM's exact order) or "shuffle" (grain's permutation).
     magic_prime: RWKV-LM's --magic_prime; 0 computes it from the data and ctx_len.
     seed: shuffle seed.
     corpus_max_bytes: use only this many bytes of the embedded corpus (0: all of it).
   """
 
+  data_type: str = "binidx"
   data_file: str = ""
   val_file: str = ""
   sampler: str = "magic_prime"
@@ -39,6 +45,10 @@ class DataConfig:
   corpus_max_bytes: int = 0
 
   def __post_init__(self):
+    if self.data_type not in DATA_TYPES:
+      _bad("data", "data_type", self.data_type, f"one of {DATA_TYPES}")
+    if self.data_type == "packed" and not self.data_file:
+      _bad("data", "data_file", self.data_file, "a records file for data_type='packed'")
     if self.sampler not in SAMPLERS:
       _bad("data", "sampler", self.sampler, f"one of {SAMPLERS}")
     if self.magic_prime < 0 or self.corpus_max_bytes < 0:
@@ -121,6 +131,8 @@ class TrainConfig:
     impl: WKV backend ("auto" picks the fastest for the platform).
     l2wrap: add RWKV-LM's L2Wrap gradient to the loss.
     sample: text to sample from the final model (None: no sample).
+    task: None for pretraining, or a task config (state tuning, PEFT, distillation) whose
+      `build(train_cfg)` returns the Task (see rwkvjax.training.tasks).
     seed: parameter-init seed.
   """
 
@@ -147,6 +159,7 @@ class TrainConfig:
   impl: str = "auto"
   l2wrap: bool = True
   sample: SampleConfig | None = None
+  task: Any = None
   seed: int = 0
 
   def __post_init__(self):

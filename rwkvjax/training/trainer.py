@@ -22,12 +22,11 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from rwkvjax.config.train import TrainConfig
-from rwkvjax.convert.checkpoints import export_model, load_model_file
+from rwkvjax.convert.checkpoints import load_model_file
 from rwkvjax.data.corpus import default_corpus
-from rwkvjax.data.pipeline import make_pretrain_dataset, pretrain_sampler
+from rwkvjax.data.pipeline import make_packed_dataset, make_pretrain_dataset, pretrain_sampler
 from rwkvjax.data.binidx import BinIdx
 from rwkvjax.fileio import atomic_write
-from rwkvjax.models import get_model
 from rwkvjax.models.params import count_params, logical_axes, param_shapes
 from rwkvjax.training import flops, sharding
 from rwkvjax.training.checkpoint import Checkpointer, abstract_like
@@ -35,7 +34,7 @@ from rwkvjax.training.metrics import MetricsLogger, Throughput
 from rwkvjax.training.optimizer import make_optimizer
 from rwkvjax.training.schedule import learning_rate
 from rwkvjax.training.step import TrainState, make_eval_step, make_train_step
-from rwkvjax.training.tasks import Pretrain
+from rwkvjax.training.tasks import make_task
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,11 +55,27 @@ class RunResult:
 
 
 def data_paths(cfg: TrainConfig) -> tuple[str, str]:
-  """(train, val) binidx prefixes; val is "" when there is no held-out data."""
+  """(train, val) data paths; val is "" when there is no held-out data."""
   if cfg.data.data_file:
     return cfg.data.data_file, cfg.data.val_file
   corpus = default_corpus(max_bytes=cfg.data.corpus_max_bytes or None, progress=jax.process_index() == 0)
   return corpus.train, cfg.data.val_file or corpus.val
+
+
+def make_dataset(cfg: TrainConfig, path: str, world_size: int, *, evaluation: bool = False):
+  """(grain IterDataset of process-local batches, magic prime or None) for the data at `path`.
+  Evaluation data is read in a fixed shuffled order."""
+  common = dict(ctx_len=cfg.ctx_len, micro_bsz=cfg.micro_bsz, world_size=world_size,
+                shard_index=jax.process_index(), shard_count=jax.process_count())
+  seed = 0 if evaluation else cfg.data.seed
+  if cfg.data.data_type == "packed":
+    return make_packed_dataset(path, seed=seed, **common), None
+  data = BinIdx(path)
+  sampler = "shuffle" if evaluation else cfg.data.sampler
+  magic_prime = None if evaluation else cfg.data.magic_prime or None
+  info = pretrain_sampler(data, sampler=sampler, magic_prime=magic_prime, seed=seed, **common)
+  return make_pretrain_dataset(data, sampler=sampler, magic_prime=magic_prime, seed=seed,
+                               vocab_size=cfg.model.vocab_size, **common), info.magic_prime
 
 
 class _Stop:
@@ -92,8 +107,8 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
   os.makedirs(workdir, exist_ok=True)
   primary = jax.process_index() == 0
   config_json = config_json if config_json is not None else {"train_config": repr(cfg)}
-  model = get_model(cfg.model.version)
-  specs = model.param_specs(cfg.model)
+  task = make_task(cfg)
+  specs = task.specs
   mesh = sharding.make_mesh(cfg.mesh)
   world_size = cfg.world_size or sharding.batch_devices(mesh)
   global_rows = world_size * cfg.micro_bsz
@@ -110,29 +125,21 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
 
   # ---- data
   train_path, val_path = data_paths(cfg)
-  data = BinIdx(train_path)
-  data_args = dict(ctx_len=cfg.ctx_len, micro_bsz=cfg.micro_bsz, world_size=world_size,
-                   sampler=cfg.data.sampler, magic_prime=cfg.data.magic_prime or None, seed=cfg.data.seed,
-                   shard_index=jax.process_index(), shard_count=jax.process_count(), vocab_size=cfg.model.vocab_size)
-  sampler_info = pretrain_sampler(data, **{k: v for k, v in data_args.items() if k != "vocab_size"})
-  dataset = make_pretrain_dataset(data, **data_args)
+  dataset, magic_prime = make_dataset(cfg, train_path, world_size)
   data_iter = iter(dataset)
 
   # ---- state: shardings, optimizer, init / resume / load
   params_axes = logical_axes(specs)
-  params_sharding = sharding.tree_shardings(params_axes, param_shapes(specs, cfg.model), mesh)
-  task = Pretrain(cfg)
-  optimizer = make_optimizer(specs, cfg.optim, task.trainable(specs))
+  abstract_params = param_shapes(specs, cfg.model)
+  params_sharding = sharding.tree_shardings(params_axes, abstract_params, mesh)
+  optimizer = make_optimizer(specs, cfg.optim, task.trainable())
   lr_fn = lambda step: learning_rate(step, cfg.optim, tokens_per_step, cfg.my_exit_tokens)
 
   def init_state(params):
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
-  abstract_params = param_shapes(specs, cfg.model)
   abstract_state = jax.eval_shape(init_state, abstract_params)
-  # Optimizer moments follow their parameters' shardings; scalars are replicated.
-  state_sharding = jax.tree.map(
-      lambda x: sharding.replicated(mesh), abstract_state)
+  state_sharding = jax.tree.map(lambda x: sharding.replicated(mesh), abstract_state)
   state_sharding = state_sharding.replace(params=params_sharding, opt_state=_opt_state_shardings(
       optimizer, abstract_state.opt_state, params_sharding, mesh))
 
@@ -144,15 +151,13 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
     data_iter.set_state(data_state)
     print(f"resumed from {checkpointer.directory}/{step0} (data position {data_state})", flush=True)
   else:
+    key = jax.random.key(cfg.seed)
     if cfg.load_model:
       loaded, loaded_cfg = load_model_file(cfg.load_model)
-      if dataclasses.replace(loaded_cfg, compute_dtype=cfg.model.compute_dtype) != cfg.model:
-        raise ValueError(f"load_model {cfg.load_model} is {loaded_cfg}, but the run's model is {cfg.model}")
-      params = jax.device_put(loaded, params_sharding)
+      params = jax.device_put(task.from_loaded(loaded, loaded_cfg, key), params_sharding)
       print(f"loaded {cfg.load_model}", flush=True)
     else:
-      params = jax.jit(lambda key: model.init(cfg.model, key), out_shardings=params_sharding)(
-          jax.random.key(cfg.seed))
+      params = jax.jit(task.init_params, out_shardings=params_sharding)(key)
     state = jax.jit(init_state, out_shardings=state_sharding)(params)
     logger.run_start(json.dumps(config_json))
   step = int(state.step)
@@ -172,8 +177,7 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
   def evaluate(params) -> float | None:
     if not val_path or cfg.eval_batches == 0:
       return None
-    val_iter = iter(make_pretrain_dataset(val_path, **{**data_args, "sampler": "shuffle", "seed": 0,
-                                                       "magic_prime": None, "num_epochs": None}))
+    val_iter = iter(make_dataset(cfg, val_path, world_size, evaluation=True)[0])
     total = count = 0.0
     for _ in range(cfg.eval_batches):
       b = {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, 2), v)
@@ -188,7 +192,8 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
   if primary:
     print(f"{cfg.model.version} L{cfg.model.n_layer}: {n_params:,} params | mesh "
           f"{dict(mesh.shape)} | batch {samples_per_step} x {cfg.ctx_len} tokens | {total_steps} steps to "
-          f"{cfg.my_exit_tokens:,} tokens | sampler {cfg.data.sampler} (magic_prime {sampler_info.magic_prime})",
+          f"{cfg.my_exit_tokens:,} tokens | data {cfg.data.data_type}"
+          + (f", sampler {cfg.data.sampler} (magic_prime {magic_prime})" if cfg.data.data_type == "binidx" else ""),
           flush=True)
 
   stop = _Stop()
@@ -243,7 +248,7 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
       if cfg.epoch_save and epoch % cfg.epoch_save == 0 and step < total_steps:
         host_params = _host_params(state.params)
         if primary:
-          export_model(host_params, cfg.model, workdir, str(epoch), dtype=cfg.export_dtype)
+          task.export(host_params, workdir, str(epoch), cfg.export_dtype)
     if step % cfg.save_every_steps == 0 and step < total_steps:
       save(step)
     if stop.requested:
@@ -257,16 +262,16 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
   eval_loss = evaluate(state.params)
   host_params = _host_params(state.params)
   if primary:
-    final_path = export_model(host_params, cfg.model, workdir, "final", dtype=cfg.export_dtype)
+    final_paths = task.export(host_params, workdir, "final", cfg.export_dtype)
     if eval_loss is not None:
       logger.log({"step": step, "eval_loss": eval_loss})
     print(f"finished: {step} steps, {step * tokens_per_step:,} tokens, loss {last_loss}"
           + (f", held-out loss {eval_loss:.4f}" if eval_loss is not None else "")
-          + f"; wrote {final_path}", flush=True)
+          + f"; wrote {', '.join(final_paths)}", flush=True)
   checkpointer.close()
   logger.close()
   if cfg.sample is not None and primary:
-    _write_sample(cfg, host_params, workdir)
+    _write_sample(cfg, *task.sample_model(host_params), workdir)
   return RunResult("finished", step, step * tokens_per_step, last_loss, eval_loss, params=host_params, losses=losses)
 
 
@@ -276,11 +281,11 @@ def _opt_state_shardings(optimizer, abstract_opt_state, params_sharding, mesh):
                                transform_non_params=lambda _: sharding.replicated(mesh))
 
 
-def _write_sample(cfg: TrainConfig, params, workdir: str) -> None:
+def _write_sample(cfg: TrainConfig, params, model_cfg, initial_state, workdir: str) -> None:
   from rwkvjax.cli.generate import sample_text
   s = cfg.sample
-  text = sample_text(params, cfg.model, s.prompt, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                     top_p=s.top_p, seed=s.seed)
+  text = sample_text(params, model_cfg, s.prompt, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                     top_p=s.top_p, seed=s.seed, state=initial_state)
   with atomic_write(os.path.join(workdir, "sample.txt")) as f:
     f.write((s.prompt + text).encode("utf-8"))
   print(f"--- sample (temperature {s.temperature}, top_p {s.top_p}) ---\n{s.prompt}{text}\n---", flush=True)

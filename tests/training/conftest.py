@@ -28,8 +28,8 @@ def tiny_data(tmp_path_factory):
   return write_patterned_binidx(root / "train"), write_patterned_binidx(root / "val", n_docs=10, seed=1)
 
 
-def tiny_config(data, **overrides) -> TrainConfig:
-  train, val = data
+def tiny_config(tiny_data, **overrides) -> TrainConfig:
+  train, val = tiny_data
   fields = dict(
       model=ModelConfig(n_layer=2, n_embd=64, vocab_size=VOCAB, head_size=32, compute_dtype="float32"),
       data=DataConfig(data_file=train, val_file=val, sampler="shuffle", seed=3),
