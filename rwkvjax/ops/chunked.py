@@ -1,0 +1,195 @@
+"""Chunked WKV-7 backend: chunk-parallel pure JAX (the DPLR / WY form), float32 inside.
+
+Recurrence (see `rwkvjax.ops.api`), per batch row and head, state S in FLA's [K, V] layout (K = V = N):
+
+    S_t = diag(exp(w_t)) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T,    o_t = S_t^T r_t.
+
+The sequence is cut into chunks of L tokens; the tail is padded with w = r = k = v = a = b = 0, an identity
+transition, so padding changes neither the outputs kept nor the final state. Everything inside a chunk is linear
+in the state S_c that enters it. `_chunk_terms` computes, for all chunks in parallel and independent of S_c:
+
+    U_c     = W_c S_c + U_wy_c                              low-rank reads u_t = S_{t-1}^T a_t   [L, V]
+    S_{c+1} = diag(d_c) S_c + Bbar_c^T U_c + KV_c           the chunk transition                 [K, V]
+    O_c     = Qo_c S_c + Ob_c                               the chunk's outputs                  [L, V]
+
+and a `lax.scan` over the T/L chunks (never over tokens) carries S_c with the middle line, after which the
+outputs of all chunks are one batched matmul.
+
+Intra-chunk terms. With g = cumsum(w) (inclusive), g^- = g - w (exclusive), g_L = g at the last token and a
+reference row m = g[(L-1)//2] per channel:
+    q~ = r e^{g-m},  a~ = a e^{g^- - m},  k^ = k e^{m-g},  b^ = b e^{m-g}                 (left / right factors)
+    A_ab = M_< (a~ b^T),  A_ak = M_< (a~ k^T),  A_qb = M_<= (q~ b^T),  A_qk = M_<= (q~ k^T)          [L, L]
+so (A_ab)_ij = sum_n a_in b_jn e^{g^-_in - g_jn} uses only the pairwise decays e^{Γ_i - Γ_j} <= 1 of pairs j < i
+(<= for the q rows); M_< / M_<= also mask pairs of different segments. The reads satisfy
+(I - A_ab) U = A0 S_c + A_ak V with A0 = a e^{g^-}: one unit-lower-triangular solve (`_unit_lower_solve`:
+forward substitution for (I - A_ab)^{-1}, then a matmul) gives the WY form
+    [W | U_wy] = (I - A_ab)^{-1} [A0 | A_ak V].
+Then, with Q0 = r e^{g}, Bbar = b e^{g_L - g} and Kbar = k e^{g_L - g}:
+    Qo = Q0 + A_qb W,  Ob = A_qb U_wy + A_qk V,  d = e^{g_L},  KV = Kbar^T V.
+
+Decay numerics: the factors are e^{±(g - m)}, centred on the middle row, so the largest exponent is about
+(L/2) max|w|. RWKV-7's log-decay lies in (-e^{-0.5}, 0) ≈ (-0.6065, 0): at most ≈ 19.4 at L = 64 (e^19.4 ≈ 3e8,
+far inside float32 range), and every kept product e^{g_i - m} e^{m - g_j} = e^{g_i - g_j} <= 1, so factoring
+costs rounding only, not range. All other exponents (g, g^-, g_L - g) are <= 0. The factors stay finite while
+(L/2) max|w| < ~80, i.e. max|w| < ~2.5 at L = 64 and ~10 at L = 16; a decay stronger than that (not RWKV-7)
+needs a smaller chunk.
+
+Segment resets (`segment_ids`): seg = the number of segment starts in the chunk up to and including each token.
+Pairs (i, j) of different seg are masked out of the four A matrices; rows with seg > 0 do not see S_c (their
+A0 and Q0 rows are zero); Bbar and Kbar keep only the chunk's last segment, and d = 0 if the chunk contains a
+start. This is exact for resets anywhere: inside a chunk, on its first token, or on adjacent tokens.
+
+Backward: JAX autodiff, with `_chunk_terms` (and the chunking of the inputs) under `jax.checkpoint`: the
+backward saves the caller's inputs, the entering states S_c, the reads U_c and three [T, N] terms (W, Qo, Bbar),
+i.e. O(T/L N^2 + T N) per head, and recomputes the O(T L) intra-chunk matrices. `_unit_lower_solve` has its own
+VJP through the explicit inverse. All matmuls use `Precision.HIGHEST`, so TPUs also compute them in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from rwkvjax.ops.reference import segment_starts
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+_einsum = functools.partial(jnp.einsum, precision=_HIGHEST)
+
+
+def _unit_lower_inverse(A):
+  """(I - A)^{-1} for strictly lower-triangular A [..., L, L], by forward substitution over rows:
+  row i of T = e_i + A[i] T (rows j < i are final by then). L - 1 batched vector-matrix steps."""
+  L = A.shape[-1]
+
+  def row(i, T):
+    a_i = jax.lax.dynamic_index_in_dim(A, i, axis=-2, keepdims=False)
+    t_i = _einsum("...j,...jk->...k", a_i, T) + (jnp.arange(L) == i)
+    return jax.lax.dynamic_update_index_in_dim(T, t_i, i, axis=-2)
+
+  return jax.lax.fori_loop(1, L, row, jnp.broadcast_to(jnp.eye(L, dtype=A.dtype), A.shape))
+
+
+@jax.custom_vjp
+def _unit_lower_solve(A, rhs):
+  """X = (I - A)^{-1} rhs for strictly lower-triangular A [..., L, L] and rhs [..., L, M].
+
+  Pure XLA (LAPACK trsm on CPU is slow for many small batched systems). The VJP uses the explicit inverse T:
+  d rhs = T^T dX, dA = tril_{-1}(d rhs X^T)."""
+  return _unit_lower_solve_fwd(A, rhs)[0]
+
+
+def _unit_lower_solve_fwd(A, rhs):
+  T = _unit_lower_inverse(A)
+  X = _einsum("...ij,...jm->...im", T, rhs)
+  return X, (T, X)
+
+
+def _unit_lower_solve_bwd(res, dX):
+  T, X = res
+  d_rhs = _einsum("...ji,...jm->...im", T, dX)
+  strict = jnp.tri(T.shape[-1], k=-1, dtype=bool)
+  return jnp.where(strict, _einsum("...im,...jm->...ij", d_rhs, X), 0.0), d_rhs
+
+
+_unit_lower_solve.defvjp(_unit_lower_solve_fwd, _unit_lower_solve_bwd)
+
+
+def _chunk_terms(r, w, k, v, a, b, seg):
+  """The state-independent terms of every chunk.
+
+  Args:
+    r, w, k, v, a, b: [..., L, N] float32 (any leading batch dims: chunks, batch, heads).
+    seg: [..., L] int32, broadcastable to the leading dims of r; the segment index of each token within its
+      chunk (0 = still connected to the state entering the chunk).
+
+  Returns (with S the state entering the chunk):
+    qo [..., L, K], ob [..., L, V]: the outputs are qo S + ob;
+    wy_w [..., L, K], wy_u [..., L, V]: the low-rank reads are U = wy_w S + wy_u;
+    bbar [..., L, K], decay [..., K], kv [..., K, V]: the leaving state is decay * S + bbar^T U + kv.
+  """
+  L, N = r.shape[-2:]
+  g = jnp.cumsum(w, axis=-2)
+  g_ex = g - w
+  mid = g[..., (L - 1) // 2, None, :]
+  g_last = g[..., L - 1, None, :]
+
+  # Masks [..., L, L]: causal pairs of the same segment.
+  same = seg[..., :, None] == seg[..., None, :]
+  pos = jnp.arange(L)
+  incl = same & (pos[:, None] >= pos[None, :])
+  strict = same & (pos[:, None] > pos[None, :])
+
+  # One [2L, N] x [N, 2L] product gives the four intra-chunk matrices.
+  left = jnp.concatenate([a * jnp.exp(g_ex - mid), r * jnp.exp(g - mid)], axis=-2)  # [a~; q~]
+  e_out = jnp.exp(mid - g)
+  right = jnp.concatenate([b * e_out, k * e_out], axis=-2)  # [b^; k^]
+  A = _einsum("...in,...jn->...ij", left, right)
+  A_ab = jnp.where(strict, A[..., :L, :L], 0.0)
+  A_ak = jnp.where(strict, A[..., :L, L:], 0.0)
+  A_qb = jnp.where(incl, A[..., L:, :L], 0.0)
+  A_qk = jnp.where(incl, A[..., L:, L:], 0.0)
+
+  first = (seg == 0)[..., :, None]  # [..., L, 1] rows that see the entering state
+  a0 = jnp.where(first, a * jnp.exp(g_ex), 0.0)
+  q0 = jnp.where(first, r * jnp.exp(g), 0.0)
+
+  # WY form: [W | U_wy] = (I - A_ab)^{-1} [A0 | A_ak V].
+  wy = _unit_lower_solve(A_ab, jnp.concatenate([a0, _einsum("...ij,...jv->...iv", A_ak, v)], axis=-1))
+  wy_w, wy_u = wy[..., :N], wy[..., N:]
+
+  out = _einsum("...ij,...jx->...ix", A_qb, wy)  # [A_qb W | A_qb U_wy]
+  qo = q0 + out[..., :N]
+  ob = out[..., N:] + _einsum("...ij,...jv->...iv", A_qk, v)
+
+  in_last = (seg == seg[..., L - 1, None])[..., :, None]  # tokens of the chunk's last segment
+  to_end = jnp.exp(g_last - g)
+  bbar = jnp.where(in_last, b * to_end, 0.0)
+  kv = _einsum("...lk,...lv->...kv", jnp.where(in_last, k * to_end, 0.0), v)
+  decay = jnp.where((seg[..., L - 1] == 0)[..., None], jnp.exp(g_last[..., 0, :]), 0.0)
+  return qo, ob, wy_w, wy_u, bbar, decay, kv
+
+
+def wkv7_chunked(r, w, k, v, a, b, initial_state, segment_ids, *, chunk_size: int | None = None):
+  """The `chunked` backend; see `rwkvjax.ops.wkv7` for the contract.
+
+  Args:
+    r, w, k, v, a, b: [B, T, H, N], any float dtype (computed in float32).
+    initial_state: [B, H, K, V] or None (zeros).
+    segment_ids: [B, T] ints or None.
+    chunk_size: tokens per chunk L (16, 32 or 64); T < L uses one chunk of T tokens. None: 16 on CPU (the
+      fastest there, see benchmarks/wkv_cpu_bench.py), else 64 (fewer, larger matmuls; fla's RWKV-7 choice).
+
+  Returns:
+    o: [B, T, H, V] in the dtype of r; final_state: [B, H, K, V] float32.
+  """
+  B, T, H, N = r.shape
+  if chunk_size is None:
+    chunk_size = 16 if jax.default_backend() == "cpu" else 64
+  L = min(chunk_size, T)
+  C = -(-T // L)  # number of chunks
+  pad = C * L - T
+
+  def to_chunks(x):  # [B, T, H, N] -> [C, B, H, L, N] float32, zero-padded in time
+    x = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, pad), (0, 0), (0, 0)))
+    return x.reshape(B, C, L, H, N).transpose(1, 0, 3, 2, 4)
+
+  starts = jnp.pad(segment_starts(segment_ids, B, T), ((0, 0), (0, pad)))
+  seg = jnp.cumsum(starts.reshape(B, C, L).astype(jnp.int32), axis=-1)
+  seg = seg.transpose(1, 0, 2)[:, :, None, :]  # [C, B, 1, L]
+
+  # Checkpointed: the backward keeps only the caller's inputs and recomputes the intra-chunk terms.
+  terms = jax.checkpoint(lambda seg, *xs: _chunk_terms(*(to_chunks(x) for x in xs), seg))
+  qo, ob, *transition = terms(seg, r, w, k, v, a, b)
+
+  def step(state, chunk):  # state [B, H, K, V] -> the state after the chunk; also returns the entering state
+    wy_w, wy_u, bbar, decay, kv = chunk
+    u = _einsum("bhlk,bhkv->bhlv", wy_w, state) + wy_u
+    return decay[..., None] * state + _einsum("bhlk,bhlv->bhkv", bbar, u) + kv, state
+
+  state = jnp.zeros((B, H, N, N), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
+  final_state, entering = jax.lax.scan(step, state, transition)  # entering: [C, B, H, K, V]
+  o = _einsum("cbhlk,cbhkv->cbhlv", qo, entering) + ob
+  o = o.transpose(1, 0, 3, 2, 4).reshape(B, C * L, H, N)[:, :T]
+  return o.astype(r.dtype), final_state

@@ -1,0 +1,194 @@
+"""The `chunked` WKV-7 backend against the float32 `lax.scan` reference: outputs, final state and the gradients of
+all six inputs and the initial state, with fresh random inputs on every run (the seed is in the failure message)."""
+
+from __future__ import annotations
+
+import functools
+import secrets
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rwkvjax.ops as ops
+from rwkvjax.ops.chunked import wkv7_chunked
+from rwkvjax.ops.reference import wkv7_reference
+
+TOL = 1e-4  # max |chunked - reference| / max |reference|, float32 inputs
+W_SCALE = 0.6065306597  # e^{-0.5}: RWKV-7's log-decay is -W_SCALE * sigmoid(.)
+
+
+def make_inputs(seed, B, T, H, N, kind="rwkv7"):
+  """r, w, k, v, a, b ([B, T, H, N] float32) and an initial state ([B, H, N, N]).
+
+  kind: "rwkv7": a = -kappa, b = kappa * iclr with kappa unit-norm per head (the model's structure);
+        "generic": independent random a, b of small norm;
+        "aligned": kappa nearly the same for every token, iclr ~ 1 and decay ~ 1 (worst-conditioned WY solve);
+        "strong_decay": the strongest RWKV-7 decay, w ~ -e^{-0.5} (largest intra-chunk exponents).
+  """
+  ks = jax.random.split(jax.random.PRNGKey(seed), 8)
+  shape = (B, T, H, N)
+  normal = lambda key, s=shape: jax.random.normal(key, s, jnp.float32)  # noqa: E731
+  r, k, v = (0.5 * normal(key) for key in ks[1:4])
+  w = -W_SCALE * jax.nn.sigmoid(normal(ks[0]))
+  unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+  if kind == "generic":
+    a = normal(ks[4]) / N
+    b = normal(ks[5]) / N
+  else:
+    kappa = unit(normal(ks[4]))
+    iclr = jax.nn.sigmoid(normal(ks[5]))
+    if kind == "aligned":
+      kappa = unit(normal(ks[4], (B, 1, H, N)) + 0.05 * normal(ks[7]) / np.sqrt(N))
+      iclr = jax.nn.sigmoid(4.0 + normal(ks[5]))
+      w = -W_SCALE * jax.nn.sigmoid(normal(ks[0]) - 6.0)
+    elif kind == "strong_decay":
+      w = -W_SCALE * jax.nn.sigmoid(normal(ks[0]) + 8.0)
+    a, b = -kappa, kappa * iclr
+  s0 = normal(ks[6], (B, H, N, N))
+  return r, w, k, v, a, b, s0
+
+
+def segments_from_starts(B, T, starts):
+  """[B, T] int32 ids that change exactly at the given positions (the same for every row)."""
+  change = np.zeros((B, T), np.int32)
+  change[:, list(starts)] = 1
+  return jnp.asarray(np.cumsum(change, axis=1) + 7)
+
+
+def rel_err(x, ref):
+  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+  return float(np.max(np.abs(x - ref)) / np.max(np.abs(ref)))
+
+
+@functools.cache
+def fwd_bwd(backend, chunk_size, use_initial_state):
+  """A jitted (primals, segment_ids, cotangent) -> ((o, final_state), gradients); cached so that cases of one
+  shape share a compilation."""
+  fn = wkv7_reference if backend == "reference" else functools.partial(wkv7_chunked, chunk_size=chunk_size)
+
+  @jax.jit
+  def run(primals, segment_ids, cotangent):
+    def f(*p):
+      return fn(*p[:6], p[6] if use_initial_state else None, segment_ids)
+
+    out, vjp = jax.vjp(f, *primals)
+    return out, vjp(cotangent)
+
+  return run
+
+
+def compare(seed, inputs, segment_ids=None, use_initial_state=True, chunk_size=16):
+  """Asserts that outputs, final state and all gradients (one random cotangent) match the reference."""
+  r, w, k, v, a, b, s0 = inputs
+  primals = (r, w, k, v, a, b) + ((s0,) if use_initial_state else ())
+  key_o, key_s = jax.random.split(jax.random.PRNGKey(seed + 1))
+  B, T, H, N = r.shape
+  cotangent = (jax.random.normal(key_o, (B, T, H, N)), jax.random.normal(key_s, (B, H, N, N)))
+  (o_ref, s_ref), g_ref = fwd_bwd("reference", None, use_initial_state)(primals, segment_ids, cotangent)
+  (o, s), g = fwd_bwd("chunked", chunk_size, use_initial_state)(primals, segment_ids, cotangent)
+
+  assert o.shape == o_ref.shape and o.dtype == o_ref.dtype
+  assert s.shape == (B, H, N, N) and s.dtype == jnp.float32
+  names = ("o", "final_state", "dr", "dw", "dk", "dv", "da", "db", "dinitial_state")
+  errors = dict(zip(names, [rel_err(o, o_ref), rel_err(s, s_ref)] + [rel_err(x, y) for x, y in zip(g, g_ref)]))
+  bad = {name: err for name, err in errors.items() if not err <= TOL}
+  assert not bad, f"seed={seed} chunk={chunk_size}: relative errors above {TOL}: {bad}; all: {errors}"
+
+
+# Cases share shapes where they can: each (shape, chunk, initial state, segments or not) compiles once.
+@pytest.mark.parametrize(
+  "B,T,H,N,chunk_size,use_initial_state,kind",
+  [
+    (2, 37, 2, 16, 16, True, "rwkv7"),
+    (2, 37, 2, 16, 16, False, "rwkv7"),
+    (2, 37, 2, 16, 16, True, "generic"),
+    (1, 50, 3, 16, 32, True, "generic"),
+    (2, 1, 2, 16, 16, True, "rwkv7"),
+    (1, 70, 2, 64, 64, True, "rwkv7"),
+    (1, 70, 2, 64, 16, False, "generic"),
+    (1, 80, 1, 16, 64, True, "aligned"),
+    (1, 80, 1, 16, 64, True, "strong_decay"),
+  ],
+)
+def test_matches_reference(B, T, H, N, chunk_size, use_initial_state, kind):
+  seed = secrets.randbelow(2**31)
+  compare(seed, make_inputs(seed, B, T, H, N, kind), None, use_initial_state, chunk_size)
+
+
+@pytest.mark.parametrize(
+  "B,T,H,chunk_size,starts",
+  [
+    (2, 37, 2, 16, [16]),  # a reset exactly at a chunk boundary
+    (2, 37, 2, 16, [5]),  # inside the first chunk
+    (2, 37, 2, 16, [20, 21, 31, 32, 36]),  # several, adjacent, at a boundary and at the last token
+    (1, 50, 3, 32, [1, 30, 33, 47]),
+    (1, 80, 1, 64, [3, 63, 64, 65]),
+  ],
+)
+def test_segment_resets(B, T, H, chunk_size, starts):
+  seed = secrets.randbelow(2**31)
+  compare(seed, make_inputs(seed, B, T, H, 16), segments_from_starts(B, T, starts), True, chunk_size)
+
+
+def test_random_segment_resets_differ_per_row():
+  seed = secrets.randbelow(2**31)
+  rng = np.random.default_rng(seed)
+  segment_ids = jnp.asarray(np.cumsum(rng.random((2, 37)) < 0.15, axis=1), jnp.int32)
+  compare(seed, make_inputs(seed, 2, 37, 2, 16), segment_ids, True, 16)
+
+
+def test_reset_restarts_from_zero():
+  """Tokens after a reset depend neither on the initial state nor on anything before the reset."""
+  seed = secrets.randbelow(2**31)
+  r, w, k, v, a, b, s0 = make_inputs(seed, 2, 37, 2, 16)
+  cotangent = (jnp.zeros((2, 37, 2, 16)), jnp.zeros((2, 2, 16, 16)))
+  (o, s), _ = fwd_bwd("chunked", 16, True)((r, w, k, v, a, b, s0), segments_from_starts(2, 37, [21]), cotangent)
+  tail = tuple(x[:, 21:] for x in (r, w, k, v, a, b))
+  o_tail, s_tail = jax.jit(functools.partial(wkv7_chunked, chunk_size=16))(*tail, None, None)
+  assert rel_err(o[:, 21:], o_tail) <= TOL and rel_err(s, s_tail) <= TOL, f"seed={seed}"
+
+
+def test_bfloat16_inputs():
+  seed = secrets.randbelow(2**31)
+  inputs = make_inputs(seed, 2, 33, 2, 16)
+  r, w, k, v, a, b = (x.astype(jnp.bfloat16) for x in inputs[:6])
+  o, s = jax.jit(wkv7_chunked)(r, w, k, v, a, b, inputs[6], None)
+  o_ref, s_ref = wkv7_reference(r, w, k, v, a, b, inputs[6], None)
+  assert o.dtype == jnp.bfloat16 and s.dtype == jnp.float32
+  assert rel_err(s, s_ref) <= TOL, f"seed={seed}"
+  assert rel_err(o, o_ref) <= 1e-2, f"seed={seed}"  # both round the float32 output to bfloat16
+
+
+def test_public_api():
+  assert "chunked" in ops.backends()
+  seed = secrets.randbelow(2**31)
+  r, w, k, v, a, b, s0 = make_inputs(seed, 2, 21, 2, 16)
+  segment_ids = segments_from_starts(2, 21, [9])
+  o, s = jax.jit(functools.partial(ops.wkv7, impl="chunked"))(r, w, k, v, a, b, s0, segment_ids=segment_ids)
+  o_ref, s_ref = wkv7_reference(r, w, k, v, a, b, s0, segment_ids)
+  assert rel_err(o, o_ref) <= TOL and rel_err(s, s_ref) <= TOL, f"seed={seed}"
+
+
+def test_auto_prefers_chunked_on_cpu():
+  if jax.default_backend() == "cpu":
+    assert ops.resolve_impl("auto") == "chunked"
+
+
+@pytest.mark.parametrize(
+  "bad,match",
+  [
+    (dict(k=jnp.zeros((2, 21, 2, 8))), r"\bk has shape"),
+    (dict(w=jnp.zeros((2, 21, 2))), r"\bw has shape"),
+    (dict(initial_state=jnp.zeros((2, 2, 16, 8))), "initial_state has shape"),
+    (dict(segment_ids=jnp.zeros((2, 20), jnp.int32)), "segment_ids has shape"),
+    (dict(segment_ids=jnp.zeros((2, 21), jnp.float32)), "segment_ids has dtype"),
+  ],
+)
+def test_public_api_rejects_bad_shapes(bad, match):
+  r, w, k, v, a, b, s0 = make_inputs(secrets.randbelow(2**31), 2, 21, 2, 16)
+  args = dict(r=r, w=w, k=k, v=v, a=a, b=b, initial_state=s0, segment_ids=None) | bad
+  segment_ids = args.pop("segment_ids")
+  with pytest.raises(ValueError, match=match):
+    ops.wkv7(*args.values(), segment_ids=segment_ids, impl="chunked")
