@@ -102,14 +102,40 @@ def _host_params(params):
   return jax.tree.map(np.asarray, params)
 
 
-def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) -> RunResult:
-  """Runs (or resumes) the training run described by `cfg` in `workdir`."""
-  os.makedirs(workdir, exist_ok=True)
-  primary = jax.process_index() == 0
-  config_json = config_json if config_json is not None else {"train_config": repr(cfg)}
+@dataclasses.dataclass
+class RunSetup:
+  """Everything about a run that follows from its config and mesh (no data, no arrays)."""
+
+  task: Any
+  mesh: Any
+  world_size: int
+  samples_per_step: int
+  tokens_per_step: int
+  total_steps: int
+  steps_per_epoch: int
+  optimizer: optax.GradientTransformation
+  lr_fn: Any
+  init_state: Any                 # params -> TrainState
+  abstract_params: Any
+  abstract_state: Any
+  params_sharding: Any
+  state_sharding: Any
+  batch_sharding: Any             # [A, B, T] train batches
+  train_step: Any                 # jitted (state, batch) -> (state, metrics), donates state
+  eval_step: Any                  # jitted (params, batch [B, T]) -> (loss sum, tokens)
+
+  def abstract_batch(self, cfg: TrainConfig) -> dict[str, jax.ShapeDtypeStruct]:
+    shape = (cfg.grad_accum, self.world_size * cfg.micro_bsz, cfg.ctx_len)
+    fields = {"input_ids": jnp.int32, "targets": jnp.int32, "loss_mask": jnp.float32}
+    if cfg.data.data_type == "packed":
+      fields["segment_ids"] = jnp.int32
+    return {k: jax.ShapeDtypeStruct(shape, dt, sharding=self.batch_sharding) for k, dt in fields.items()}
+
+
+def setup(cfg: TrainConfig, mesh) -> RunSetup:
+  """Batch geometry, shardings, optimizer and the jitted steps of a run on `mesh`."""
   task = make_task(cfg)
   specs = task.specs
-  mesh = sharding.make_mesh(cfg.mesh)
   world_size = cfg.world_size or sharding.batch_devices(mesh)
   global_rows = world_size * cfg.micro_bsz
   if global_rows % sharding.batch_devices(mesh):
@@ -117,21 +143,11 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
                      f"{sharding.batch_devices(mesh)} devices of the batch mesh axes (data x fsdp)")
   samples_per_step = global_rows * cfg.grad_accum
   tokens_per_step = samples_per_step * cfg.ctx_len
-  total_steps = math.ceil(cfg.my_exit_tokens / tokens_per_step)
   if cfg.epoch_samples % samples_per_step:
     raise ValueError(f"TrainConfig.epoch_samples={cfg.epoch_samples} must be a multiple of the samples per "
                      f"step (world_size * micro_bsz * grad_accum = {samples_per_step})")
-  steps_per_epoch = cfg.epoch_samples // samples_per_step
-
-  # ---- data
-  train_path, val_path = data_paths(cfg)
-  dataset, magic_prime = make_dataset(cfg, train_path, world_size)
-  data_iter = iter(dataset)
-
-  # ---- state: shardings, optimizer, init / resume / load
-  params_axes = logical_axes(specs)
   abstract_params = param_shapes(specs, cfg.model)
-  params_sharding = sharding.tree_shardings(params_axes, abstract_params, mesh)
+  params_sharding = sharding.tree_shardings(logical_axes(specs), abstract_params, mesh)
   optimizer = make_optimizer(specs, cfg.optim, task.trainable())
   lr_fn = lambda step: learning_rate(step, cfg.optim, tokens_per_step, cfg.my_exit_tokens)
 
@@ -142,9 +158,37 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
   state_sharding = jax.tree.map(lambda x: sharding.replicated(mesh), abstract_state)
   state_sharding = state_sharding.replace(params=params_sharding, opt_state=_opt_state_shardings(
       optimizer, abstract_state.opt_state, params_sharding, mesh))
+  batch_sharding = sharding.batch_sharding(mesh, 3, batch_dim=1)
+  train_step = jax.jit(make_train_step(task, optimizer, lr_fn), in_shardings=(state_sharding, batch_sharding),
+                       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
+  eval_step = jax.jit(make_eval_step(task), in_shardings=(params_sharding, sharding.batch_sharding(mesh, 2)),
+                      out_shardings=sharding.replicated(mesh))
+  return RunSetup(task, mesh, world_size, samples_per_step, tokens_per_step,
+                  math.ceil(cfg.my_exit_tokens / tokens_per_step), cfg.epoch_samples // samples_per_step,
+                  optimizer, lr_fn, init_state, abstract_params, abstract_state, params_sharding, state_sharding,
+                  batch_sharding, train_step, eval_step)
 
+
+def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) -> RunResult:
+  """Runs (or resumes) the training run described by `cfg` in `workdir`."""
+  os.makedirs(workdir, exist_ok=True)
+  primary = jax.process_index() == 0
+  config_json = config_json if config_json is not None else {"train_config": repr(cfg)}
+  mesh = sharding.make_mesh(cfg.mesh)
+  run = setup(cfg, mesh)
+  task, world_size, tokens_per_step = run.task, run.world_size, run.tokens_per_step
+  total_steps, steps_per_epoch, lr_fn = run.total_steps, run.steps_per_epoch, run.lr_fn
+  train_step, eval_step, batch_shape_sharding = run.train_step, run.eval_step, run.batch_sharding
+  abstract_params = run.abstract_params
+
+  # ---- data
+  train_path, val_path = data_paths(cfg)
+  dataset, magic_prime = make_dataset(cfg, train_path, world_size)
+  data_iter = iter(dataset)
+
+  # ---- state: resume / load / init
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
-  restored = checkpointer.restore_latest(abstract_like(abstract_state, state_sharding))
+  restored = checkpointer.restore_latest(abstract_like(run.abstract_state, run.state_sharding))
   logger = MetricsLogger(workdir, enabled=primary)
   if restored is not None:
     step0, state, data_state = restored
@@ -154,20 +198,13 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
     key = jax.random.key(cfg.seed)
     if cfg.load_model:
       loaded, loaded_cfg = load_model_file(cfg.load_model)
-      params = jax.device_put(task.from_loaded(loaded, loaded_cfg, key), params_sharding)
+      params = jax.device_put(task.from_loaded(loaded, loaded_cfg, key), run.params_sharding)
       print(f"loaded {cfg.load_model}", flush=True)
     else:
-      params = jax.jit(task.init_params, out_shardings=params_sharding)(key)
-    state = jax.jit(init_state, out_shardings=state_sharding)(params)
+      params = jax.jit(task.init_params, out_shardings=run.params_sharding)(key)
+    state = jax.jit(run.init_state, out_shardings=run.state_sharding)(params)
     logger.run_start(json.dumps(config_json))
   step = int(state.step)
-
-  # ---- steps
-  batch_shape_sharding = sharding.batch_sharding(mesh, 3, batch_dim=1)
-  train_step = jax.jit(make_train_step(task, optimizer, lr_fn), in_shardings=(state_sharding, batch_shape_sharding),
-                       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
-  eval_step = jax.jit(make_eval_step(task), in_shardings=(params_sharding, sharding.batch_sharding(mesh, 2)),
-                      out_shardings=sharding.replicated(mesh))
 
   def next_batch():
     micro = [next(data_iter) for _ in range(cfg.grad_accum)]
