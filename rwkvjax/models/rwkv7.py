@@ -22,6 +22,7 @@ from rwkvjax.models import layers
 from rwkvjax.models.params import ParamSpec, init_params
 from rwkvjax.ops import wkv7
 from rwkvjax.ops.reference import segment_starts
+from rwkvjax.training.sharding import constrain
 
 GROUP_NORM_EPS = 64e-5
 DECAY_SCALE = math.exp(-0.5)  # log-decay = -exp(-0.5) * sigmoid(w_logit), i.e. decay in (0.545, 1)
@@ -222,9 +223,10 @@ def time_mix(p, cfg: ModelConfig, x, x_prev, wkv_state, v_first, is_first_layer,
   xx = layers.token_shift(x, x_prev, starts) - x
   xr, xw, xk, xv, xa, xg = (x + xx * p[f"x_{n}"].astype(x.dtype) for n in "rwkvag")
 
-  r = layers.linear(xr, p["receptance"]["weight"])
-  k = layers.linear(xk, p["key"]["weight"])
-  v = layers.linear(xv, p["value"]["weight"])
+  act = lambda t: constrain(t, ("batch", None, "act_att"))
+  r = act(layers.linear(xr, p["receptance"]["weight"]))
+  k = act(layers.linear(xk, p["key"]["weight"]))
+  v = act(layers.linear(xv, p["value"]["weight"]))
   w_logit = p["w0"] + layers.matmul(jnp.tanh(layers.matmul(xw, p["w1"])), p["w2"]).astype(f32)
   log_decay = -DECAY_SCALE * jax.nn.sigmoid(w_logit)  # float32, in (-0.6065, 0)
 
@@ -236,7 +238,7 @@ def time_mix(p, cfg: ModelConfig, x, x_prev, wkv_state, v_first, is_first_layer,
   iclr = jax.nn.sigmoid(p["a0"] + layers.matmul(layers.matmul(xa, p["a1"]), p["a2"]).astype(f32))
   g = layers.matmul(jax.nn.sigmoid(layers.matmul(xg, p["g1"])), p["g2"])
 
-  heads = lambda t: t.reshape(B, T, H, N)
+  heads = lambda t: constrain(t.reshape(B, T, H, N), ("batch", None, "act_heads", None))
   kk = heads(k.astype(f32) * p["k_k"])
   kk = kk / jnp.maximum(jnp.linalg.norm(kk, axis=-1, keepdims=True), NORMALIZE_EPS)
   k = (k.astype(f32) * (1.0 + (iclr - 1.0) * p["k_a"])).astype(x.dtype)
@@ -247,14 +249,16 @@ def time_mix(p, cfg: ModelConfig, x, x_prev, wkv_state, v_first, is_first_layer,
   o = layers.group_norm(o.reshape(B, T, C), H, p["ln_x"]["weight"], p["ln_x"]["bias"], GROUP_NORM_EPS)
   bonus = (heads(r).astype(f32) * heads(k).astype(f32) * p["r_k"]).sum(-1, keepdims=True) * heads(v).astype(f32)
   o = (o.astype(f32) + bonus.reshape(B, T, C)).astype(x.dtype)
-  return layers.linear(o * g, p["output"]["weight"]), v_first, wkv_state
+  out = constrain(layers.linear(o * g, p["output"]["weight"]), ("batch", None, "act_embed"))
+  return out, v_first, wkv_state
 
 
 def channel_mix(p, x, x_prev, starts):
   """RWKV-7 channel mixing (§5.4): x [B, T, C] ln2 output, x_prev [B, C] -> [B, T, C]."""
   xk = x + (layers.token_shift(x, x_prev, starts) - x) * p["x_k"].astype(x.dtype)
   hidden = jnp.square(jax.nn.relu(layers.linear(xk, p["key"]["weight"])))
-  return layers.linear(hidden, p["value"]["weight"])
+  hidden = constrain(hidden, ("batch", None, "act_mlp"))
+  return constrain(layers.linear(hidden, p["value"]["weight"]), ("batch", None, "act_embed"))
 
 
 REMAT_POLICIES = {"block": None, "block_save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
@@ -287,9 +291,12 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | 
 
   x = jnp.take(jnp.asarray(params["emb"]["weight"], cdt), tokens, axis=0)
   x = layers.layer_norm(x, params["ln0"]["weight"], params["ln0"]["bias"])
+  x = constrain(x, ("batch", None, "act_embed"))
 
   def block(carry, inputs):
     x, v_first = carry
+    x = constrain(x, ("batch", None, "act_embed"))
+    v_first = constrain(v_first, ("batch", None, "act_att"))
     p, layer, att_x_prev, wkv_state, ffn_x_prev = inputs
     h = layers.layer_norm(x, p["ln1"]["weight"], p["ln1"]["bias"])
     att, v_first, wkv_state = time_mix(p["att"], cfg, h, att_x_prev, wkv_state, v_first, layer == 0,
@@ -309,6 +316,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | 
 
   x = layers.layer_norm(x, params["ln_out"]["weight"], params["ln_out"]["bias"])
   logits = jnp.einsum("btc,vc->btv", x, params["head"]["weight"].astype(cdt), preferred_element_type=jnp.float32)
+  logits = constrain(logits, ("batch", None, "act_vocab"))
   return logits, {"att_x_prev": att_x_prev, "wkv": wkv_state, "ffn_x_prev": ffn_x_prev}
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from rwkvjax.config.transformer import TransformerConfig
 from rwkvjax.models.params import ParamSpec, init_params
+from rwkvjax.training.sharding import constrain
 from rwkvjax.ops.reference import segment_starts
 
 Params = dict[str, Any]
@@ -275,7 +276,8 @@ def init_cache(cfg: TransformerConfig, batch: int, max_len: int, dtype=None) -> 
 def _head(params, cfg, x):
   x = rms_norm(x, params["model"]["norm"]["weight"], cfg.rms_norm_eps)
   head = params["model"]["embed_tokens"]["weight"] if cfg.tie_word_embeddings else params["lm_head"]["weight"]
-  return jnp.einsum("btc,vc->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
+  logits = jnp.einsum("btc,vc->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
+  return constrain(logits, ("batch", None, "act_vocab"))
 
 
 def forward(params: Params, cfg: TransformerConfig, tokens: jax.Array, state: Cache | None = None, *,
@@ -328,6 +330,7 @@ def forward(params: Params, cfg: TransformerConfig, tokens: jax.Array, state: Ca
 
   def block(x, inputs):
     p, kv = inputs
+    x = constrain(x, ("batch", None, "act_embed"))
     h = rms_norm(x, p["input_layernorm"]["weight"], cfg.rms_norm_eps)
     att, kv = attention(p["self_attn"], cfg, h, cos, sin, mask=mask, is_causal=is_causal, kv_cache=kv,
                         index=index, impl=impl)

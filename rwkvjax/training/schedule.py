@@ -13,8 +13,8 @@ from rwkvjax.config.train import OptimConfig
 def learning_rate(step, optim: OptimConfig, tokens_per_step: int, my_exit_tokens: int):
   """The learning rate at optimizer step `step` (an int or a traced int scalar), float32."""
   step = jnp.asarray(step, jnp.float32)
-  warmup_tokens = optim.warmup_steps * tokens_per_step
-  progress = (step * tokens_per_step - warmup_tokens) / max(my_exit_tokens - warmup_tokens, 1)
+  warmup_tokens = float(optim.warmup_steps * tokens_per_step)  # Python floats: token counts exceed int32
+  progress = (step * float(tokens_per_step) - warmup_tokens) / max(float(my_exit_tokens) - warmup_tokens, 1.0)
   progress = jnp.clip(progress, 0.0, 1.0)
   final_factor = optim.lr_final / optim.lr_init
   lr = optim.lr_init * ((0.5 + final_factor / 2) + (0.5 - final_factor / 2) * jnp.cos(math.pi * progress))

@@ -20,9 +20,17 @@ from rwkvjax.config.train import MeshConfig
 MESH_AXES = ("data", "fsdp", "tensor", "seq")
 BATCH_AXES = ("data", "fsdp")
 
-# logical axis -> mesh axes (in order of preference; a tuple shards over several)
+# logical axis -> mesh axes (in order of preference; a tuple shards over several). Parameters use the plain
+# names; activations use "batch" and the act_* names: with FSDP the weights are sharded on "embed" but the
+# activations are not (each device all-gathers a layer's weights and computes its own rows), and with tensor
+# parallelism the channel-split activations (act_att, act_mlp, act_heads, act_vocab) follow the weights.
 RULES: dict[str, tuple[str, ...]] = {
     "batch": BATCH_AXES,
+    "act_embed": (),
+    "act_att": ("tensor",),
+    "act_mlp": ("tensor",),
+    "act_heads": ("tensor",),
+    "act_vocab": ("tensor",),
     "vocab": ("tensor",),
     "embed": ("fsdp",),
     "att": ("tensor",),
@@ -76,10 +84,32 @@ def logical_to_pspec(axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh) 
   return P(*out)
 
 
+def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+  """Pins activation `x` to the sharding its logical axes give on the mesh being traced under
+  (`jax.sharding.use_abstract_mesh`); a no-op outside one (single-device use, tests)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_pspec(tuple(a or "" for a in axes), x.shape, mesh))
+
+
+def traced_under(mesh: Mesh, fn):
+  """fn traced with `mesh` as the abstract mesh, so that `constrain` inside it takes effect."""
+  def wrapped(*args):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args)
+  return wrapped
+
+
 def tree_shardings(axes_tree: Any, shape_tree: Any, mesh: Mesh) -> Any:
-  """NamedShardings for a tree, from a matching tree of logical-axis tuples and of shapes/arrays."""
-  return jax.tree.map(lambda axes, x: NamedSharding(mesh, logical_to_pspec(axes, x.shape, mesh)),
-                      axes_tree, shape_tree, is_leaf=lambda t: isinstance(t, tuple))
+  """NamedShardings for a parameter tree, from a matching tree of logical-axis tuples and of shapes/arrays.
+  Per-layer vectors (one axis besides "layers") stay replicated: sharding them saves no memory worth the
+  latency of one small collective each per layer."""
+  def one(axes, x):
+    if sum(a != "layers" for a in axes) <= 1:
+      return NamedSharding(mesh, P())
+    return NamedSharding(mesh, logical_to_pspec(axes, x.shape, mesh))
+  return jax.tree.map(one, axes_tree, shape_tree, is_leaf=lambda t: isinstance(t, tuple))
 
 
 def batch_sharding(mesh: Mesh, ndim: int, batch_dim: int = 0) -> NamedSharding:

@@ -159,9 +159,11 @@ def setup(cfg: TrainConfig, mesh) -> RunSetup:
   state_sharding = state_sharding.replace(params=params_sharding, opt_state=_opt_state_shardings(
       optimizer, abstract_state.opt_state, params_sharding, mesh))
   batch_sharding = sharding.batch_sharding(mesh, 3, batch_dim=1)
-  train_step = jax.jit(make_train_step(task, optimizer, lr_fn), in_shardings=(state_sharding, batch_sharding),
+  train_step = jax.jit(sharding.traced_under(mesh, make_train_step(task, optimizer, lr_fn)),
+                       in_shardings=(state_sharding, batch_sharding),
                        out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
-  eval_step = jax.jit(make_eval_step(task), in_shardings=(params_sharding, sharding.batch_sharding(mesh, 2)),
+  eval_step = jax.jit(sharding.traced_under(mesh, make_eval_step(task)),
+                      in_shardings=(params_sharding, sharding.batch_sharding(mesh, 2)),
                       out_shardings=sharding.replicated(mesh))
   return RunSetup(task, mesh, world_size, samples_per_step, tokens_per_step,
                   math.ceil(cfg.my_exit_tokens / tokens_per_step), cfg.epoch_samples // samples_per_step,
@@ -228,7 +230,7 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
   peak = flops.peak_flops(jax.devices()[0], cfg.model.compute_dtype)
   if primary:
     print(f"{cfg.model.version} L{cfg.model.n_layer}: {n_params:,} params | mesh "
-          f"{dict(mesh.shape)} | batch {samples_per_step} x {cfg.ctx_len} tokens | {total_steps} steps to "
+          f"{dict(mesh.shape)} | batch {run.samples_per_step} x {cfg.ctx_len} tokens | {total_steps} steps to "
           f"{cfg.my_exit_tokens:,} tokens | data {cfg.data.data_type}"
           + (f", sampler {cfg.data.sampler} (magic_prime {magic_prime})" if cfg.data.data_type == "binidx" else ""),
           flush=True)

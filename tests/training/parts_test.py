@@ -39,6 +39,9 @@ def test_schedule_matches_rwkvlm():
   for step in (0, 1, 5, 9, 10, 11, 500, 999, 1000, 1500):
     want = rwkvlm_lr(step, optim, 8192, 1000 * 8192)
     np.testing.assert_allclose(float(learning_rate(step, optim, 8192, 1000 * 8192)), want, rtol=1e-5)
+  # token counts beyond int32 (a 100B-token run) under jit
+  big = jax.jit(lambda s: learning_rate(s, optim, 2**20, 10**11))(jnp.int32(50_000))
+  np.testing.assert_allclose(float(big), rwkvlm_lr(50_000, optim, 2**20, 10**11), rtol=1e-5)
 
 
 def test_optimizer_groups_follow_rwkvlm():
