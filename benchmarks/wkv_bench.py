@@ -1,0 +1,393 @@
+"""GPU timing of the WKV-7 op: our backends against fla `chunk_rwkv7` and jax-linear-attention, in ONE process.
+
+Usage (on a GPU machine, with flash-linear-attention / fla-core and jax-linear-attention importable):
+  XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=. python benchmarks/wkv_bench.py \
+      [--shapes S0,K1,K2,K3,K4,K5] [--impls pallas_gpu,chunked,fla,jla,reference] [--repeats 30] \
+      [--commit HASH] [--append-docs] [--budget-s 540]
+
+Implementations, each as its library's RWKV-7 layer calls it, bf16 inputs, fp32 state, no initial state:
+  pallas_gpu, chunked, reference  ours (`rwkvjax.ops.wkv7(impl=...)`): r, k, v, a, b bf16, w float32 (our model keeps
+                                  decays in float32); `reference` (a lax.scan over tokens) only at the small shape S0;
+  fla   fla.ops.rwkv7.chunk_rwkv7(..., scale=1, output_final_state=True, safe_gate=True,
+        lower_bound=-0.6065306597126334, chunk_size=64) with all six inputs bf16 (fla/layers/rwkv7.py);
+  jla   jla.ops.linear_attention("rwkv7", ..., impl="mosaic_gpu", lower_bound=-0.61, chunk_size=32,
+        output_final_state=True) with r, k, v bf16 and w, a, b float32 (jla/layers/rwkv7.py).
+Modes: forward (o and the final state; torch under no_grad) and forward+backward (the VJP of both outputs with
+random cotangents for all six inputs). Every call is timed on the host around a device sync (JAX: block_until_ready;
+torch: cuda.synchronize), after 3 warm-up calls, all (impl, mode) pairs interleaved within each repetition; the median
+of --repeats is reported. Peak memory: JAX from the compiled executable's memory analysis (temporaries + outputs),
+torch from max_memory_allocated over one call; both exclude the inputs. F = the roofline fraction,
+bytes_min / (t * 3.0 TB/s) with bytes_min = 14N (fwd) or 40N + 8N^2/64 (fwd+bwd) per token-head (spec section 3).
+A forward correctness check at S0 compares every impl with the reference (relative max error of o and the state).
+Prints a table; writes JSON and a markdown row to $OUT (if set); --append-docs appends the row to docs/benchmarks.md.
+
+Budget: on a fresh H100 machine fla's first call (Triton compilation and autotuning of its DPLR kernels) took more
+than 170 s (2026-11-26); each of our backends and jla builds in 10-25 s per shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+SHAPES = {
+  "XS": (1, 256, 2, 64),  # smoke test (CPU)
+  "S0": (4, 1024, 8, 64),
+  "K1": (8, 4096, 32, 64),
+  "K2": (16, 4096, 12, 64),
+  "K3": (8, 4096, 64, 64),
+  "K4": (1, 32768, 32, 64),
+  "K5": (8, 4096, 16, 128),
+}
+FLA_LOWER_BOUND = -0.6065306597126334
+JLA_LOWER_BOUND = -0.61
+BW = 3.0e12  # measured device-to-device copy bandwidth of our H100s (spec)
+
+
+def make_inputs(seed, B, T, H, N):
+  """RWKV-7-structured float32 inputs on the device: w = -e^{-0.5} sigmoid(.), a = -kappa, b = kappa * iclr."""
+  ks = jax.random.split(jax.random.PRNGKey(seed), 9)
+  shape = (B, T, H, N)
+
+  @jax.jit
+  def gen(ks):
+    w = -0.6065306597 * jax.nn.sigmoid(jax.random.normal(ks[0], shape))
+    r, k, v = (0.5 * jax.random.normal(x, shape) for x in ks[1:4])
+    kappa = jax.random.normal(ks[4], shape)
+    kappa = kappa / jnp.linalg.norm(kappa, axis=-1, keepdims=True)
+    b = kappa * jax.nn.sigmoid(jax.random.normal(ks[5], shape))
+    do = jax.random.normal(ks[6], shape)
+    ds = jax.random.normal(ks[7], (B, H, N, N))
+    # bf16-representable values, so that impls taking some inputs in float32 see the same numbers
+    rnd = lambda t: t.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
+    return rnd(r), rnd(w), rnd(k), rnd(v), rnd(-kappa), rnd(b), do, ds
+
+  return gen(ks)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# implementations: each returns {"fwd": (callable, mem_bytes), "fwdbwd": (...)}; a callable runs once and syncs
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _jax_memory(jitted, *args):
+  try:
+    m = jitted.lower(*args).compile().memory_analysis()
+    return int(m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes)
+  except Exception:  # noqa: BLE001
+    return None
+
+
+def _jax_modes(fn, args, cot):
+  """fn(r, w, k, v, a, b) -> (o, S)."""
+  fwd = jax.jit(fn)
+
+  def vjp(r, w, k, v, a, b, do, ds):
+    out, pull = jax.vjp(fn, r, w, k, v, a, b)
+    return pull((do.astype(out[0].dtype), ds))
+
+  fb = jax.jit(vjp)
+
+  def run_fwd():
+    jax.block_until_ready(fwd(*args))
+
+  def run_fb():
+    jax.block_until_ready(fb(*args, *cot))
+
+  return ({"fwd": (run_fwd, _jax_memory(fwd, *args)), "fwdbwd": (run_fb, _jax_memory(fb, *args, *cot))},
+          lambda: fwd(*args))
+
+
+def ours(name, x):
+  import rwkvjax.ops as ops  # noqa: PLC0415
+
+  r, w, k, v, a, b, do, ds = x
+  bf = lambda t: t.astype(jnp.bfloat16)  # noqa: E731
+  args = (bf(r), w, bf(k), bf(v), bf(a), bf(b))
+
+  def fn(r, w, k, v, a, b):
+    return ops.wkv7(r, w, k, v, a, b, None, impl=name)
+
+  return _jax_modes(fn, args, (do, ds))
+
+
+def jla_impl(x):
+  from jla.ops import linear_attention  # noqa: PLC0415
+
+  r, w, k, v, a, b, do, ds = x
+  bf = lambda t: t.astype(jnp.bfloat16)  # noqa: E731
+  args = (bf(r), w, bf(k), bf(v), a, b)
+
+  def fn(r, w, k, v, a, b):
+    o, s = linear_attention("rwkv7", r, k, v, w=w, a=a, b=b, scale=1.0, impl="mosaic_gpu", lower_bound=JLA_LOWER_BOUND,
+                            chunk_size=32, output_final_state=True)
+    return o, s
+
+  return _jax_modes(fn, args, (do, ds))
+
+
+def fla_impl(x):
+  import torch  # noqa: PLC0415
+  from fla.ops.rwkv7 import chunk_rwkv7  # noqa: PLC0415
+
+  def to_torch(t):
+    return torch.from_dlpack(jax.block_until_ready(t.astype(jnp.bfloat16))).clone()
+
+  r, w, k, v, a, b, do = (to_torch(t) for t in x[:7])
+  ds = torch.from_dlpack(jax.block_until_ready(x[7])).clone()
+
+  def call(*p):
+    return chunk_rwkv7(r=p[0], w=p[1], k=p[2], v=p[3], a=p[4], b=p[5], scale=1.0, initial_state=None,
+                       output_final_state=True, safe_gate=True, lower_bound=FLA_LOWER_BOUND, chunk_size=64)
+
+  def run_fwd():
+    with torch.no_grad():
+      call(r, w, k, v, a, b)
+    torch.cuda.synchronize()
+
+  leaves = [t.detach().clone().requires_grad_(True) for t in (r, w, k, v, a, b)]
+
+  def run_fb():
+    for t in leaves:
+      t.grad = None
+    o, s = call(*leaves)
+    torch.autograd.backward([o, s], [do, ds])
+    torch.cuda.synchronize()
+
+  def mem(f):
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    f()
+    return int(torch.cuda.max_memory_allocated() - base)
+
+  run_fwd()
+  run_fb()
+  modes = {"fwd": (run_fwd, mem(run_fwd)), "fwdbwd": (run_fb, mem(run_fb))}
+
+  def fwd_np():
+    with torch.no_grad():
+      o, s = call(r, w, k, v, a, b)
+    return o.float().cpu().numpy(), s.float().cpu().numpy()
+
+  return modes, fwd_np
+
+
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _bytes_min(B, T, H, N, mode):
+  per = 14 * N if mode == "fwd" else 40 * N + 8 * N * N / 64
+  return per * B * T * H
+
+
+def bench_shape(label, shape, impls, repeats, log):
+  B, T, H, N = shape
+  x = make_inputs(hash(label) % 1000, *shape)
+  built, fwd_fns, errors = {}, {}, {}
+  for name in sorted(impls, key=lambda n: n != "fla"):  # fla first: its first call compiles and autotunes
+    if name == "reference" and label not in ("XS", "S0"):
+      continue
+    t0 = time.time()
+    try:
+      if name == "fla":
+        built[name], fwd_fns[name] = fla_impl(x)
+      elif name == "jla":
+        built[name], fwd_fns[name] = jla_impl(x)
+      else:
+        built[name], fwd_fns[name] = ours(name, x)
+      for mode in ("fwd", "fwdbwd"):
+        for _ in range(3):  # warm-up (compilation, autotuning)
+          built[name][mode][0]()
+      log(f"  {label} {name}: built and warmed up in {time.time() - t0:.1f}s")
+    except Exception as e:  # noqa: BLE001
+      errors[name] = f"{type(e).__name__}: {str(e)[:300]}"
+      log(f"  {label} {name}: FAILED {errors[name]}")
+      traceback.print_exc()
+      built.pop(name, None)
+  # forward check against the reference on the same bf16-rounded inputs (small shape only)
+  check = {}
+  if label in ("XS", "S0"):
+    from rwkvjax.ops.reference import wkv7_reference  # noqa: PLC0415
+
+    o_ref, s_ref = jax.jit(wkv7_reference)(*x[:6], None, None)
+    o_ref, s_ref = np.asarray(o_ref), np.asarray(s_ref)
+    for name, f in fwd_fns.items():
+      if name not in built:
+        continue
+      try:
+        o, s = f()
+        o, s = np.asarray(jnp.asarray(o, jnp.float32)), np.asarray(s)
+        check[name] = (float(np.abs(o - o_ref).max() / np.abs(o_ref).max()),
+                       float(np.abs(s - s_ref).max() / np.abs(s_ref).max()))
+        log(f"  check {name}: rel err o {check[name][0]:.1e}, state {check[name][1]:.1e}")
+      except Exception as e:  # noqa: BLE001
+        log(f"  check {name}: FAILED {type(e).__name__}: {str(e)[:200]}")
+  times = {(n, m): [] for n in built for m in ("fwd", "fwdbwd")}
+  for _ in range(repeats):
+    for (n, m), ts in times.items():
+      f = built[n][m][0]
+      t0 = time.perf_counter()
+      f()
+      ts.append(time.perf_counter() - t0)
+  res = {}
+  for n in built:
+    res[n] = {}
+    for m in ("fwd", "fwdbwd"):
+      med = statistics.median(times[(n, m)]) * 1e3
+      res[n][m] = {"ms": med, "spread_ms": (min(times[(n, m)]) * 1e3, max(times[(n, m)]) * 1e3),
+                   "mem_mb": None if built[n][m][1] is None else built[n][m][1] / 2**20,
+                   "F": _bytes_min(B, T, H, N, m) / (med * 1e-3 * BW)}
+  return {"shape": shape, "results": res, "errors": errors, "check": check}
+
+
+def pieces(label, shape, repeats, log):
+  """Times the parts of pallas_gpu separately (median of `repeats`): XLA prologue, prep kernel, forward state
+  kernel (saving states), backward state kernel, XLA chunk-parallel gradients."""
+  import functools  # noqa: PLC0415
+
+  from pallas_kernels.wkv7 import common as cm  # noqa: PLC0415
+  from pallas_kernels.wkv7 import gpu  # noqa: PLC0415
+
+  B, T, H, N = shape
+  r, w, k, v, a, b, do, ds = make_inputs(1, *shape)
+  bf = lambda t: t.astype(jnp.bfloat16)  # noqa: E731
+  seg = cm.segment_index(None, B, T, gpu.L)
+  C = seg.shape[1]
+  bv = gpu._block_v(B, H, N)
+  s0 = jnp.zeros((B, H, N, N), jnp.float32)
+  prologue = jax.jit(gpu._prologue)
+  g_pad, dec, seg_flat = prologue(w, seg)
+  prep = jax.jit(gpu._prep)
+  tiles = prep(bf(r), bf(k), bf(v), bf(a), bf(b), g_pad, seg_flat)
+  ww, wu, qo, ob, bb, kb = tiles
+  sf = jax.jit(functools.partial(gpu._state_fwd, bv=bv, save=True))
+  o, fin, states = sf(ww, wu, qo, ob, bb, kb, bf(v), dec, s0)
+  sb = jax.jit(functools.partial(gpu._state_bwd, bv=bv))
+  dst, ds0 = sb(ww, qo, bb, bf(do), dec, ds)
+
+  def b1(r, w, k, v, a, b, seg, states, d_o, d_states):
+    xs = [cm.to_chunks(x.astype(jnp.float32), gpu.L) for x in (r, w, k, v, a, b)]
+    seg_col = jnp.broadcast_to(seg[:, None, :, :, None], (B, H, C, gpu.L, 1))
+    seg_row = jnp.broadcast_to(seg[:, None, :, None, :], (B, H, C, 1, gpu.L))
+    bwd = cm.vmap_chunks(functools.partial(cm.chunk_backward, ops=gpu._matops()))
+    return bwd(*xs, seg_col, seg_row, states, cm.to_chunks(d_o.astype(jnp.float32), gpu.L), d_states)
+
+  b1j = jax.jit(b1)
+  jax.block_until_ready(b1j(bf(r), w, bf(k), bf(v), bf(a), bf(b), seg, states, bf(do), dst))
+  rb, kb_, vb_, ab, bb_, dob = (bf(t) for t in (r, k, v, a, b, do))  # cast once, outside the timed calls
+  calls = {
+    "prologue": lambda: prologue(w, seg),
+    "prep": lambda: prep(rb, kb_, vb_, ab, bb_, g_pad, seg_flat),
+    "state_fwd": lambda: sf(ww, wu, qo, ob, bb, kb, vb_, dec, s0),
+    "state_bwd": lambda: sb(ww, qo, bb, dob, dec, ds),
+    "xla_chunk_grads": lambda: b1j(rb, w, kb_, vb_, ab, bb_, seg, states, dob, dst),
+  }
+  out = {}
+  for name, f in calls.items():
+    jax.block_until_ready(f())
+    ts = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      jax.block_until_ready(f())
+      ts.append(time.perf_counter() - t0)
+    out[name] = statistics.median(ts) * 1e3
+  log(f"  pieces {label} (bv={bv}): " + ", ".join(f"{n} {t:.2f} ms" for n, t in out.items()))
+  return out
+
+
+def table(all_res):
+  lines = []
+  hdr = "| shape | impl | fwd ms | fwd+bwd ms | fwd / fla | fwd+bwd / fla | fwd+bwd / jla | F fwd+bwd | peak MB fwd / fwd+bwd |"
+  lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
+  for label, d in all_res.items():
+    res = d["results"]
+    fla, jla = res.get("fla"), res.get("jla")
+    for n, rr in res.items():
+      def ratio(ref, m):
+        return f"{rr[m]['ms'] / ref[m]['ms']:.2f}" if ref else "-"
+
+      mem = "/".join("-" if rr[m]["mem_mb"] is None else f"{rr[m]['mem_mb']:.0f}" for m in ("fwd", "fwdbwd"))
+      lines.append(f"| {label} {tuple(d['shape'])} | {n} | {rr['fwd']['ms']:.2f} | {rr['fwdbwd']['ms']:.2f} | "
+                   f"{ratio(fla, 'fwd')} | {ratio(fla, 'fwdbwd')} | {ratio(jla, 'fwdbwd')} | "
+                   f"{rr['fwdbwd']['F']:.2f} | {mem} |")
+    for n, e in d["errors"].items():
+      lines.append(f"| {label} | {n} | failed: {e[:80]} | | | | | | |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--shapes", default="S0,K1,K3,K2,K4,K5")
+  p.add_argument("--impls", default="pallas_gpu,chunked,fla,jla,reference")
+  p.add_argument("--repeats", type=int, default=30)
+  p.add_argument("--commit", default=None)
+  p.add_argument("--append-docs", action="store_true")
+  p.add_argument("--budget-s", type=float, default=1e9, help="skip the remaining shapes after this many seconds")
+  p.add_argument("--pieces", default="", help="comma list of shapes at which to also time the parts of pallas_gpu")
+  args = p.parse_args(argv)
+  start = time.time()
+  out_dir = os.environ.get("OUT")
+
+  def log(msg):
+    print(msg, flush=True)
+
+  dev = jax.devices()[0]
+  device = getattr(dev, "device_kind", str(dev))
+  commit = args.commit
+  if commit is None:
+    try:
+      commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:  # noqa: BLE001
+      commit = "unknown"
+  log(f"device {device}, jax {jax.__version__}, commit {commit}")
+  impls = args.impls.split(",")
+  all_res = {}
+  for label in args.shapes.split(","):
+    if time.time() - start > args.budget_s:
+      log(f"budget reached: skipping {label}")
+      continue
+    log(f"shape {label} {SHAPES[label]}")
+    if label in args.pieces.split(","):
+      try:
+        pieces(label, SHAPES[label], max(5, args.repeats // 3), log)
+      except Exception as e:  # noqa: BLE001
+        log(f"  pieces {label}: FAILED {type(e).__name__}: {str(e)[:300]}")
+    all_res[label] = bench_shape(label, SHAPES[label], impls, args.repeats, log)
+    if out_dir:
+      with open(os.path.join(out_dir, "wkv_bench.json"), "w") as f:
+        json.dump(all_res, f, indent=1, default=str)
+  text = table(all_res)
+  log(text)
+  date = datetime.date.today().isoformat()
+  cmd = "XLA_PYTHON_CLIENT_PREALLOCATE=false python benchmarks/wkv_bench.py " + " ".join(argv or sys.argv[1:])
+  cells = []
+  for label, d in all_res.items():
+    part = ", ".join(f"{n} {rr['fwd']['ms']:.2f}/{rr['fwdbwd']['ms']:.2f}" for n, rr in d["results"].items())
+    cells.append(f"{label} {tuple(d['shape'])} fwd/fwd+bwd ms: {part}")
+  row = f"| {date} | {device} | `{cmd.strip()}` | {commit} | " + "; ".join(cells) + " |"
+  log(row)
+  if out_dir:
+    with open(os.path.join(out_dir, "wkv_bench_row.md"), "w") as f:
+      f.write(row + "\n\n" + text + "\n")
+  if args.append_docs:
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"), "a") as f:
+      f.write(row + "\n")
+
+
+if __name__ == "__main__":
+  main()

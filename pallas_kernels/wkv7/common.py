@@ -1,0 +1,282 @@
+"""WKV-7 chunk algebra shared by the Pallas kernels and their XLA glue.
+
+Layout and recurrence are those of `rwkvjax.ops.wkv7` (FLA's): per batch row and head the state S is [K, V]
+(K = V = N) and
+
+    S_t = diag(exp(w_t)) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T,      o_t = S_t^T r_t.
+
+A chunk of L tokens (L a power of two, 16..64) with entering state S is, with g = cumsum(w) inside the chunk
+(g^- = g - w), m = g at the middle row and gL = g at the last row (spec wkv_kernels.md sections 2.2-2.4):
+
+    q~ = r e^{g-m}, a~ = a e^{g^- - m}, k^ = k e^{m-g}, b^ = b e^{m-g}                     (factors, |exponent| <= L/2 |w|)
+    A_ab = M_<(a~ b^T), A_ak = M_<(a~ k^T), A_qb = M_<=(q~ b^T), A_qk = M_<=(q~ k^T)     (causal, same segment)
+    A0 = a e^{g^-}, Q0 = r e^{g}                                   (rows of the segment that sees S; else 0)
+    T = (I - A_ab)^{-1}                                            (`unit_lower_inverse`: block doubling)
+    u = T (A0 S + A_ak V)            the reads u_t = S_{t-1}^T a_t
+    o = Q0 S + A_qb u + A_qk V
+    S' = diag(d) S + Bbar^T u + Kbar^T V,   Bbar = b e^{gL-g}, Kbar = k e^{gL-g} (last segment), d = e^{gL}
+                                                                   (0 if the chunk contains a segment start)
+
+`chunk_forward` and `chunk_backward` write this for ONE chunk on 2-D [L, N] float32 values, with nothing but 2-D
+matmuls, elementwise ops, iota masks and sublane sums, so that the same Python code runs inside the Pallas TPU
+kernel body and, under `jax.vmap`, as batched XLA (the GPU backend's chunk-parallel backward, and the oracle of the
+GPU kernels' intermediate tiles). `chunk_backward` is the hand-written VJP of `chunk_forward` with the entering
+state treated as an input (its gradient is returned too): given dO and dS' of a chunk it returns the gradients of
+the chunk's six inputs and of S.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+F32 = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class MatOps:
+  """The three matmul shapes the chunk algebra uses, on 2-D float32 arrays, and the precision they run at."""
+
+  precision: object = lax.Precision.HIGHEST
+
+  def _dot(self, x, y, dims):
+    return lax.dot_general(x, y, (dims, ((), ())), precision=self.precision, preferred_element_type=F32)
+
+  def mm(self, x, y):  # x @ y
+    return self._dot(x, y, ((1,), (0,)))
+
+  def nt(self, x, y):  # x @ y^T
+    return self._dot(x, y, ((1,), (1,)))
+
+  def tn(self, x, y):  # x^T @ y
+    return self._dot(x, y, ((0,), (0,)))
+
+
+def _iota(shape, dim):
+  return lax.broadcasted_iota(jnp.int32, shape, dim)
+
+
+def row_of(x, i):
+  """Row i of the 2-D x as a [1, N] array (a masked sublane sum: no unaligned slicing inside kernels)."""
+  return jnp.sum(jnp.where(_iota(x.shape, 0) == i, x, 0.0), axis=0, keepdims=True)
+
+
+def diag_matrix(row):
+  """diag(row) [N, N] for a [1, N] row (multiplying by it scales the rows of the other operand)."""
+  n = row.shape[1]
+  return jnp.where(_iota((n, n), 0) == _iota((n, n), 1), jnp.broadcast_to(row, (n, n)), 0.0)
+
+
+def diag_row(x):
+  """The diagonal of the square x as a [1, N] row."""
+  return jnp.sum(jnp.where(_iota(x.shape, 0) == _iota(x.shape, 1), x, 0.0), axis=0, keepdims=True)
+
+
+def cumsum_rows(x, ops: MatOps, reverse: bool = False):
+  """Inclusive cumulative sum over rows (tokens) as a triangular matmul."""
+  n = x.shape[0]
+  r, c = _iota((n, n), 0), _iota((n, n), 1)
+  tri = jnp.where(r <= c if reverse else r >= c, 1.0, 0.0).astype(F32)
+  return ops.mm(tri, x)
+
+
+def unit_lower_inverse(A, ops: MatOps):
+  """(I - A)^{-1} for strictly lower-triangular A [L, L], L a power of two, by block doubling.
+
+  After the step for block size s the result D is block diagonal with the inverses of the s x s diagonal blocks of
+  I - A. Two neighbouring blocks merge with [[D1, 0], [D2 A21 D1, D2]], i.e. D <- D + D A_off D with A_off the
+  A21 blocks: 2 matmuls per level, log2(L) - 1 levels (the first, s = 1, is D = I + A_off). Every intermediate is a
+  block of the final inverse, so this is as stable as forward substitution (no Neumann series over the whole
+  chunk, which cancels catastrophically in float32 for aligned kk; spec section 2.4).
+  """
+  n = A.shape[0]
+  r, c = _iota((n, n), 0), _iota((n, n), 1)
+  eye = jnp.where(r == c, 1.0, 0.0).astype(F32)
+
+  def off(shift):  # A's blocks just below the diagonal blocks of size 2^shift, inside blocks of 2^(shift+1)
+    keep = ((r >> (shift + 1)) == (c >> (shift + 1))) & ((r >> shift) != (c >> shift))
+    return jnp.where(keep, A, 0.0)
+
+  D = eye + off(0)
+  shift = 1
+  while (1 << shift) < n:
+    D = D + ops.mm(ops.mm(D, off(shift)), D)
+    shift += 1
+  return D
+
+
+def _masks(seg_col, seg_row):
+  """seg_col [L, 1] / seg_row [1, L] float32 segment index inside the chunk (0 = connected to the entering state).
+
+  Returns strict / inclusive causal same-segment masks [L, L], `first` [L, 1] (rows that see the entering state),
+  `last` [L, 1] (rows of the chunk's last segment) and `carry` [1, 1] (True if no segment starts in the chunk)."""
+  n = seg_col.shape[0]
+  r, c = _iota((n, n), 0), _iota((n, n), 1)
+  same = seg_col == seg_row
+  seg_last = row_of(seg_col, n - 1)  # [1, 1]
+  return same & (r > c), same & (r >= c), seg_col == 0.0, seg_col == seg_last, seg_last == 0.0
+
+
+def _factors(r, w, k, a, b, ops: MatOps):
+  n = r.shape[0]
+  g = cumsum_rows(w, ops)
+  gm = g - w
+  mid = row_of(g, (n - 1) // 2)
+  gl = row_of(g, n - 1)
+  e_q = jnp.exp(g - mid)
+  e_a = jnp.exp(gm - mid)
+  e_out = jnp.exp(mid - g)
+  to_end = jnp.exp(gl - g)
+  return g, gm, gl, e_q, e_a, e_out, to_end
+
+
+def chunk_forward(r, w, k, v, a, b, seg_col, seg_row, S, ops: MatOps = MatOps()):
+  """(o [L, V], S' [K, V]) of one chunk; inputs [L, N] float32, S [K, V] float32, seg_* as in `_masks`."""
+  strict, incl, first, last, carry = _masks(seg_col, seg_row)
+  g, gm, gl, e_q, e_a, e_out, to_end = _factors(r, w, k, a, b, ops)
+  qt, at, kh, bh = r * e_q, a * e_a, k * e_out, b * e_out
+  A_ab = jnp.where(strict, ops.nt(at, bh), 0.0)
+  A_ak = jnp.where(strict, ops.nt(at, kh), 0.0)
+  A_qb = jnp.where(incl, ops.nt(qt, bh), 0.0)
+  A_qk = jnp.where(incl, ops.nt(qt, kh), 0.0)
+  a0 = jnp.where(first, a * jnp.exp(gm), 0.0)
+  q0 = jnp.where(first, r * jnp.exp(g), 0.0)
+  T = unit_lower_inverse(A_ab, ops)
+  u = ops.mm(T, ops.mm(a0, S) + ops.mm(A_ak, v))
+  o = ops.mm(q0, S) + ops.mm(A_qb, u) + ops.mm(A_qk, v)
+  bbar = jnp.where(last, b * to_end, 0.0)
+  kbar = jnp.where(last, k * to_end, 0.0)
+  dec = jnp.where(carry, jnp.exp(gl), 0.0)
+  S_next = ops.mm(diag_matrix(dec), S) + ops.tn(bbar, u) + ops.tn(kbar, v)
+  return o, S_next
+
+
+def chunk_prep(r, w, k, v, a, b, seg_col, seg_row, ops: MatOps = MatOps()):
+  """The state-independent tiles of one chunk, as the GPU state kernels consume them:
+
+    wy_w [L, K], wy_u [L, V]:  u = wy_w S + wy_u           (W = T A0, U_wy = T A_ak V)
+    qo [L, K], ob [L, V]:      o = qo S + ob               (qo = Q0 + A_qb W, ob = A_qb U_wy + A_qk V)
+    bbar, kbar [L, K], dec [1, K]: S' = diag(dec) S + bbar^T u + kbar^T V
+  """
+  strict, incl, first, last, carry = _masks(seg_col, seg_row)
+  g, gm, gl, e_q, e_a, e_out, to_end = _factors(r, w, k, a, b, ops)
+  qt, at, kh, bh = r * e_q, a * e_a, k * e_out, b * e_out
+  A_ab = jnp.where(strict, ops.nt(at, bh), 0.0)
+  A_ak = jnp.where(strict, ops.nt(at, kh), 0.0)
+  A_qb = jnp.where(incl, ops.nt(qt, bh), 0.0)
+  A_qk = jnp.where(incl, ops.nt(qt, kh), 0.0)
+  a0 = jnp.where(first, a * jnp.exp(gm), 0.0)
+  q0 = jnp.where(first, r * jnp.exp(g), 0.0)
+  T = unit_lower_inverse(A_ab, ops)
+  wy_w = ops.mm(T, a0)
+  wy_u = ops.mm(T, ops.mm(A_ak, v))
+  qo = q0 + ops.mm(A_qb, wy_w)
+  ob = ops.mm(A_qb, wy_u) + ops.mm(A_qk, v)
+  bbar = jnp.where(last, b * to_end, 0.0)
+  kbar = jnp.where(last, k * to_end, 0.0)
+  dec = jnp.where(carry, jnp.exp(gl), 0.0)
+  return wy_w, wy_u, qo, ob, bbar, kbar, dec
+
+
+def chunk_backward(r, w, k, v, a, b, seg_col, seg_row, S, dO, dS_next, ops: MatOps = MatOps()):
+  """Gradients (dr, dw, dk, dv, da, db [L, N], dS [K, V]) of one chunk given dO [L, V] and dS' [K, V]: the VJP of
+  `chunk_forward` (spec section 2.3), recomputing the forward terms."""
+  strict, incl, first, last, carry = _masks(seg_col, seg_row)
+  g, gm, gl, e_q, e_a, e_out, to_end = _factors(r, w, k, a, b, ops)
+  qt, at, kh, bh = r * e_q, a * e_a, k * e_out, b * e_out
+  A_ab = jnp.where(strict, ops.nt(at, bh), 0.0)
+  A_ak = jnp.where(strict, ops.nt(at, kh), 0.0)
+  A_qb = jnp.where(incl, ops.nt(qt, bh), 0.0)
+  A_qk = jnp.where(incl, ops.nt(qt, kh), 0.0)
+  ea0, eq0 = jnp.exp(gm), jnp.exp(g)
+  a0 = jnp.where(first, a * ea0, 0.0)
+  q0 = jnp.where(first, r * eq0, 0.0)
+  T = unit_lower_inverse(A_ab, ops)
+  u = ops.mm(T, ops.mm(a0, S) + ops.mm(A_ak, v))
+  bbar = jnp.where(last, b * to_end, 0.0)
+  kbar = jnp.where(last, k * to_end, 0.0)
+  dec = jnp.where(carry, jnp.exp(gl), 0.0)
+
+  # S' = diag(dec) S + bbar^T u + kbar^T v
+  d_bbar = jnp.where(last, ops.nt(u, dS_next), 0.0)
+  d_kbar = jnp.where(last, ops.nt(v, dS_next), 0.0)
+  du = ops.mm(bbar, dS_next)
+  dv = ops.mm(kbar, dS_next)
+  d_dec = diag_row(ops.nt(dS_next, S))
+  dS = ops.mm(diag_matrix(dec), dS_next)
+  # o = q0 S + A_qb u + A_qk v
+  dq0 = jnp.where(first, ops.nt(dO, S), 0.0)
+  dS = dS + ops.tn(q0, dO)
+  dA_qb = jnp.where(incl, ops.nt(dO, u), 0.0)
+  dA_qk = jnp.where(incl, ops.nt(dO, v), 0.0)
+  du = du + ops.tn(A_qb, dO)
+  dv = dv + ops.tn(A_qk, dO)
+  # u = T R, R = a0 S + A_ak v  (T = (I - A_ab)^{-1}: dA_ab = T^T du u^T)
+  dR = ops.tn(T, du)
+  dA_ab = jnp.where(strict, ops.nt(dR, u), 0.0)
+  da0 = jnp.where(first, ops.nt(dR, S), 0.0)
+  dS = dS + ops.tn(a0, dR)
+  dA_ak = jnp.where(strict, ops.nt(dR, v), 0.0)
+  dv = dv + ops.tn(A_ak, dR)
+  # the factor products
+  d_at = ops.mm(dA_ab, bh) + ops.mm(dA_ak, kh)
+  d_qt = ops.mm(dA_qb, bh) + ops.mm(dA_qk, kh)
+  d_bh = ops.tn(dA_ab, at) + ops.tn(dA_qb, qt)
+  d_kh = ops.tn(dA_ak, at) + ops.tn(dA_qk, qt)
+  dr = d_qt * e_q + dq0 * eq0
+  da = d_at * e_a + da0 * ea0
+  dk = d_kh * e_out + d_kbar * to_end
+  db = d_bh * e_out + d_bbar * to_end
+  # the log-decay: direct gradients of g, g^- and gL (the pivot m cancels from every kept product)
+  dg = qt * d_qt + q0 * dq0 - kh * d_kh - bh * d_bh - kbar * d_kbar - bbar * d_bbar
+  dgm = at * d_at + a0 * da0
+  dgl = jnp.sum(kbar * d_kbar + bbar * d_bbar, axis=0, keepdims=True) + dec * d_dec
+  dw = cumsum_rows(dg + dgm, ops, reverse=True) - dgm + dgl
+  return dr, dw, dk, dv, da, db, dS
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# XLA glue: chunking, segments
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def segment_index(segment_ids, B: int, T: int, L: int):
+  """[B, C, L] float32: per token, the number of segment starts in its chunk up to and including it (0 = the
+  token still sees the state entering the chunk). Padded tail tokens (T up to C*L) continue the last segment."""
+  C = -(-T // L)
+  if segment_ids is None:
+    return jnp.zeros((B, C, L), F32)
+  change = segment_ids[:, 1:] != segment_ids[:, :-1]
+  starts = jnp.concatenate([jnp.zeros((B, 1), bool), change], axis=1)
+  starts = jnp.pad(starts, ((0, 0), (0, C * L - T)))
+  return jnp.cumsum(starts.reshape(B, C, L).astype(jnp.int32), axis=-1).astype(F32)
+
+
+def pad_time(x, Tp: int):
+  T = x.shape[1]
+  return x if Tp == T else jnp.pad(x, ((0, 0), (0, Tp - T)) + ((0, 0),) * (x.ndim - 2))
+
+
+def to_chunks(x, L: int):
+  """[B, T, H, N] -> [B, H, C, L, N] (zero-padded tail), any dtype kept."""
+  B, T, H, N = x.shape
+  C = -(-T // L)
+  x = pad_time(x, C * L)
+  return x.reshape(B, C, L, H, N).transpose(0, 3, 1, 2, 4)
+
+
+def from_chunks(x, T: int):
+  """[B, H, C, L, N] -> [B, T, H, N]."""
+  B, H, C, L, N = x.shape
+  return x.transpose(0, 2, 3, 1, 4).reshape(B, C * L, H, N)[:, :T]
+
+
+def vmap_chunks(fn: Callable, n_batch_dims: int = 3):
+  """vmap a 2-D chunk function over leading [B, H, C] dims."""
+  for _ in range(n_batch_dims):
+    fn = jax.vmap(fn)
+  return fn

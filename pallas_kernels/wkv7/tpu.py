@@ -1,0 +1,235 @@
+"""`pallas_tpu`: WKV-7 as Pallas Mosaic-TPU kernels, forward and backward (custom_vjp), chunked.
+
+Tiling. One program per (batch row, head, chunk); grid (B, H, C) with the chunk axis last and sequential
+("arbitrary"), the two others parallel (megacore). The state S [K, V] float32 lives in a VMEM scratch buffer carried
+from chunk to chunk; each program loads its chunk's six [L, N] tiles, does the whole chunk (spec sections 2.2-2.4,
+`common.chunk_forward`): cumulative log-decay, the four intra-chunk matrices, the WY inverse by block doubling,
+the reads u, the outputs and the next state, all as 2-D float32 matmuls at Precision.HIGHEST. The forward also
+writes the state entering each chunk (float32 [B, H, C, K, V], N^2 * 4 / L bytes per token-head) for the backward.
+
+Backward: the same grid walked in reverse chunk order (the index maps read chunk C-1-c), the state gradient dS in
+VMEM scratch; each program recomputes its chunk's forward terms from the inputs and the saved entering state and
+applies `common.chunk_backward` (the hand-written VJP), writing the six input gradients of the chunk and carrying
+dS to the previous chunk; the last program writes the initial-state gradient.
+
+Inputs are transposed to head-major [B, H, T, N] (Mosaic's block rule: the last two block dims must be
+(8, 128)-aligned or whole, which a [L, 1, N] tile of [B, T, H, N] is not) and the tail is zero-padded to whole chunks
+(w = 0 and zero inputs are an identity transition). Inputs may be float32 or bfloat16 (computed in float32).
+Resets: `segment_ids` become a per-token segment index inside each chunk (`common.segment_index`), passed as a
+[L, 1] column and a [1, L] row so that masks are plain broadcasts.
+
+`interpret=True` runs the same kernels in Pallas' interpreter (any platform; CI runs it on CPU).
+Not measured on TPU hardware (none here); see `aot_lower` for the ahead-of-time lowering.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels.wkv7 import common as cm
+
+F32 = jnp.float32
+DEFAULT_CHUNK = 64
+
+
+def _compiler_params():
+  return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
+
+
+def _specs(L: int, N: int, reverse: bool, C: int):
+  cix = (lambda c: C - 1 - c) if reverse else (lambda c: c)
+  tile = pl.BlockSpec((None, None, L, N), lambda b, h, c: (b, h, cix(c), 0))
+  seg_col = pl.BlockSpec((None, None, L, 1), lambda b, h, c: (b, cix(c), 0, 0))
+  seg_row = pl.BlockSpec((None, None, 1, L), lambda b, h, c: (b, cix(c), 0, 0))
+  state = pl.BlockSpec((None, None, N, N), lambda b, h, c: (b, h, 0, 0))
+  per_chunk_state = pl.BlockSpec((None, None, None, N, N), lambda b, h, c: (b, h, cix(c), 0, 0))
+  return tile, seg_col, seg_row, state, per_chunk_state
+
+
+def _forward_call(xs, seg_col, seg_row, s0, out_dtype, interpret):
+  """xs: six [B, H, Tp, N]; seg_col [B, C, L, 1]; seg_row [B, C, 1, L]; s0 [B, H, N, N] float32.
+  Returns o [B, H, Tp, N] (out_dtype), final state [B, H, N, N], entering states [B, H, C, N, N] float32."""
+  B, H, Tp, N = xs[0].shape
+  C, L = seg_col.shape[1], seg_col.shape[2]
+  tile, scol, srow, state, pcs = _specs(L, N, False, C)
+
+  def kernel(r_ref, w_ref, k_ref, v_ref, a_ref, b_ref, sc_ref, sr_ref, s0_ref, o_ref, fin_ref, st_ref, s_scr):
+    c = pl.program_id(2)
+
+    @pl.when(c == 0)
+    def _():
+      s_scr[...] = s0_ref[...]
+
+    S = s_scr[...]
+    st_ref[...] = S
+    vals = [ref[...].astype(F32) for ref in (r_ref, w_ref, k_ref, v_ref, a_ref, b_ref)]
+    o, S_next = cm.chunk_forward(*vals, sc_ref[...], sr_ref[...], S)
+    o_ref[...] = o.astype(o_ref.dtype)
+    s_scr[...] = S_next
+
+    @pl.when(c == C - 1)
+    def _():
+      fin_ref[...] = S_next
+
+  return pl.pallas_call(
+    kernel,
+    grid=(B, H, C),
+    in_specs=[tile] * 6 + [scol, srow, state],
+    out_specs=[tile, state, pcs],
+    out_shape=[
+      jax.ShapeDtypeStruct((B, H, Tp, N), out_dtype),
+      jax.ShapeDtypeStruct((B, H, N, N), F32),
+      jax.ShapeDtypeStruct((B, H, C, N, N), F32),
+    ],
+    scratch_shapes=[pltpu.VMEM((N, N), F32)],
+    compiler_params=_compiler_params(),
+    interpret=interpret,
+    name="wkv7_tpu_fwd",
+  )(*xs, seg_col, seg_row, s0)
+
+
+def _backward_call(xs, seg_col, seg_row, states, d_o, d_final, grad_dtypes, interpret):
+  """Six gradients [B, H, Tp, N] (grad_dtypes) and the initial-state gradient [B, H, N, N] float32."""
+  B, H, Tp, N = xs[0].shape
+  C, L = seg_col.shape[1], seg_col.shape[2]
+  tile, scol, srow, state, pcs = _specs(L, N, True, C)
+
+  def kernel(r_ref, w_ref, k_ref, v_ref, a_ref, b_ref, sc_ref, sr_ref, st_ref, do_ref, dfin_ref,
+             dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref, ds0_ref, ds_scr):
+    c = pl.program_id(2)
+
+    @pl.when(c == 0)
+    def _():
+      ds_scr[...] = dfin_ref[...]
+
+    vals = [ref[...].astype(F32) for ref in (r_ref, w_ref, k_ref, v_ref, a_ref, b_ref)]
+    grads = cm.chunk_backward(*vals, sc_ref[...], sr_ref[...], st_ref[...], do_ref[...].astype(F32), ds_scr[...])
+    for ref, g in zip((dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref), grads[:6]):
+      ref[...] = g.astype(ref.dtype)
+    ds_scr[...] = grads[6]
+
+    @pl.when(c == C - 1)
+    def _():
+      ds0_ref[...] = grads[6]
+
+  return pl.pallas_call(
+    kernel,
+    grid=(B, H, C),
+    in_specs=[tile] * 6 + [scol, srow, pcs, tile, state],
+    out_specs=[tile] * 6 + [state],
+    out_shape=[jax.ShapeDtypeStruct((B, H, Tp, N), dt) for dt in grad_dtypes]
+    + [jax.ShapeDtypeStruct((B, H, N, N), F32)],
+    scratch_shapes=[pltpu.VMEM((N, N), F32)],
+    compiler_params=_compiler_params(),
+    interpret=interpret,
+    name="wkv7_tpu_bwd",
+  )(*xs, seg_col, seg_row, states, d_o, d_final)
+
+
+def _head_major(x, Tp):
+  """[B, T, H, N] -> [B, H, Tp, N], zero-padded in time."""
+  return jnp.swapaxes(cm.pad_time(x, Tp), 1, 2)
+
+
+def _time_major(x, T):
+  return jnp.swapaxes(x, 1, 2)[:, :T]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
+def _wkv7(r, w, k, v, a, b, s0, seg, L, interpret):
+  return _wkv7_fwd(r, w, k, v, a, b, s0, seg, L, interpret)[0]
+
+
+def _wkv7_fwd(r, w, k, v, a, b, s0, seg, L, interpret):
+  B, T, H, N = r.shape
+  C = seg.shape[1]
+  xs = [_head_major(x, C * L) for x in (r, w, k, v, a, b)]
+  seg_col, seg_row = seg[..., None], seg[:, :, None, :]
+  o, final, states = _forward_call(xs, seg_col, seg_row, s0, r.dtype, interpret)
+  return (_time_major(o, T), final), (xs, seg, states)
+
+
+def _wkv7_bwd(L, interpret, res, cts):
+  xs, seg, states = res
+  d_o, d_final = cts
+  T, Tp = d_o.shape[1], xs[0].shape[2]
+  d_o = _head_major(d_o.astype(F32), Tp)
+  grads = _backward_call(xs, seg[..., None], seg[:, :, None, :], states, d_o, d_final.astype(F32),
+                         [x.dtype for x in xs], interpret)
+  return tuple(_time_major(g, T) for g in grads[:6]) + (grads[6], None)
+
+
+_wkv7.defvjp(_wkv7_fwd, _wkv7_bwd)
+
+
+def wkv7_pallas_tpu(r, w, k, v, a, b, initial_state, segment_ids, *, chunk_size: int = DEFAULT_CHUNK,
+                    interpret: bool = False):
+  """The `pallas_tpu` backend; see `rwkvjax.ops.wkv7` for the contract.
+
+  chunk_size: tokens per chunk L, a power of two in [8, 128]; T < L uses one chunk of the next power of two.
+  interpret: run the kernels in Pallas interpret mode (any platform, e.g. CPU tests).
+  Inputs r, k, v, a, b (and w) float32 or bfloat16; state and arithmetic float32; o in the dtype of r.
+  """
+  B, T, H, N = r.shape
+  L = min(chunk_size, max(8, 1 << (T - 1).bit_length()))
+  if L & (L - 1) or not 8 <= L <= 128:
+    raise ValueError(f"pallas_tpu: chunk_size must be a power of two in [8, 128], got {chunk_size}")
+  if r.dtype == jnp.bfloat16 and L < 16:
+    L = 16  # bf16 tiles pack 16 rows per vreg
+  dtype = r.dtype
+  k, v, a, b = (x.astype(dtype) for x in (k, v, a, b))
+  if w.dtype not in (jnp.float32, jnp.bfloat16):
+    w = w.astype(F32)
+  s0 = jnp.zeros((B, H, N, N), F32) if initial_state is None else initial_state.astype(F32)
+  seg = cm.segment_index(segment_ids, B, T, L)
+  return _wkv7(r, w, k, v, a, b, s0, seg, L, interpret)
+
+
+def aot_lower(topology: str = "v5e:2x2", shape=(2, 256, 4, 64), dtype=jnp.bfloat16, chunk_size: int = DEFAULT_CHUNK):
+  """Lowers (and compiles, when a TPU compiler is present) forward+backward for a TPU topology without TPU hardware.
+
+  Uses `jax.experimental.topologies.get_topology_desc(topology, "tpu")`, as MaxText's AOT tests do; that needs the
+  TPU PJRT plugin (libtpu) installed, even on a CPU-only machine. Returns the `jax.stages.Compiled` object, or the
+  `Lowered` one when the topology cannot be created (the Mosaic kernels are still lowered to MLIR then).
+  """
+  B, T, H, N = shape
+  spec = jax.ShapeDtypeStruct(shape, dtype)
+  wspec = jax.ShapeDtypeStruct(shape, F32)
+  sspec = jax.ShapeDtypeStruct((B, H, N, N), F32)
+  seg_spec = jax.ShapeDtypeStruct((B, T), jnp.int32)
+
+  def loss(r, w, k, v, a, b, s0, seg):
+    o, s = wkv7_pallas_tpu(r, w, k, v, a, b, s0, seg, chunk_size=chunk_size)
+    return jnp.sum(o.astype(F32)) + jnp.sum(s)
+
+  fn = jax.jit(jax.grad(loss, argnums=tuple(range(7))))
+  args = (spec, wspec, spec, spec, spec, spec, sspec, seg_spec)
+  from jax.experimental import topologies  # noqa: PLC0415
+
+  topo = topologies.get_topology_desc(topology, "tpu")
+  from jax.sharding import SingleDeviceSharding  # noqa: PLC0415
+
+  sharding = SingleDeviceSharding(topo.devices[0])
+  args = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding) for x in args)
+  return fn.trace(*args).lower().compile()
+
+
+def lower_for_tpu(shape=(2, 256, 4, 64), dtype=jnp.bfloat16, chunk_size: int = DEFAULT_CHUNK):
+  """Cross-platform lowering for TPU (no TPU plugin needed): traces forward+backward and runs the Pallas -> Mosaic
+  lowering of both kernels; returns the StableHLO text (which embeds the serialized Mosaic modules)."""
+  B, T, H, N = shape
+  spec = jax.ShapeDtypeStruct(shape, dtype)
+
+  def loss(r, w, k, v, a, b, s0, seg):
+    o, s = wkv7_pallas_tpu(r, w, k, v, a, b, s0, seg, chunk_size=chunk_size)
+    return jnp.sum(o.astype(F32)) + jnp.sum(s)
+
+  fn = jax.jit(jax.grad(loss, argnums=tuple(range(7))))
+  args = (spec, jax.ShapeDtypeStruct(shape, F32), spec, spec, spec, spec,
+          jax.ShapeDtypeStruct((B, H, N, N), F32), jax.ShapeDtypeStruct((B, T), jnp.int32))
+  return fn.trace(*args).lower(lowering_platforms=("tpu",)).as_text()

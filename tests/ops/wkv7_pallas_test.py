@@ -1,0 +1,233 @@
+"""The Pallas WKV-7 backends (`pallas_tpu`, `pallas_gpu`) against the float32 reference: outputs, final state and the
+gradients of all six inputs and the initial state, with resets and T not a multiple of the chunk, fresh random inputs
+every run (the seed is in the failure message).
+
+On CPU (CI) the kernels run in Pallas interpret mode (`interpret=True`; the backends `pallas_tpu_interpret` and
+`pallas_gpu_interpret`), which checks their logic:
+  * pallas_tpu: float32 arithmetic, relative error <= 2e-3 (it measures ~1e-6);
+  * pallas_gpu: the Mosaic GPU interpreter reproduces the kernels' bf16 tensor-core numerics (bf16 inputs, bf16
+    intermediate tiles, split-bf16 products), so it is held to the GPU bound, <= 1e-2 against the float32 reference
+    on the same bf16-rounded inputs (it measures 2e-3 .. 5e-3, like FLA's 4e-3).
+Lowering: the TPU kernels are lowered to Mosaic for TPU (always) and compiled ahead of time for TPU topologies when
+libtpu is installed (`pip install "libtpu==0.0.48.*"`, the version jax 0.11.2 pins; skipped otherwise); the GPU
+kernels are lowered to Mosaic GPU for CUDA (always). On a Hopper GPU, `pallas_gpu` itself is compared with a float64
+reference (bf16 inputs, <= 1e-2).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import secrets
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rwkvjax.ops as ops
+from pallas_kernels.wkv7 import gpu, tpu
+from pallas_kernels.wkv7.gpu import wkv7_pallas_gpu
+from pallas_kernels.wkv7.tpu import wkv7_pallas_tpu
+from rwkvjax.ops.reference import wkv7_reference
+from tests.ops.wkv7_chunked_test import make_inputs, rel_err, segments_from_starts
+
+TPU_TOL = 2e-3
+GPU_TOL = 1e-2
+NAMES = ("o", "final_state", "dr", "dw", "dk", "dv", "da", "db", "dinitial_state")
+
+
+def _run(fn, primals, segment_ids, cotangent):
+  def f(*p):  # primals: the six inputs and, if given, the initial state (else None: a zero state)
+    return fn(*p[:6], p[6] if len(p) > 6 else None, segment_ids)
+
+  out, vjp = jax.vjp(f, *primals)
+  return out, vjp(cotangent)
+
+
+def compare(seed, fn, inputs, segment_ids, tol, dtype=jnp.float32, label="", use_s0=True):
+  """Asserts that outputs, final state and all gradients match the float32 reference on the same (rounded) inputs;
+  use_s0=False passes initial_state=None."""
+  r, w, k, v, a, b, s0 = inputs
+  r, k, v, a, b = (x.astype(dtype) for x in (r, k, v, a, b))
+  B, T, H, N = r.shape
+  key_o, key_s = jax.random.split(jax.random.PRNGKey(seed + 1))
+  cot = (jax.random.normal(key_o, (B, T, H, N)).astype(dtype), jax.random.normal(key_s, (B, H, N, N)))
+  extra = (s0,) if use_s0 else ()
+  (o, s), g = jax.jit(functools.partial(_run, fn))((r, w, k, v, a, b) + extra, segment_ids, cot)
+  up = lambda x: x.astype(jnp.float32)  # noqa: E731
+  ref_primals = tuple(up(x) for x in (r, w, k, v, a, b)) + extra
+  (o_ref, s_ref), g_ref = jax.jit(functools.partial(_run, wkv7_reference))(ref_primals, segment_ids,
+                                                                          (up(cot[0]), cot[1]))
+  assert o.shape == (B, T, H, N) and o.dtype == r.dtype
+  assert s.shape == (B, H, N, N) and s.dtype == jnp.float32
+  assert all(x.shape == y.shape and x.dtype == y.dtype for x, y in zip(g, (r, w, k, v, a, b) + extra))
+  errors = dict(zip(NAMES, [rel_err(o, o_ref), rel_err(s, s_ref)] + [rel_err(x, y) for x, y in zip(g, g_ref)]))
+  # a bf16 result also carries its own rounding (half an ulp, 2^-9 of the largest magnitude)
+  tols = {name: tol + (2.0**-8 if x.dtype == jnp.bfloat16 else 0.0) for name, x in zip(NAMES, (o, s) + tuple(g))}
+  bad = {name: err for name, err in errors.items() if not err <= tols[name]}
+  assert not bad, f"seed={seed} {label}: relative errors above {tol}: {bad}; all: {errors}"
+  return errors
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# pallas_tpu in interpret mode
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "B,T,H,N,chunk,starts,kind,use_s0",
+  [
+    (1, 37, 2, 16, 16, [5, 16], "rwkv7", True),  # resets inside a chunk and on a boundary; T % chunk != 0
+    (2, 50, 1, 16, 32, None, "generic", False),  # no initial state
+    (1, 80, 1, 16, 64, [3, 63, 64, 65], "aligned", True),  # worst-conditioned WY solve, adjacent resets
+    (1, 70, 1, 64, 64, None, "strong_decay", True),  # largest factor exponents at N = 64
+  ],
+)
+def test_tpu_interpret_matches_reference(B, T, H, N, chunk, starts, kind, use_s0):
+  seed = secrets.randbelow(2**31)
+  inputs = make_inputs(seed, B, T, H, N, kind)
+  segment_ids = None if starts is None else segments_from_starts(B, T, starts)
+  fn = functools.partial(wkv7_pallas_tpu, chunk_size=chunk, interpret=True)
+  compare(seed, fn, inputs, segment_ids, TPU_TOL, label=f"pallas_tpu chunk={chunk} {kind}", use_s0=use_s0)
+
+
+def test_tpu_interpret_bfloat16_and_random_resets():
+  seed = secrets.randbelow(2**31)
+  rng = np.random.default_rng(seed)
+  segment_ids = jnp.asarray(np.cumsum(rng.random((2, 40)) < 0.1, axis=1), jnp.int32)
+  fn = functools.partial(wkv7_pallas_tpu, chunk_size=16, interpret=True)
+  compare(seed, fn, make_inputs(seed, 2, 40, 1, 16), segment_ids, TPU_TOL, dtype=jnp.bfloat16,
+          label="pallas_tpu bf16")
+
+
+def test_tpu_interpret_through_public_api():
+  seed = secrets.randbelow(2**31)
+  r, w, k, v, a, b, s0 = make_inputs(seed, 1, 21, 2, 16)
+  segment_ids = segments_from_starts(1, 21, [9])
+  o, s = ops.wkv7(r, w, k, v, a, b, s0, segment_ids=segment_ids, impl="pallas_tpu_interpret")
+  o_ref, s_ref = wkv7_reference(r, w, k, v, a, b, s0, segment_ids)
+  assert rel_err(o, o_ref) <= TPU_TOL and rel_err(s, s_ref) <= TPU_TOL, f"seed={seed}"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# pallas_gpu (Mosaic GPU) in interpret mode
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "B,T,H,starts,kind,dtype",
+  [
+    (1, 150, 1, [5, 64, 100], "rwkv7", jnp.bfloat16),  # 3 chunks, T % 64 != 0, resets incl. a chunk boundary
+    (1, 64, 2, None, "aligned", jnp.float32),  # float32 inputs (rounded to bf16 by the kernels)
+  ],
+)
+def test_gpu_interpret_matches_reference(B, T, H, starts, kind, dtype):
+  seed = secrets.randbelow(2**31)
+  inputs = make_inputs(seed, B, T, H, 64, kind)
+  inputs = tuple(x.astype(jnp.bfloat16).astype(jnp.float32) if i in (0, 2, 3, 4, 5) else x
+                 for i, x in enumerate(inputs))  # the kernels' bf16 inputs, so the reference sees the same values
+  segment_ids = None if starts is None else segments_from_starts(B, T, starts)
+  fn = functools.partial(wkv7_pallas_gpu, interpret=True)
+  compare(seed, fn, inputs, segment_ids, GPU_TOL, dtype=dtype, label=f"pallas_gpu interpret {kind}")
+
+
+def test_backends_registered():
+  names = ops.backends()
+  for name in ("pallas_tpu", "pallas_gpu", "pallas_tpu_interpret", "pallas_gpu_interpret"):
+    assert name in names
+  if jax.default_backend() == "cpu":
+    assert ops.resolve_impl("auto") == "chunked"  # interpret variants are never picked by "auto"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# lowering without the hardware
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_tpu_kernels_lower_to_mosaic():
+  text = tpu.lower_for_tpu(shape=(1, 128, 2, 64), dtype=jnp.bfloat16, chunk_size=64)
+  assert text.count("tpu_custom_call") >= 2  # forward and backward kernels
+
+
+def _has_libtpu():
+  return importlib.util.find_spec("libtpu") is not None
+
+
+@pytest.mark.skipif(not _has_libtpu(), reason="AOT compile for a TPU topology needs libtpu (the TPU PJRT plugin) even "
+                    "without TPU hardware: pip install 'libtpu==0.0.48.*' (pinned by jax 0.11.2) to run this test")
+@pytest.mark.parametrize("topology,dtype,chunk", [("v5e:2x2", jnp.bfloat16, 64), ("v6e:2x2", jnp.float32, 32)])
+def test_tpu_aot_compile_for_topology(topology, dtype, chunk):
+  compiled = tpu.aot_lower(topology, shape=(2, 200, 2, 64), dtype=dtype, chunk_size=chunk)
+  assert "wkv7_tpu_fwd" in compiled.as_text() and "wkv7_tpu_bwd" in compiled.as_text()
+
+
+def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch):
+  monkeypatch.setattr(gpu, "is_hopper", lambda: True)
+  B, T, H, N = 1, 128, 2, 64
+  spec = jax.ShapeDtypeStruct((B, T, H, N), jnp.bfloat16)
+
+  def loss(r, w, k, v, a, b, s0, seg):
+    o, s = wkv7_pallas_gpu(r, w, k, v, a, b, s0, seg)
+    return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
+
+  fn = jax.jit(jax.grad(loss, argnums=tuple(range(7))))
+  args = (spec, jax.ShapeDtypeStruct((B, T, H, N), jnp.float32), spec, spec, spec, spec,
+          jax.ShapeDtypeStruct((B, H, N, N), jnp.float32), jax.ShapeDtypeStruct((B, T), jnp.int32))
+  text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+  for name in ("wkv7_prep", "wkv7_state_fwd", "wkv7_state_bwd"):
+    assert name in text
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# pallas_gpu on a Hopper GPU, against a float64 reference
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _reference_f64(primals, segment_ids, cotangent):
+  with jax.enable_x64(True):
+    p64 = tuple(jnp.asarray(np.asarray(x, np.float64)) for x in primals)
+    c64 = tuple(jnp.asarray(np.asarray(x, np.float64)) for x in cotangent)
+
+    def f(*p):
+      B, T, H, N = p[0].shape
+      state = p[6]
+      starts = np.zeros((B, T), bool) if segment_ids is None else np.asarray(
+        np.concatenate([np.zeros((B, 1), bool), np.asarray(segment_ids)[:, 1:] != np.asarray(segment_ids)[:, :-1]], 1))
+      xs = tuple(jnp.moveaxis(x, 1, 0) for x in p[:6]) + (jnp.moveaxis(jnp.asarray(starts), 1, 0),)
+
+      def step(S, inp):
+        r_t, w_t, k_t, v_t, a_t, b_t, st = inp
+        S = jnp.where(st[:, None, None, None], 0.0, S)
+        sa = jnp.einsum("bhk,bhkv->bhv", a_t, S)
+        S = jnp.exp(w_t)[..., None] * S + b_t[..., None] * sa[..., None, :] + k_t[..., None] * v_t[..., None, :]
+        return S, jnp.einsum("bhk,bhkv->bhv", r_t, S)
+
+      S, o = jax.lax.scan(step, state, xs)
+      return jnp.moveaxis(o, 0, 1), S
+
+    out, vjp = jax.vjp(f, *p64)
+    return tuple(np.asarray(x) for x in out), tuple(np.asarray(x) for x in vjp(c64))
+
+
+@pytest.mark.skipif(not gpu.is_hopper(), reason="needs a Hopper (sm_90) GPU")
+@pytest.mark.parametrize(
+  "B,T,H,N,starts",
+  [(2, 256, 4, 64, None), (1, 300, 3, 64, [7, 64, 65, 200]), (2, 192, 2, 128, [100])],
+)
+def test_gpu_matches_float64_reference(B, T, H, N, starts):
+  seed = secrets.randbelow(2**31)
+  r, w, k, v, a, b, s0 = make_inputs(seed, B, T, H, N)
+  r, k, v, a, b = (x.astype(jnp.bfloat16) for x in (r, k, v, a, b))
+  segment_ids = None if starts is None else segments_from_starts(B, T, starts)
+  key_o, key_s = jax.random.split(jax.random.PRNGKey(seed + 1))
+  cot = (jax.random.normal(key_o, (B, T, H, N)).astype(jnp.bfloat16), jax.random.normal(key_s, (B, H, N, N)))
+  primals = (r, w, k, v, a, b, s0)
+  (o, s), g = jax.jit(functools.partial(_run, wkv7_pallas_gpu))(primals, segment_ids, cot)
+  (o_ref, s_ref), g_ref = _reference_f64(tuple(np.asarray(x.astype(jnp.float32)) for x in primals), segment_ids,
+                                         (np.asarray(cot[0].astype(jnp.float32)), np.asarray(cot[1])))
+  errors = dict(zip(NAMES, [rel_err(o, o_ref), rel_err(s, s_ref)] + [rel_err(x, y) for x, y in zip(g, g_ref)]))
+  print(f"pallas_gpu vs float64 B={B} T={T} H={H} N={N} resets={starts}:",
+        " ".join(f"{k}={e:.1e}" for k, e in errors.items()))
+  bad = {name: err for name, err in errors.items() if not err <= GPU_TOL}
+  assert not bad, f"seed={seed}: relative errors above {GPU_TOL}: {bad}; all: {errors}"
