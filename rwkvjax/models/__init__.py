@@ -9,11 +9,13 @@ The transformer family (Llama, Qwen2) is registered under its HF model_type.
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
 from rwkvjax.models import rwkv7, transformer
 
 _MODELS: dict[str, ModuleType] = {"x070": rwkv7, "llama": transformer, "qwen2": transformer}
+_MODELS["arwkv7"] = importlib.import_module("rwkvjax.distill.student")  # the ARWKV distillation student
 
 
 def get_model(version: str) -> ModuleType:

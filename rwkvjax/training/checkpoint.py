@@ -32,6 +32,9 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: dict, config: dict) -> None:
+    """Saves step `step` (asynchronously); a step already saved is left as it is."""
+    if step in self._manager.all_steps():
+      return
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config)),
         force=True)

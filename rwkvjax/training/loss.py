@@ -33,14 +33,40 @@ def _l2wrap_bwd(residuals, g):
 l2wrap_penalty.defvjp(_l2wrap_fwd, _l2wrap_bwd)
 
 
+@jax.custom_vjp
+def _token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """-log softmax(logits)[target] per position, float32: logits [..., V], targets [...] int -> [...].
+
+  The backward pass is written out as softmax - onehot(target) (an elementwise expression XLA fuses), not
+  left to autodiff, whose gather transpose scatters into a dense [..., V] buffer."""
+  return _nll_fwd(logits, targets)[0]
+
+
+def _nll_fwd(logits, targets):
+  logits32 = logits.astype(jnp.float32)
+  lse = jax.nn.logsumexp(logits32, axis=-1)
+  target_logit = jnp.take_along_axis(logits32, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return lse - target_logit, (logits, targets, lse)
+
+
+def _nll_bwd(residuals, g):
+  logits, targets, lse = residuals
+  probs = jnp.exp(logits.astype(jnp.float32) - lse[..., None])
+  onehot = targets[..., None] == jnp.arange(logits.shape[-1], dtype=targets.dtype)
+  grad = g[..., None] * (probs - onehot.astype(jnp.float32))
+  return grad.astype(logits.dtype), None
+
+
+_token_nll.defvjp(_nll_fwd, _nll_bwd)
+
+
 def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Masked mean next-token cross-entropy (float32).
 
   Args: logits [B, T, V]; targets [B, T] int; mask [B, T] float (1 = counts).
   Returns: (mean loss over masked positions, number of masked positions).
   """
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  nll = _token_nll(logits, targets)
   mask = mask.astype(jnp.float32)
   count = mask.sum()
   return (nll * mask).sum() / jnp.maximum(count, 1.0), count

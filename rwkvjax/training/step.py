@@ -26,24 +26,32 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation,
   """Returns train_step(state, batch) -> (state, metrics).
 
   `batch` holds arrays [A, B, T]: A micro batches accumulated into one update (mean of their gradients).
-  A non-finite loss or gradient norm leaves params and optimizer state unchanged (metrics["finite"] is 0);
-  the step counter still advances, as the batch was consumed.
+  Gradients are taken only with respect to the task's trainable parameters; frozen ones (a teacher, a base
+  model under adapters) are neither differentiated nor touched. A non-finite loss or gradient norm leaves
+  params and optimizer state unchanged (metrics["finite"] is 0); the step counter still advances, as the
+  batch was consumed.
   """
+  trainable = task.trainable()
+  is_none = lambda x: x is None
+  split = lambda params: jax.tree.map(lambda p, t: p if t else None, params, trainable)
+  merge = lambda part, params: jax.tree.map(lambda a, p: p if a is None else a, part, params, is_leaf=is_none)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     def micro(grads, mb):
-      (loss, count), g = jax.value_and_grad(task.loss, has_aux=True)(state.params, mb)
+      loss_fn = lambda train_params: task.loss(merge(train_params, state.params), mb)
+      (loss, count), g = jax.value_and_grad(loss_fn, has_aux=True)(split(state.params))
       return jax.tree.map(jnp.add, grads, g), (loss, count)
 
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), split(state.params))
     grads, (losses, counts) = jax.lax.scan(micro, zeros, batch)
     n_micro = losses.shape[0]
     grads = jax.tree.map(lambda g: g / n_micro, grads)
     loss = losses.mean()
     grad_norm = optax.tree.norm(grads)
     lr = learning_rate(state.step)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(lambda p, u: p + lr * u, state.params, updates)
+    # Frozen leaves: the optimizer ignores their "gradient" (it masks them), so pass the params themselves.
+    updates, opt_state = optimizer.update(merge(grads, state.params), state.opt_state, state.params)
+    params = jax.tree.map(lambda p, u, t: p + lr * u if t else p, state.params, updates, trainable)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = TrainState(step=state.step + 1, params=keep(params, state.params),

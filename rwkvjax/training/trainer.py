@@ -315,9 +315,12 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
 
 
 def _opt_state_shardings(optimizer, abstract_opt_state, params_sharding, mesh):
-  """Optimizer leaves that mirror a parameter (Adam moments) take its sharding; the rest is replicated."""
-  return optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt_state, params_sharding,
-                               transform_non_params=lambda _: sharding.replicated(mesh))
+  """Optimizer leaves that mirror a parameter (Adam moments) take its sharding; the rest is replicated.
+  Frozen parameters have no state (optax.MaskedNode) and keep it."""
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  return optax.tree_map_params(optimizer, lambda leaf, s: leaf if masked(leaf) else s, abstract_opt_state,
+                               params_sharding, transform_non_params=lambda _: sharding.replicated(mesh),
+                               is_leaf=masked)
 
 
 def _write_sample(cfg: TrainConfig, params, model_cfg, initial_state, workdir: str) -> None:

@@ -147,3 +147,17 @@ def test_bad_config_values_name_the_field(field, value, match):
     dataclasses.replace(TrainConfig(my_exit_tokens=1), **{field: value})
   with pytest.raises(ValueError, match="optim.lr_init"):
     OptimConfig(lr_init=0.0)
+
+
+def test_cross_entropy_gradient_matches_autodiff():
+  logits = jax.random.normal(jax.random.key(3), (2, 7, 13)) * 3
+  targets = jax.random.randint(jax.random.key(4), (2, 7), 0, 13)
+  mask = (jax.random.uniform(jax.random.key(5), (2, 7)) > 0.3).astype(jnp.float32)
+
+  def plain(l):
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(l), targets[..., None], -1)[..., 0]
+    return (nll * mask).sum() / mask.sum()
+
+  np.testing.assert_allclose(cross_entropy(logits, targets, mask)[0], plain(logits), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(lambda l: cross_entropy(l, targets, mask)[0])(logits), jax.grad(plain)(logits),
+                             atol=1e-6)
