@@ -68,8 +68,25 @@ def _config_x070(sd) -> dict[str, Any]:
       d_gate_lora=_shape(sd, "blocks.0.att.g1")[1])
 
 
+def _config_x052(sd) -> dict[str, Any]:
+  V, C = _shape(sd, "emb.weight")
+  H, N = _shape(sd, "blocks.0.att.time_faaaa")
+  if H * N != C:
+    raise CheckpointError(f"blocks.0.att.time_faaaa has shape {(H, N)}: H*N={H * N} does not match n_embd={C} "
+                          "from emb.weight")
+  return dict(n_embd=C, vocab_size=V, head_size=N, dim_ffn=_shape(sd, "blocks.0.ffn.key.weight")[0])
+
+
+def _config_x060(sd) -> dict[str, Any]:
+  fields = _config_x052(sd)
+  mix = _shape(sd, "blocks.0.att.time_maa_w2")
+  if len(mix) != 3 or mix[0] != 5:
+    raise CheckpointError(f"blocks.0.att.time_maa_w2 has shape {mix}; expected (5, D_mix, C)")
+  return dict(fields, d_mix_lora=mix[1], d_decay_lora=_shape(sd, "blocks.0.att.time_decay_w1")[1])
+
+
 # version -> reader of the ModelConfig fields (other than version and n_layer) from a state dict
-_CONFIG_READERS = {"x070": _config_x070}
+_CONFIG_READERS = {"x070": _config_x070, "x060": _config_x060, "x052": _config_x052}
 
 
 def config_from_state_dict(sd: Mapping[str, np.ndarray], **overrides) -> ModelConfig:
@@ -77,7 +94,10 @@ def config_from_state_dict(sd: Mapping[str, np.ndarray], **overrides) -> ModelCo
   version = detect_version(sd)
   if version not in _CONFIG_READERS:
     raise CheckpointError(f"checkpoint is RWKV {version}; this build reads {sorted(_CONFIG_READERS)}")
-  fields = dict(version=version, n_layer=_n_layer(sd), **_CONFIG_READERS[version](sd))
+  try:
+    fields = dict(version=version, n_layer=_n_layer(sd), **_CONFIG_READERS[version](sd))
+  except CheckpointError as e:
+    raise CheckpointError(f"RWKV {version} checkpoint (detected from the keys): {e}") from None
   fields.update(overrides)
   return ModelConfig(**fields)
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from rwkvjax.models import rwkv7, transformer
+from rwkvjax.models import rwkv5, rwkv6, rwkv7, transformer
 
 _MODELS: dict[str, ModuleType] = {"x070": rwkv7, "llama": transformer, "qwen2": transformer}
+_MODELS.update({"x060": rwkv6, "x052": rwkv5})
 _MODELS["arwkv7"] = importlib.import_module("rwkvjax.distill.student")  # the ARWKV distillation student
 
 

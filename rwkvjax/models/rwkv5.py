@@ -1,0 +1,366 @@
+"""RWKV-5.2 "Eagle" (x052) as pure functions over a parameter tree (§3 of specs/rwkv_architecture.md).
+
+Parameter names are RWKV-LM's state-dict keys (see `param_specs`); per-block tensors are stacked on a
+leading layer axis and the blocks run under `lax.scan`. The pieces shared with RWKV-6 (init helpers, the
+block loop, the state) live here and `rwkvjax.models.rwkv6` reuses them.
+
+Recurrent state (`init_state`), per layer, all float32:
+  att_x_prev [L, B, C]       ln1 output of the previous token (time-mix token shift)
+  wkv        [L, B, H, K, V] WKV state S[key, value]: the op's layout and also the official v5/v6 layout
+  ffn_x_prev [L, B, C]       ln2 output of the previous token (channel-mix token shift)
+
+Mix convention (pitfall 1 of the spec): x052 lerps with the weight on the CURRENT token,
+x * mu + x_prev * (1 - mu); x060/x070 use x + (x_prev - x) * mu.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from rwkvjax.config.model import ModelConfig
+from rwkvjax.models import layers
+from rwkvjax.models.params import ParamSpec, init_params
+from rwkvjax.ops import wkv5
+from rwkvjax.ops.reference import segment_starts
+from rwkvjax.training.sharding import constrain
+
+LN_X_EPS = 1e-5  # RWKV-LM: GroupNorm(eps=1e-5) of y / head_size_divisor  ==  GroupNorm(eps=1e-5 * divisor**2) of y
+
+Params = dict[str, Any]
+State = dict[str, jax.Array]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Official initialisation helpers (RWKV-LM RWKV-v5/src/model.py __init__ + generate_init_weight), shared
+# with rwkv6.
+# ----------------------------------------------------------------------------------------------------
+
+def ratios(layer, cfg: ModelConfig):
+  """(ratio_0_to_1, ratio_1_to_almost0) = (l / (L-1), 1 - l / L); ratio_0_to_1 is 0 when L == 1."""
+  l = jnp.asarray(layer, jnp.float32)
+  r0 = l / (cfg.n_layer - 1) if cfg.n_layer > 1 else jnp.zeros((), jnp.float32)
+  return r0, 1.0 - l / cfg.n_layer
+
+
+def ddd(C: int) -> jax.Array:
+  return jnp.arange(C, dtype=jnp.float32) / C
+
+
+def decay_speed(cfg: ModelConfig, layer) -> jax.Array:
+  """time_decay[n] = -6 + 5 * (n / (C-1)) ** (0.7 + 1.3 * ratio_0_to_1), [C]."""
+  C = cfg.n_embd
+  return -6.0 + 5.0 * (jnp.arange(C, dtype=jnp.float32) / (C - 1)) ** (0.7 + 1.3 * ratios(layer, cfg)[0])
+
+
+def time_faaaa_init(key, layer, cfg):
+  """time_faaaa[n] = ratio_0_to_1 * (1 - n / (C-1)) + 0.1 * ((n + 1) % 3 - 1), as [H, N]."""
+  del key
+  C = cfg.n_embd
+  n = jnp.arange(C)
+  zigzag = 0.1 * ((n + 1) % 3 - 1).astype(jnp.float32)
+  value = ratios(layer, cfg)[0] * (1.0 - n.astype(jnp.float32) / (C - 1)) + zigzag
+  return value.reshape(cfg.n_head, cfg.head_size)
+
+
+def orthogonal(gain: float | Callable[[tuple[int, ...], ModelConfig], float]):
+  """torch.nn.init.orthogonal_ with a fixed gain or gain(shape, cfg)."""
+  def factory(shape):
+    def init(key, layer, cfg):
+      del layer
+      g = gain(shape, cfg) if callable(gain) else gain
+      return jax.nn.initializers.orthogonal(scale=g)(key, shape, jnp.float32)
+    return init
+  return factory
+
+
+def head_gain(shape, cfg):
+  del shape
+  return 0.5 * math.sqrt(cfg.vocab_size / cfg.n_embd) if cfg.vocab_size > cfg.n_embd else 0.5
+
+
+def zeros(shape):
+  return lambda key, layer, cfg: jnp.zeros(shape, jnp.float32)
+
+
+def ones(shape):
+  return lambda key, layer, cfg: jnp.ones(shape, jnp.float32)
+
+
+def uniform(shape, bound: float):
+  return lambda key, layer, cfg: jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+def ln_x_weight_init(key, layer, cfg):
+  del key
+  return jnp.full((cfg.n_embd,), ((jnp.asarray(layer, jnp.float32) + 1) / cfg.n_layer) ** 0.7, jnp.float32)
+
+
+def emb_init(key, layer, cfg):
+  del layer
+  return jax.random.uniform(key, (cfg.vocab_size, cfg.n_embd), jnp.float32, -1e-4, 1e-4)
+
+
+class SpecTable:
+  """Builds a ParamSpec list in state-dict order (the common rows of x052/x060 and the `add` helper)."""
+
+  def __init__(self, cfg: ModelConfig):
+    self.cfg = cfg
+    self.specs: list[ParamSpec] = []
+
+  def add(self, name, shape, axes, init, *, stacked=True, wd=False, lr_scale=1.0, pth_shape=None):
+    shape = tuple(shape)
+    pth_key = name.replace("blocks.", "blocks.{l}.", 1) if stacked else name
+    if name.startswith("ln0."):
+      pth_key = "blocks.0." + name
+    self.specs.append(ParamSpec(name, shape, tuple(axes), init, stacked, pth_key,
+                                tuple(pth_shape) if pth_shape else shape, wd, lr_scale))
+
+  def vec(self, name, init, axis, **kw):
+    """A per-channel vector stored as [1, 1, C] in RWKV-LM."""
+    self.add(name, (self.cfg.n_embd,), (axis,), init, pth_shape=(1, 1, self.cfg.n_embd), **kw)
+
+  def head(self):
+    """emb, the block LayerNorms and ln0 (RWKV-LM order: ln1, ln2, then ln0 in block 0)."""
+    C, V = self.cfg.n_embd, self.cfg.vocab_size
+    self.add("emb.weight", (V, C), ("vocab", "embed"), emb_init, stacked=False, wd=True)
+    for ln in ("ln1", "ln2"):
+      self.add(f"blocks.{ln}.weight", (C,), ("embed",), ones((C,)))
+      self.add(f"blocks.{ln}.bias", (C,), ("embed",), zeros((C,)))
+    self.add("ln0.weight", (C,), ("embed",), ones((C,)), stacked=False)
+    self.add("ln0.bias", (C,), ("embed",), zeros((C,)), stacked=False)
+
+  def att_matrices(self):
+    """receptance, key, value, output, gate (RWKV-LM order) and ln_x; generate_init_weight gains."""
+    C = self.cfg.n_embd
+    self.add("blocks.att.receptance.weight", (C, C), ("att", "embed"), orthogonal(1.0)((C, C)), wd=True)
+    self.add("blocks.att.key.weight", (C, C), ("att", "embed"), orthogonal(0.1)((C, C)), wd=True)
+    self.add("blocks.att.value.weight", (C, C), ("att", "embed"), orthogonal(1.0)((C, C)), wd=True)
+    self.add("blocks.att.output.weight", (C, C), ("embed", "att"), zeros((C, C)), wd=True)
+    self.add("blocks.att.gate.weight", (C, C), ("att", "embed"), orthogonal(0.1)((C, C)), wd=True)
+    self.add("blocks.att.ln_x.weight", (C,), ("att",), ln_x_weight_init)
+    self.add("blocks.att.ln_x.bias", (C,), ("att",), zeros((C,)))
+
+  def ffn_matrices(self):
+    """ffn.key (orthogonal, gain 1), ffn.receptance and ffn.value (zero), in RWKV-LM order."""
+    C, F = self.cfg.n_embd, self.cfg.ffn_dim
+    self.add("blocks.ffn.key.weight", (F, C), ("mlp", "embed"), orthogonal(1.0)((F, C)), wd=True)
+    # C x C gate of the channel mix; "att" on the output side like the other C x C projections.
+    self.add("blocks.ffn.receptance.weight", (C, C), ("att", "embed"), zeros((C, C)), wd=True)
+    self.add("blocks.ffn.value.weight", (C, F), ("embed", "mlp"), zeros((C, F)), wd=True)
+
+  def tail(self):
+    C, V = self.cfg.n_embd, self.cfg.vocab_size
+    self.add("ln_out.weight", (C,), ("embed",), ones((C,)), stacked=False)
+    self.add("ln_out.bias", (C,), ("embed",), zeros((C,)), stacked=False)
+    self.add("head.weight", (V, C), ("vocab", "embed"), orthogonal(head_gain)((V, C)), stacked=False, wd=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The ParamSpec table
+# ----------------------------------------------------------------------------------------------------
+
+def _mix_init(power: float, offset: float = 0.0):
+  """time_mix_* = ddd ** (power * ratio_1_to_almost0) + offset * ratio_0_to_1 (weight on the current token)."""
+  def init(key, layer, cfg):
+    del key
+    r0, r1 = ratios(layer, cfg)
+    return ddd(cfg.n_embd) ** (power * r1) + offset * r0
+  return init
+
+
+def _time_decay_init(key, layer, cfg):
+  del key
+  return decay_speed(cfg, layer).reshape(cfg.n_head, cfg.head_size)
+
+
+def param_specs(cfg: ModelConfig) -> list[ParamSpec]:
+  """Every RWKV-5.2 parameter, in RWKV-LM's state-dict order. Logical axes: vocab, embed (model width as
+  input), att (time-mix channels, C = H*N), heads, head_dim, mlp (channel-mix width).
+
+  Optimizer tags follow RWKV-LM RWKV-v5 `configure_optimizers` (layerwise_lr=1, my_pile_stage=1):
+  time_decay gets 2x LR; time_mix_* and time_faaaa 1x; weight decay only on >= 2-D `.weight` matrices.
+  """
+  C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
+  t = SpecTable(cfg)
+  t.head()
+  t.vec("blocks.att.time_mix_k", _mix_init(1.0), "embed")
+  t.vec("blocks.att.time_mix_v", _mix_init(1.0, 0.3), "embed")
+  t.vec("blocks.att.time_mix_r", _mix_init(0.5), "embed")
+  t.vec("blocks.att.time_mix_g", _mix_init(0.5), "embed")
+  t.add("blocks.att.time_decay", (H, N), ("heads", "head_dim"), _time_decay_init, lr_scale=2.0)
+  t.add("blocks.att.time_faaaa", (H, N), ("heads", "head_dim"), time_faaaa_init)
+  t.att_matrices()
+  t.vec("blocks.ffn.time_mix_k", _mix_init(1.0), "embed")
+  t.vec("blocks.ffn.time_mix_r", _mix_init(1.0), "embed")
+  t.ffn_matrices()
+  t.tail()
+  return t.specs
+
+
+def init(cfg: ModelConfig, key: jax.Array) -> Params:
+  """The official RWKV-LM x052 initialisation, float32."""
+  return init_params(param_specs(cfg), cfg, key)
+
+
+def init_state(cfg: ModelConfig, batch: int) -> State:
+  """The zero recurrent state (a fresh sequence)."""
+  L, C, H, N = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_size
+  return {
+      "att_x_prev": jnp.zeros((L, batch, C), jnp.float32),
+      "wkv": jnp.zeros((L, batch, H, N, N), jnp.float32),
+      "ffn_x_prev": jnp.zeros((L, batch, C), jnp.float32),
+  }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------------
+
+def ln_x(o, p, cfg: ModelConfig):
+  """RWKV-LM's ln_x: GroupNorm(H groups, eps 1e-5) of y / head_size_divisor, computed as the identical
+  GroupNorm of y with eps 1e-5 * divisor**2 (64e-5 for the default 8, the official package's form)."""
+  return layers.group_norm(o, cfg.n_head, p["ln_x"]["weight"], p["ln_x"]["bias"],
+                           LN_X_EPS * cfg.head_size_divisor ** 2)
+
+
+def lerp(x, x_prev):
+  """mix(mu) = x * mu + x_prev * (1 - mu): x052's token shift, weight on the CURRENT token; float32 arithmetic,
+  result in x.dtype."""
+  xf, xpf = x.astype(jnp.float32), x_prev.astype(jnp.float32)
+  return lambda mu: (xf * mu + xpf * (1.0 - mu)).astype(x.dtype)
+
+
+def time_mix(p, cfg: ModelConfig, x, x_prev, wkv_state, starts, segment_ids, impl):
+  """RWKV-5.2 time mixing (§3.2).
+
+  Args:
+    p: this layer's `att` parameters. x: [B, T, C] ln1 output (compute dtype). x_prev: [B, C] shift state.
+    wkv_state: [B, H, K, V] float32. starts: [B, T] bool segment starts (or None).
+  Returns: (out [B, T, C], new wkv_state [B, H, K, V] float32).
+  """
+  B, T, C = x.shape
+  H, N = cfg.n_head, cfg.head_size
+  mix = lerp(x, layers.token_shift(x, x_prev, starts))
+  act = lambda t: constrain(t, ("batch", None, "act_att"))
+  r = act(layers.linear(mix(p["time_mix_r"]), p["receptance"]["weight"]))
+  k = act(layers.linear(mix(p["time_mix_k"]), p["key"]["weight"]))
+  v = act(layers.linear(mix(p["time_mix_v"]), p["value"]["weight"]))
+  g = jax.nn.silu(act(layers.linear(mix(p["time_mix_g"]), p["gate"]["weight"])))
+  log_decay = -jnp.exp(p["time_decay"].astype(jnp.float32))  # [H, N]: w = exp(-exp(time_decay))
+
+  heads = lambda t: constrain(t.reshape(B, T, H, N), ("batch", None, "act_heads", None))
+  o, wkv_state = wkv5(heads(r), log_decay, heads(k), heads(v), p["time_faaaa"], wkv_state,
+                      segment_ids=segment_ids, impl=impl)
+  o = ln_x(o.reshape(B, T, C), p, cfg)
+  return constrain(layers.linear(o * g, p["output"]["weight"]), ("batch", None, "act_embed")), wkv_state
+
+
+def channel_mix(p, x, x_prev, starts):
+  """RWKV-5.2 channel mixing (§3.4): x [B, T, C] ln2 output, x_prev [B, C] -> [B, T, C]."""
+  mix = lerp(x, layers.token_shift(x, x_prev, starts))
+  return ffn_out(p, mix(p["time_mix_k"]), mix(p["time_mix_r"]))
+
+
+def ffn_out(p, xk, xr):
+  """sigmoid(W_r xr) * W_v relu(W_k xk)^2, the channel mix of x052/x060 after the token shift."""
+  r = jax.nn.sigmoid(layers.linear(xr, p["receptance"]["weight"]))
+  hidden = constrain(jnp.square(jax.nn.relu(layers.linear(xk, p["key"]["weight"]))), ("batch", None, "act_mlp"))
+  return constrain(r * layers.linear(hidden, p["value"]["weight"]), ("batch", None, "act_embed"))
+
+
+REMAT_POLICIES = {"block": None, "block_save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def run_blocks(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None, segment_ids, impl,
+               remat, time_mix_fn, channel_mix_fn) -> tuple[jax.Array, State]:
+  """The x052/x060 model skeleton (§2): emb, ln0, the scanned blocks, ln_out, head."""
+  if tokens.ndim != 2:
+    raise ValueError(f"forward: tokens has shape {tokens.shape}; expected [B, T]")
+  B, T = tokens.shape
+  cdt = jnp.dtype(cfg.compute_dtype)
+  if state is None:
+    state = init_state(cfg, B)
+  starts = segment_starts(segment_ids, B, T) if segment_ids is not None else None
+
+  x = jnp.take(jnp.asarray(params["emb"]["weight"], cdt), tokens, axis=0)
+  x = layers.layer_norm(x, params["ln0"]["weight"], params["ln0"]["bias"])
+  x = constrain(x, ("batch", None, "act_embed"))
+
+  def block(x, inputs):
+    x = constrain(x, ("batch", None, "act_embed"))
+    p, att_x_prev, wkv_state, ffn_x_prev = inputs
+    h = layers.layer_norm(x, p["ln1"]["weight"], p["ln1"]["bias"])
+    att, wkv_state = time_mix_fn(p["att"], cfg, h, att_x_prev, wkv_state, starts, segment_ids, impl)
+    x = x + att
+    h2 = layers.layer_norm(x, p["ln2"]["weight"], p["ln2"]["bias"])
+    x = x + channel_mix_fn(p["ffn"], h2, ffn_x_prev, starts)
+    return x, (h[:, -1].astype(jnp.float32), wkv_state, h2[:, -1].astype(jnp.float32))
+
+  if remat != "none":
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f"forward: remat={remat!r}; expected 'none' or one of {sorted(REMAT_POLICIES)}")
+    block = jax.checkpoint(block, policy=REMAT_POLICIES[remat])
+  xs = (params["blocks"], state["att_x_prev"], state["wkv"], state["ffn_x_prev"])
+  x, (att_x_prev, wkv_state, ffn_x_prev) = jax.lax.scan(block, x, xs)
+
+  x = layers.layer_norm(x, params["ln_out"]["weight"], params["ln_out"]["bias"])
+  logits = jnp.einsum("btc,vc->btv", x, params["head"]["weight"].astype(cdt), preferred_element_type=jnp.float32)
+  logits = constrain(logits, ("batch", None, "act_vocab"))
+  return logits, {"att_x_prev": att_x_prev, "wkv": wkv_state, "ffn_x_prev": ffn_x_prev}
+
+
+def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None = None, *,
+            segment_ids: jax.Array | None = None, impl: str = "auto", remat: str = "none"
+            ) -> tuple[jax.Array, State]:
+  """Runs the model over a sequence.
+
+  Args:
+    params: the parameter tree (float32 or any float dtype; cast to cfg.compute_dtype for compute).
+    tokens: [B, T] int token ids.
+    state: the recurrent state before tokens[:, 0] (`init_state`); None means a fresh sequence.
+    segment_ids: optional [B, T] ints; where the id changes, token shift and WKV state restart from zero
+      (packed documents). Position 0 continues from `state`.
+    impl: WKV backend (see rwkvjax.ops.wkv5).
+    remat: "none", or recompute each block in the backward pass: "block" (save nothing inside the block)
+      or "block_save_dots" (save matmul outputs).
+  Returns:
+    logits [B, T, V] float32, and the state after the last token.
+  """
+  return run_blocks(params, cfg, tokens, state, segment_ids, impl, remat, time_mix, channel_mix)
+
+
+def step(params: Params, cfg: ModelConfig, token: jax.Array, state: State, *, impl: str = "auto"
+         ) -> tuple[jax.Array, State]:
+  """One recurrent step: token [B] ints -> logits [B, V] float32 and the next state."""
+  logits, state = forward(params, cfg, token[:, None], state, impl=impl)
+  return logits[:, 0], state
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Forward FLOPs per token of RWKV-5.2 as this framework computes it (matmuls at 2 FLOPs per multiply-add,
+  the WKV update and readout, the LM head). Elementwise work is not counted; independent of seq_len."""
+  del seq_len
+  return cfg.n_layer * block_flops_per_token(cfg) + 2 * cfg.n_embd * cfg.vocab_size
+
+
+def block_flops_per_token(cfg: ModelConfig) -> float:
+  """The x052 block: 5 C x C time-mix matrices, the channel mix, and the WKV (k v^T and S^T r per head)."""
+  C, N, F = cfg.n_embd, cfg.head_size, cfg.ffn_dim
+  return (2 * 5 * C * C      # receptance, key, value, gate, output
+          + 2 * (2 * C * F + C * C)  # channel-mix key, value, receptance
+          + 2 * 2 * C * N)   # WKV per head: k v^T and S^T r on N x N
+
+
+def official_state(state: State, index: int = 0) -> dict[str, jax.Array]:
+  """Batch row `index` of the state in the official `rwkv` package's layout (float32):
+  state_att_x_prev [L, C], state_wkv [L, H, N, N] as [layer, head, key, value], state_ffn_x_prev [L, C].
+  (For v5/v6 the op's [K, V] layout is the official one; no transpose.)"""
+  return {
+      "state_att_x_prev": state["att_x_prev"][:, index],
+      "state_wkv": state["wkv"][:, index],
+      "state_ffn_x_prev": state["ffn_x_prev"][:, index],
+  }

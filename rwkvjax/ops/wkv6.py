@@ -1,0 +1,90 @@
+"""Public WKV-6 op (RWKV-6 "Finch", x060) and its reference backend (a float32 `lax.scan` over tokens).
+
+Layout (FLA's, as `fla.ops.rwkv6.chunk_rwkv6(r, k, v, w, u, scale=1.0, ...)`): r, k, v, w are [B, T, H, N];
+`w` is the log-decay (<= 0, unbounded below: RWKV-6 passes w = -exp(time_decay + LoRA)); `u` is the per-head
+bonus [H, N] (RWKV-LM's `time_faaaa`). The state is [B, H, K, V] float32 with K = V = N, which is also the
+official RWKV-5/6 layout S[key, value] (unlike RWKV-7, no transpose). Per head and token:
+
+    o_t = S_{t-1}^T r_t + (sum_i r_t[i] u[i] k_t[i]) v_t        (the current token enters through u only)
+    S_t = diag(exp(w_t)) S_{t-1} + k_t v_t^T                    (S_{-1} = initial_state or 0)
+
+There is no 1/sqrt(N) scale (fla's naive ops default to one; RWKV uses scale 1).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rwkvjax.ops.api import dispatch
+from rwkvjax.ops.reference import segment_starts
+
+
+def check_inputs(op: str, r, w, k, v, u, initial_state, segment_ids, *, w_shape=None) -> None:
+  """Shape/dtype checks shared by wkv5 and wkv6; `w_shape` overrides the expected shape of w."""
+  for name, x in (("r", r), ("k", k), ("v", v)) + (() if w_shape else (("w", w),)):
+    if x.ndim != 4:
+      raise ValueError(f"{op}: {name} has shape {x.shape}; expected [B, T, H, N]")
+    if x.shape != r.shape:
+      raise ValueError(f"{op}: {name} has shape {x.shape}; expected the shape of r, {r.shape}")
+  B, T, H, N = r.shape
+  if w_shape is not None and tuple(w.shape) != tuple(w_shape):
+    raise ValueError(f"{op}: w has shape {w.shape}; expected [H, N] = {tuple(w_shape)}")
+  if tuple(u.shape) != (H, N):
+    raise ValueError(f"{op}: u has shape {u.shape}; expected [H, N] = {(H, N)}")
+  if initial_state is not None and initial_state.shape != (B, H, N, N):
+    raise ValueError(f"{op}: initial_state has shape {initial_state.shape}; expected [B, H, K, V] = {(B, H, N, N)}")
+  if segment_ids is not None:
+    if segment_ids.shape != (B, T):
+      raise ValueError(f"{op}: segment_ids has shape {segment_ids.shape}; expected [B, T] = {(B, T)}")
+    if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+      raise ValueError(f"{op}: segment_ids has dtype {segment_ids.dtype}; expected an integer dtype")
+
+
+def wkv6(r, w, k, v, u, initial_state=None, *, segment_ids=None, impl: str = "auto"):
+  """The RWKV-6 WKV recurrence (diagonal, data-dependent decay plus the bonus u).
+
+  Args:
+    r, k, v: [B, T, H, N] float arrays of one dtype (float32 or bfloat16).
+    w: [B, T, H, N] log-decay (<= 0), any float dtype (the models pass float32). Unbounded below.
+    u: [H, N] bonus for the current token (`time_faaaa`), any float dtype.
+    initial_state: optional [B, H, K, V] float32 state before the first token (zeros if None).
+    segment_ids: optional [B, T] ints; where the id changes from t-1 to t the state restarts from zero
+      before token t (packed documents). Position 0 starts from `initial_state`.
+    impl: "auto" or a registered backend name ("reference", "chunked", ...).
+
+  Returns:
+    o: [B, T, H, N] in the dtype of r.
+    final_state: [B, H, K, V] float32, the state after the last token.
+  """
+  check_inputs("wkv6", r, w, k, v, u, initial_state, segment_ids)
+  return dispatch("wkv6", impl)(r, w, k, v, u, initial_state, segment_ids)
+
+
+def wkv6_reference(r, w, k, v, u, initial_state, segment_ids):
+  """See `wkv6` for the contract. All arithmetic in float32."""
+  B, T, H, N = r.shape
+  out_dtype = r.dtype
+  f32 = jnp.float32
+  state = jnp.zeros((B, H, N, N), f32) if initial_state is None else initial_state.astype(f32)
+  # 1 where the state carries over, 0 at a segment start (a [B] multiplier per step: cheaper to save for the
+  # backward pass than a state-sized select mask).
+  keep = 1.0 - segment_starts(segment_ids, B, T).astype(f32)
+  u = u.astype(f32)
+
+  def to_time_major(x):
+    return jnp.moveaxis(x.astype(f32), 1, 0)  # [T, B, H, N]
+
+  xs = tuple(to_time_major(x) for x in (r, w, k, v)) + (jnp.moveaxis(keep, 1, 0),)
+
+  def step(S, inputs):
+    r_t, w_t, k_t, v_t, keep_t = inputs
+    if segment_ids is not None:
+      S = S * keep_t[:, None, None, None]
+    bonus = (r_t * u * k_t).sum(-1, keepdims=True) * v_t
+    o_t = jnp.einsum("bhk,bhkv->bhv", r_t, S, precision=jax.lax.Precision.HIGHEST) + bonus
+    S = jnp.exp(w_t)[..., None] * S + k_t[..., None] * v_t[..., None, :]
+    return S, o_t
+
+  state, o = jax.lax.scan(step, state, xs)
+  return jnp.moveaxis(o, 0, 1).astype(out_dtype), state
