@@ -2,9 +2,12 @@
 
   python -m rwkvjax.cli.generate --checkpoint MODEL.pth --prompt "The" [--max_new_tokens 200]
       [--temperature 1.0] [--top_p 0.85] [--top_k 0] [--seed 0] [--dtype float32|bfloat16]
+      [--state_file STATE.pth]
   python -m rwkvjax.cli.generate --checkpoint HF_MODEL_DIR (--prompt "The" | --tokens 1,2,3) [same options]
 
-RWKV uses the World tokenizer; generation stops early at the end-of-text token 0.
+RWKV uses the World tokenizer; generation stops early at the end-of-text token 0. The sequence starts from
+the learned initial state of --state_file (RWKV-PEFT's blocks.N.att.time_state keys), or from the time_state
+keys merged into the checkpoint, else from zeros.
 HF models: the prompt is encoded with the model directory's tokenizer.json (needs the `tokenizers` package);
 without one, give token ids with --tokens and the new ids are printed. Generation stops at the config's
 eos_token_id(s).
@@ -12,18 +15,13 @@ eos_token_id(s).
 
 from __future__ import annotations
 
-import json
-import os
-
-import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
-from rwkvjax.convert.hf import is_hf_model_dir, load_hf
-from rwkvjax.convert.rwkv_pth import load_pth
-from rwkvjax.data.tokenizer import default_tokenizer
-from rwkvjax.inference.generate import generate
+from rwkvjax.convert.hf import is_hf_model_dir
+from rwkvjax.inference.text import sample_hf, sample_text
+from rwkvjax.models import get_model
+from rwkvjax.peft.files import load_model_and_state
+from rwkvjax.peft.state_tuning import initial_state
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "RWKV-LM .pth checkpoint.", required=True)
 _PROMPT = flags.DEFINE_string("prompt", "\n", "Prompt text (World tokenizer).")
@@ -33,76 +31,9 @@ _TOP_P = flags.DEFINE_float("top_p", 0.85, "Nucleus sampling threshold.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Keep at most k tokens (0: no limit).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_STATE_FILE = flags.DEFINE_string("state_file", None, "RWKV: start from this learned state (state-tuning file).")
 _TOKENS = flags.DEFINE_string("tokens", None, "HF models: comma-separated prompt token ids (instead of --prompt "
                               "and the directory's tokenizer.json).")
-
-
-def sample_text(params, cfg, prompt: str, *, max_new_tokens: int, temperature: float, top_p: float,
-                top_k: int = 0, seed: int = 0, state=None) -> str:
-  """Continues `prompt` (World tokenizer) from recurrent `state` (None: a fresh sequence); the text is cut
-  at the first end-of-text token (id 0)."""
-  tokenizer = default_tokenizer()
-  ids = tokenizer.encode(prompt)
-  if not ids:
-    raise ValueError("the prompt is empty after tokenisation; give at least one character")
-  if max(ids) >= cfg.vocab_size:
-    raise ValueError(f"the prompt has token id {max(ids)} >= the model's vocab_size {cfg.vocab_size}")
-  tokens, _ = generate(params, cfg, jnp.asarray([ids], jnp.int32), jax.random.key(seed),
-                       max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                       state=state)
-  new = np.asarray(tokens[0])
-  if (new == tokenizer.eod_id).any():
-    new = new[: int(np.argmax(new == tokenizer.eod_id))]
-  return tokenizer.decode_bytes(new).decode("utf-8", errors="replace")
-
-
-def _eos_ids(model_dir: str) -> set[int]:
-  """eos_token_id(s) of an HF model directory (config.json, then generation_config.json)."""
-  ids: set[int] = set()
-  for name in ("config.json", "generation_config.json"):
-    path = os.path.join(model_dir, name)
-    if os.path.isfile(path):
-      with open(path) as f:
-        eos = json.load(f).get("eos_token_id")
-      ids.update([eos] if isinstance(eos, int) else (eos or []))
-  return ids
-
-
-def hf_tokenizer(model_dir: str):
-  """The `tokenizers.Tokenizer` of model_dir/tokenizer.json, or None when there is none (or no package)."""
-  path = os.path.join(model_dir, "tokenizer.json")
-  if not os.path.isfile(path):
-    return None
-  try:
-    import tokenizers  # optional: not a core requirement
-  except ImportError:
-    return None
-  return tokenizers.Tokenizer.from_file(path)
-
-
-def sample_hf(model_dir: str, *, prompt: str | None, token_ids: list[int] | None, max_new_tokens: int,
-              temperature: float, top_p: float, top_k: int = 0, seed: int = 0, dtype: str = "float32"
-              ) -> tuple[list[int], str | None]:
-  """Continues a prompt with an HF Llama / Qwen2 model through the KV cache. Returns the new ids (cut at the
-  first eos) and their text (None without a tokenizer)."""
-  params, cfg = load_hf(model_dir, compute_dtype=dtype)
-  tokenizer = hf_tokenizer(model_dir)
-  if token_ids is None:
-    if tokenizer is None:
-      raise ValueError(f"{model_dir} has no tokenizer.json (or the `tokenizers` package is not installed): "
-                       "give the prompt as token ids with --tokens")
-    token_ids = tokenizer.encode(prompt).ids
-  if not token_ids:
-    raise ValueError("the prompt is empty; give at least one token")
-  if min(token_ids) < 0 or max(token_ids) >= cfg.vocab_size:
-    raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size}), got [{min(token_ids)}, {max(token_ids)}]")
-  tokens, _ = generate(params, cfg, jnp.asarray([token_ids], jnp.int32), jax.random.key(seed),
-                       max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
-  new = [int(t) for t in np.asarray(tokens[0])]
-  eos = _eos_ids(model_dir)
-  cut = next((i for i, t in enumerate(new) if t in eos), len(new))
-  new = new[:cut]
-  return new, (tokenizer.decode(new) if tokenizer is not None else None)
 
 
 def main(argv):
@@ -114,10 +45,11 @@ def main(argv):
                           dtype=_DTYPE.value)
     print(" ".join(map(str, new)) if text is None else (_PROMPT.value if ids is None else "") + text)
     return
-  params, cfg = load_pth(_CHECKPOINT.value)
+  params, cfg, time_state = load_model_and_state(_CHECKPOINT.value, _STATE_FILE.value)
   cfg = cfg.__class__(**{**cfg.__dict__, "compute_dtype": _DTYPE.value})
+  state = None if time_state is None else initial_state(get_model(cfg.version), cfg, time_state, 1)
   text = sample_text(params, cfg, _PROMPT.value, max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
-                     top_p=_TOP_P.value, top_k=_TOP_K.value, seed=_SEED.value)
+                     top_p=_TOP_P.value, top_k=_TOP_K.value, seed=_SEED.value, state=state)
   print(_PROMPT.value + text)
 
 

@@ -9,7 +9,6 @@ from types import ModuleType
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from rwkvjax.config.model import ModelConfig
 from rwkvjax.config.transformer import TransformerConfig

@@ -324,7 +324,7 @@ def _opt_state_shardings(optimizer, abstract_opt_state, params_sharding, mesh):
 
 
 def _write_sample(cfg: TrainConfig, params, model_cfg, initial_state, workdir: str) -> None:
-  from rwkvjax.cli.generate import sample_text
+  from rwkvjax.inference.text import sample_text
   s = cfg.sample
   text = sample_text(params, model_cfg, s.prompt, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                      top_p=s.top_p, seed=s.seed, state=initial_state)

@@ -198,7 +198,7 @@ def test_logits_tool_on_hf_directories(tmp_path):
 
 
 def test_generate_tool_on_hf_directories():
-  from rwkvjax.cli.generate import sample_hf
+  from rwkvjax.inference.text import sample_hf
   new, text = sample_hf(str(FIXTURES / "hf_llama_tied"), prompt="w5 w17 w33", token_ids=None, max_new_tokens=6,
                         temperature=0.0, top_p=1.0)
   assert len(new) <= 6 and text == " ".join(f"w{t}" for t in new)  # word-level tokenizer.json; eos id 2 cuts

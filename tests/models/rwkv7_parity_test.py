@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import FIXTURES
-from rwkvjax.cli.logits import run
+from rwkvjax.inference.scoring import run
 from rwkvjax.config import ModelConfig
 from rwkvjax.convert.rwkv_pth import params_from_state_dict
 
