@@ -4,7 +4,8 @@
   python -m rwkvjax.cli.logits --checkpoint HF_MODEL_DIR --tokens TOKENS.npy --out OUT.npz [--mode ...]
 
 RWKV: writes `logits` [T, vocab] float32 and the final recurrent state in the official `rwkv` package's layout:
-`state_att_x_prev` [L, C], `state_wkv` [L, H, N, N] (x070: [layer, head, value, key]), `state_ffn_x_prev` [L, C].
+`state_att_x_prev` [L, C], `state_wkv` [L, H, N, N] (x070: [layer, head, value, key]; x052/x060: [layer, head,
+key, value]), `state_ffn_x_prev` [L, C].
 The version is detected from the checkpoint's keys.
 HF (a directory with config.json and safetensors): writes `logits` [T, vocab] float32 only; recurrent mode
 decodes one token at a time through the KV cache.

@@ -40,7 +40,7 @@ def test_logits_and_state_match_official(name, mode):
     np.testing.assert_allclose(state[key], z[prefix + key], atol=1e-4, rtol=1e-4, err_msg=key)
 
 
-@pytest.mark.parametrize("name", ["x052_small", "x060_small"])
+@pytest.mark.parametrize("name", ["x060_small"])  # the state plumbing (run_blocks) is shared with x052
 def test_initial_state_in_final_state_out(name):
   """Two calls, the second starting from the first's state, as the official package chunks a prompt."""
   z, _, params, cfg = load_fixture(name)
