@@ -35,9 +35,10 @@ class MetricsLogger:
     except ImportError:
       logging.warning("tensorboardX is not installed: no TensorBoard events")
 
-  def run_start(self, config_json: str) -> None:
+  def run_start(self, config: str) -> None:
+    """RWKV-LM's run header: `NEW RUN <timestamp>` and the run's config on one line."""
     if self.enabled:
-      self._train_log.write(f"NEW RUN {datetime.datetime.now():%Y-%m-%d-%H-%M-%S}\n{config_json}\n")
+      self._train_log.write(f"NEW RUN {datetime.datetime.now():%Y-%m-%d-%H-%M-%S}\n{config}\n")
 
   def log(self, metrics: dict[str, Any]) -> None:
     """One JSON object per logging step (must hold "step"); numbers also go to TensorBoard."""

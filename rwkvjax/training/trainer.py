@@ -7,7 +7,6 @@ official initialisation (under jit, sharded by out_shardings so no host holds th
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -205,7 +204,7 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
     else:
       params = jax.jit(task.init_params, out_shardings=run.params_sharding)(key)
     state = jax.jit(run.init_state, out_shardings=run.state_sharding)(params)
-    logger.run_start(json.dumps(config_json))
+    logger.run_start(repr(cfg))
   step = int(state.step)
 
   def next_batch():
