@@ -15,8 +15,7 @@ x * mu + x_prev * (1 - mu); x060/x070 use x + (x_prev - x) * mu.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 from rwkvjax.config.model import ModelConfig
 from rwkvjax.models import layers
 from rwkvjax.models.params import ParamSpec, init_params
+from rwkvjax.models.rwkv_init import ddd, emb_init, head_gain, ln_x_weight_init, ones, orthogonal, ratios, zeros
 from rwkvjax.ops import wkv5
 from rwkvjax.ops.reference import segment_starts
 from rwkvjax.training.sharding import constrain
@@ -38,16 +38,6 @@ State = dict[str, jax.Array]
 # Official initialisation helpers (RWKV-LM RWKV-v5/src/model.py __init__ + generate_init_weight), shared
 # with rwkv6.
 # ----------------------------------------------------------------------------------------------------
-
-def ratios(layer, cfg: ModelConfig):
-  """(ratio_0_to_1, ratio_1_to_almost0) = (l / (L-1), 1 - l / L); ratio_0_to_1 is 0 when L == 1."""
-  l = jnp.asarray(layer, jnp.float32)
-  r0 = l / (cfg.n_layer - 1) if cfg.n_layer > 1 else jnp.zeros((), jnp.float32)
-  return r0, 1.0 - l / cfg.n_layer
-
-
-def ddd(C: int) -> jax.Array:
-  return jnp.arange(C, dtype=jnp.float32) / C
 
 
 def decay_speed(cfg: ModelConfig, layer) -> jax.Array:
@@ -64,44 +54,6 @@ def time_faaaa_init(key, layer, cfg):
   zigzag = 0.1 * ((n + 1) % 3 - 1).astype(jnp.float32)
   value = ratios(layer, cfg)[0] * (1.0 - n.astype(jnp.float32) / (C - 1)) + zigzag
   return value.reshape(cfg.n_head, cfg.head_size)
-
-
-def orthogonal(gain: float | Callable[[tuple[int, ...], ModelConfig], float]):
-  """torch.nn.init.orthogonal_ with a fixed gain or gain(shape, cfg)."""
-  def factory(shape):
-    def init(key, layer, cfg):
-      del layer
-      g = gain(shape, cfg) if callable(gain) else gain
-      return jax.nn.initializers.orthogonal(scale=g)(key, shape, jnp.float32)
-    return init
-  return factory
-
-
-def head_gain(shape, cfg):
-  del shape
-  return 0.5 * math.sqrt(cfg.vocab_size / cfg.n_embd) if cfg.vocab_size > cfg.n_embd else 0.5
-
-
-def zeros(shape):
-  return lambda key, layer, cfg: jnp.zeros(shape, jnp.float32)
-
-
-def ones(shape):
-  return lambda key, layer, cfg: jnp.ones(shape, jnp.float32)
-
-
-def uniform(shape, bound: float):
-  return lambda key, layer, cfg: jax.random.uniform(key, shape, jnp.float32, -bound, bound)
-
-
-def ln_x_weight_init(key, layer, cfg):
-  del key
-  return jnp.full((cfg.n_embd,), ((jnp.asarray(layer, jnp.float32) + 1) / cfg.n_layer) ** 0.7, jnp.float32)
-
-
-def emb_init(key, layer, cfg):
-  del layer
-  return jax.random.uniform(key, (cfg.vocab_size, cfg.n_embd), jnp.float32, -1e-4, 1e-4)
 
 
 class SpecTable:
@@ -184,7 +136,7 @@ def param_specs(cfg: ModelConfig) -> list[ParamSpec]:
   Optimizer tags follow RWKV-LM RWKV-v5 `configure_optimizers` (layerwise_lr=1, my_pile_stage=1):
   time_decay gets 2x LR; time_mix_* and time_faaaa 1x; weight decay only on >= 2-D `.weight` matrices.
   """
-  C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
+  H, N = cfg.n_head, cfg.head_size
   t = SpecTable(cfg)
   t.head()
   t.vec("blocks.att.time_mix_k", _mix_init(1.0), "embed")

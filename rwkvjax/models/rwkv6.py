@@ -21,8 +21,9 @@ import jax.numpy as jnp
 from rwkvjax.config.model import ModelConfig
 from rwkvjax.models import layers
 from rwkvjax.models.params import ParamSpec, init_params
-from rwkvjax.models.rwkv5 import (SpecTable, block_flops_per_token, ddd, decay_speed, ffn_out, init_state, ln_x,
-                                  official_state, ratios, run_blocks, time_faaaa_init, uniform, zeros)
+from rwkvjax.models.rwkv5 import (SpecTable, block_flops_per_token, decay_speed, ffn_out, init_state, ln_x,
+                                  official_state, run_blocks, time_faaaa_init)
+from rwkvjax.models.rwkv_init import ddd, ratios, uniform, zeros
 from rwkvjax.ops import wkv6
 from rwkvjax.training.sharding import constrain
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from rwkvjax.config.model import ModelConfig
 from rwkvjax.models import layers
 from rwkvjax.models.params import ParamSpec, init_params
+from rwkvjax.models.rwkv_init import ddd, emb_init, head_gain, ln_x_weight_init, ones, orthogonal, ratios, zeros
 from rwkvjax.ops import wkv7
 from rwkvjax.ops.reference import segment_starts
 from rwkvjax.training.sharding import constrain
@@ -36,16 +37,6 @@ State = dict[str, jax.Array]
 # Official initialisation (RWKV-LM RWKV-v7/train_temp: RWKV_Tmix_x070/RWKV_CMix_x070 + generate_init_weight)
 # ----------------------------------------------------------------------------------------------------
 
-def _ratios(layer, cfg: ModelConfig):
-  """(ratio_0_to_1, ratio_1_to_almost0) = (l / (L-1), 1 - l / L); ratio_0_to_1 is 0 when L == 1."""
-  l = jnp.asarray(layer, jnp.float32)
-  r0 = l / (cfg.n_layer - 1) if cfg.n_layer > 1 else jnp.zeros((), jnp.float32)
-  return r0, 1.0 - l / cfg.n_layer
-
-
-def _ddd(C: int) -> jax.Array:
-  return jnp.arange(C, dtype=jnp.float32) / C
-
 
 def _linear_ramp(C: int) -> jax.Array:
   return jnp.arange(C, dtype=jnp.float32) / (C - 1) - 0.5
@@ -61,19 +52,19 @@ def _mix_init(power: float):
   """x_* = 1 - ddd ** (power * ratio_1_to_almost0)."""
   def init(key, layer, cfg):
     del key
-    return 1.0 - _ddd(cfg.n_embd) ** (power * _ratios(layer, cfg)[1])
+    return 1.0 - ddd(cfg.n_embd) ** (power * ratios(layer, cfg)[1])
   return init
 
 
 def _ffn_mix_init(key, layer, cfg):
   del key
-  return 1.0 - _ddd(cfg.n_embd) ** (_ratios(layer, cfg)[1] ** 4)
+  return 1.0 - ddd(cfg.n_embd) ** (ratios(layer, cfg)[1] ** 4)
 
 
 def _w0_init(key, layer, cfg):
   del key
   C = cfg.n_embd
-  r0 = _ratios(layer, cfg)[0]
+  r0 = ratios(layer, cfg)[0]
   www = -6.0 + 6.0 * (jnp.arange(C, dtype=jnp.float32) / (C - 1)) ** (1.0 + r0 ** 0.3)
   return www + 0.5 + 2.5 * _zigzag(C, cfg.head_size)
 
@@ -90,42 +81,9 @@ def _const_init(fn):
   return init
 
 
-def _orthogonal_init(gain_fn):
-  """torch.nn.init.orthogonal_ with gain gain_fn(shape, cfg)."""
-  def factory(shape):
-    def init(key, layer, cfg):
-      del layer
-      return jax.nn.initializers.orthogonal(scale=gain_fn(shape, cfg))(key, shape, jnp.float32)
-    return init
-  return factory
-
-
 def _lora_up_gain(shape, cfg):  # RWKV-LM ortho_init(x, 0.1): gain 0.1 * sqrt(d0/d1) if d0 > d1
   del cfg
   return 0.1 * (math.sqrt(shape[0] / shape[1]) if shape[0] > shape[1] else 1.0)
-
-
-def _head_gain(shape, cfg):
-  del shape
-  return 0.5 * math.sqrt(cfg.vocab_size / cfg.n_embd) if cfg.vocab_size > cfg.n_embd else 0.5
-
-
-def _zeros(shape):
-  return lambda key, layer, cfg: jnp.zeros(shape, jnp.float32)
-
-
-def _ones(shape):
-  return lambda key, layer, cfg: jnp.ones(shape, jnp.float32)
-
-
-def _ln_x_weight_init(key, layer, cfg):
-  del key
-  return jnp.full((cfg.n_embd,), ((jnp.asarray(layer, jnp.float32) + 1) / cfg.n_layer) ** 0.7, jnp.float32)
-
-
-def _emb_init(key, layer, cfg):
-  del layer
-  return jax.random.uniform(key, (cfg.vocab_size, cfg.n_embd), jnp.float32, -1e-4, 1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -137,9 +95,9 @@ def param_specs(cfg: ModelConfig) -> list[ParamSpec]:
   input), att (time-mix channels, C = H*N), heads, head_dim, mlp (channel-mix width), lora."""
   C, V, H, N, F = cfg.n_embd, cfg.vocab_size, cfg.n_head, cfg.head_size, cfg.ffn_dim
   D = cfg.lora_dims
-  ortho = _orthogonal_init(lambda shape, cfg, g=1.0: g)
-  ortho_01 = _orthogonal_init(lambda shape, cfg: 0.1)
-  lora_up = _orthogonal_init(_lora_up_gain)
+  ortho = orthogonal(1.0)
+  ortho_01 = orthogonal(0.1)
+  lora_up = orthogonal(_lora_up_gain)
   specs: list[ParamSpec] = []
 
   def add(name, shape, axes, init, *, stacked=True, pth_key=None, pth_shape=None, wd=False, lr_scale=1.0):
@@ -152,17 +110,17 @@ def param_specs(cfg: ModelConfig) -> list[ParamSpec]:
   def vec(name, init, axis):  # RWKV-LM stores mixing/bias vectors as [1, 1, C]
     add(name, (C,), (axis,), init, pth_shape=(1, 1, C))
 
-  add("emb.weight", (V, C), ("vocab", "embed"), _emb_init, stacked=False, wd=True)
+  add("emb.weight", (V, C), ("vocab", "embed"), emb_init, stacked=False, wd=True)
   for ln in ("ln1", "ln2"):
-    add(f"blocks.{ln}.weight", (C,), ("embed",), _ones((C,)))
-    add(f"blocks.{ln}.bias", (C,), ("embed",), _zeros((C,)))
-  add("ln0.weight", (C,), ("embed",), _ones((C,)), stacked=False, pth_key="blocks.0.ln0.weight")
-  add("ln0.bias", (C,), ("embed",), _zeros((C,)), stacked=False, pth_key="blocks.0.ln0.bias")
+    add(f"blocks.{ln}.weight", (C,), ("embed",), ones((C,)))
+    add(f"blocks.{ln}.bias", (C,), ("embed",), zeros((C,)))
+  add("ln0.weight", (C,), ("embed",), ones((C,)), stacked=False, pth_key="blocks.0.ln0.weight")
+  add("ln0.bias", (C,), ("embed",), zeros((C,)), stacked=False, pth_key="blocks.0.ln0.bias")
 
   for name, power in (("r", 0.2), ("w", 0.9), ("k", 0.7), ("v", 0.7), ("a", 0.9), ("g", 0.2)):
     vec(f"blocks.att.x_{name}", _mix_init(power), "embed")
   for p in ("w", "a", "v", "g"):
-    add(f"blocks.att.{p}1", (C, D[p]), ("embed", "lora"), _zeros((C, D[p])))
+    add(f"blocks.att.{p}1", (C, D[p]), ("embed", "lora"), zeros((C, D[p])))
     add(f"blocks.att.{p}2", (D[p], C), ("lora", "att"), lora_up((D[p], C)))
     if p == "w":
       vec("blocks.att.w0", _w0_init, "att")
@@ -177,15 +135,15 @@ def param_specs(cfg: ModelConfig) -> list[ParamSpec]:
   add("blocks.att.receptance.weight", (C, C), ("att", "embed"), ortho((C, C)), wd=True)
   add("blocks.att.key.weight", (C, C), ("att", "embed"), ortho_01((C, C)), wd=True)
   add("blocks.att.value.weight", (C, C), ("att", "embed"), ortho((C, C)), wd=True)
-  add("blocks.att.output.weight", (C, C), ("embed", "att"), _zeros((C, C)), wd=True)
-  add("blocks.att.ln_x.weight", (C,), ("att",), _ln_x_weight_init)
-  add("blocks.att.ln_x.bias", (C,), ("att",), _zeros((C,)))
+  add("blocks.att.output.weight", (C, C), ("embed", "att"), zeros((C, C)), wd=True)
+  add("blocks.att.ln_x.weight", (C,), ("att",), ln_x_weight_init)
+  add("blocks.att.ln_x.bias", (C,), ("att",), zeros((C,)))
   vec("blocks.ffn.x_k", _ffn_mix_init, "embed")
   add("blocks.ffn.key.weight", (F, C), ("mlp", "embed"), ortho((F, C)), wd=True)
-  add("blocks.ffn.value.weight", (C, F), ("embed", "mlp"), _zeros((C, F)), wd=True)
-  add("ln_out.weight", (C,), ("embed",), _ones((C,)), stacked=False)
-  add("ln_out.bias", (C,), ("embed",), _zeros((C,)), stacked=False)
-  add("head.weight", (V, C), ("vocab", "embed"), _orthogonal_init(_head_gain)((V, C)), stacked=False, wd=True)
+  add("blocks.ffn.value.weight", (C, F), ("embed", "mlp"), zeros((C, F)), wd=True)
+  add("ln_out.weight", (C,), ("embed",), ones((C,)), stacked=False)
+  add("ln_out.bias", (C,), ("embed",), zeros((C,)), stacked=False)
+  add("head.weight", (V, C), ("vocab", "embed"), orthogonal(head_gain)((V, C)), stacked=False, wd=True)
   return specs
 
 
