@@ -3,12 +3,14 @@ synthetic tokens, for model presets on a chosen number of devices and mesh.
 
   python benchmarks/train_bench.py --runs "rwkv7-L12-D768:1:data" "rwkv7-1.5b:4:fsdp" [--ctx_len 4096]
       [--micro_bsz 8] [--impl chunked] [--remat block] [--steps 6] [--append docs/benchmarks.md]
+      [--profile DIR]
 
 Each run is PRESET:DEVICES:MESH with MESH one of data, fsdp, fsdp_tensor (tensor axis 2). micro_bsz is
 rows per device on the batch axes (global batch = micro_bsz x batch devices). Prints one table row per run:
 tokens/s (global and per device), TFLOP/s per device (model FLOPs, training = 3x forward) and MFU against
 the device's dense bf16 peak, peak device memory, and per-device efficiency against the 1-device run of
-the same preset when there is one.
+the same preset when there is one. --profile DIR traces 3 more steps of each run with jax.profiler into
+DIR/PRESET (summarise with benchmarks/trace_summary.py).
 """
 
 from __future__ import annotations
@@ -79,6 +81,11 @@ def run_one(preset: str, n_devices: int, mesh_name: str, args) -> dict:
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t)
   step_s = statistics.median(times)
+  if args.profile:
+    with jax.profiler.trace(f"{args.profile}/{preset}", create_perfetto_trace=True):
+      for _ in range(3):
+        state, metrics = run.train_step(state, batch)
+      jax.block_until_ready(metrics)
   tokens_per_step = shape[1] * args.ctx_len
   tps = tokens_per_step / step_s
   tflops = flops.train_flops_per_token(model, args.ctx_len) * tps / n_devices / 1e12
@@ -103,6 +110,7 @@ def main():
   parser.add_argument("--steps", type=int, default=6)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--append", default=None)
+  parser.add_argument("--profile", default="", help="trace 3 steps of each run into PROFILE/PRESET")
   args = parser.parse_args()
   header = ("| model | params | GPUs | mesh | batch | step ms | tokens/s | tokens/s/GPU | TFLOP/s/GPU | MFU | "
             "vs 1 GPU | peak GiB | compile s |")
