@@ -1,24 +1,35 @@
-"""GPU timing of the WKV-7 op: our backends against fla `chunk_rwkv7` and jax-linear-attention, in ONE process.
+"""GPU timing of the WKV ops: our backends against fla (`chunk_rwkv7`, `chunk_rwkv6`) and jax-linear-attention, in
+ONE process.
 
-Usage (on a GPU machine, with flash-linear-attention / fla-core and jax-linear-attention importable):
-  XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=. python benchmarks/wkv_bench.py \
+Usage (on a GPU machine, with flash-linear-attention / fla-core and jax-linear-attention importable; without them
+those impls are reported as failed and ours still run, also on CPU):
+  XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=. python benchmarks/wkv_bench.py [--op wkv7|wkv6|wkv5] \
       [--shapes S0,K1,K2,K3,K4,K5] [--impls pallas_gpu,chunked,fla,jla,reference] [--repeats 30] \
-      [--commit HASH] [--append-docs] [--budget-s 540]
+      [--commit HASH] [--append-docs] [--budget-s 540] [--pieces K1]
 
-Implementations, each as its library's RWKV-7 layer calls it, bf16 inputs, fp32 state, no initial state:
+--op wkv7 (default). Implementations, each as its library's RWKV-7 layer calls it, bf16 inputs, fp32 state, no
+initial state:
   pallas_gpu, chunked, reference  ours (`rwkvjax.ops.wkv7(impl=...)`): r, k, v, a, b bf16, w float32 (our model keeps
                                   decays in float32); `reference` (a lax.scan over tokens) only at the small shape S0;
   fla   fla.ops.rwkv7.chunk_rwkv7(..., scale=1, output_final_state=True, safe_gate=True,
         lower_bound=-0.6065306597126334, chunk_size=64) with all six inputs bf16 (fla/layers/rwkv7.py);
   jla   jla.ops.linear_attention("rwkv7", ..., impl="mosaic_gpu", lower_bound=-0.61, chunk_size=32,
         output_final_state=True) with r, k, v bf16 and w, a, b float32 (jla/layers/rwkv7.py).
+--op wkv6 / wkv5 (RWKV-6 / RWKV-5.2; default impls pallas_gpu,chunked,fla,reference):
+  ours  `rwkvjax.ops.wkv6(r, w, k, v, u, impl=...)` (wkv5: w [H, N]) with r, k, v bf16 and w, u float32;
+  fla   fla.ops.rwkv6.chunk_rwkv6(r=r, k=k, v=v, w=w, u=u, scale=1.0, initial_state=None, output_final_state=True)
+        as fla/layers/rwkv6.py calls it (chunk mode, its default chunk size), all inputs bf16; for wkv5 (fla has no
+        RWKV-5 op) the [H, N] decay broadcast to [B, T, H, N].
+  Inputs: r, k 0.5 N(0, 1), v N(0, 1), u 0.5 N(0, 1), log-decay w = -exp(d), d ~ U(-6, 1) (per token for wkv6,
+  per head and channel for wkv5), all rounded to bf16 values.
 Modes: forward (o and the final state; torch under no_grad) and forward+backward (the VJP of both outputs with
 random cotangents for all six inputs). Every call is timed on the host around a device sync (JAX: block_until_ready;
 torch: cuda.synchronize), after 3 warm-up calls, all (impl, mode) pairs interleaved within each repetition; the median
 of --repeats is reported. Peak memory: JAX from the compiled executable's memory analysis (temporaries + outputs),
 torch from max_memory_allocated over one call; both exclude the inputs. F = the roofline fraction,
-bytes_min / (t * 3.0 TB/s) with bytes_min = 14N (fwd) or 40N + 8N^2/64 (fwd+bwd) per token-head (spec section 3).
-A forward correctness check at S0 compares every impl with the reference (relative max error of o and the state).
+bytes_min / (t * 3.0 TB/s) with bytes_min per token-head (spec section 3) = 14N (fwd) or 40N + 8N^2/64 (fwd+bwd)
+for wkv7, 10N or 28N + 8N^2/64 for wkv6, 8N or 22N + 8N^2/64 for wkv5 (no per-token decay).
+A forward correctness check at S0 compares every impl with the op's reference (relative max error of o and the state).
 Prints a table; writes JSON and a markdown row to $OUT (if set); --append-docs appends the row to docs/benchmarks.md.
 
 Budget: on a fresh H100 machine fla's first call (Triton compilation and autotuning of its DPLR kernels) took more
@@ -78,6 +89,25 @@ def make_inputs(seed, B, T, H, N):
   return gen(ks)
 
 
+def make_inputs_v56(seed, B, T, H, N, op):
+  """(r, w, k, v, u, do, ds) float32 on the device, bf16-representable: w [B, T, H, N] (wkv6) or [H, N] (wkv5)."""
+  ks = jax.random.split(jax.random.PRNGKey(seed), 7)
+  shape = (B, T, H, N)
+  w_shape = (H, N) if op == "wkv5" else shape
+
+  @jax.jit
+  def gen(ks):
+    rnd = lambda t: t.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
+    w = -jnp.exp(jax.random.uniform(ks[0], w_shape, minval=-6.0, maxval=1.0))
+    r, k = (0.5 * jax.random.normal(x, shape) for x in ks[1:3])
+    v = jax.random.normal(ks[3], shape)
+    u = 0.5 * jax.random.normal(ks[4], (H, N))
+    return (rnd(r), rnd(w), rnd(k), rnd(v), rnd(u), jax.random.normal(ks[5], shape),
+            jax.random.normal(ks[6], (B, H, N, N)))
+
+  return gen(ks)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # implementations: each returns {"fwd": (callable, mem_bytes), "fwdbwd": (...)}; a callable runs once and syncs
 # ------------------------------------------------------------------------------------------------------------------
@@ -92,11 +122,12 @@ def _jax_memory(jitted, *args):
 
 
 def _jax_modes(fn, args, cot):
-  """fn(r, w, k, v, a, b) -> (o, S)."""
+  """fn(*args) -> (o, S); cot = (do, ds)."""
   fwd = jax.jit(fn)
 
-  def vjp(r, w, k, v, a, b, do, ds):
-    out, pull = jax.vjp(fn, r, w, k, v, a, b)
+  def vjp(*primals_and_cot):
+    *primals, do, ds = primals_and_cot
+    out, pull = jax.vjp(fn, *primals)
     return pull((do.astype(out[0].dtype), ds))
 
   fb = jax.jit(vjp)
@@ -111,15 +142,19 @@ def _jax_modes(fn, args, cot):
           lambda: fwd(*args))
 
 
-def ours(name, x):
+def ours(name, x, op="wkv7"):
   import rwkvjax.ops as ops  # noqa: PLC0415
 
-  r, w, k, v, a, b, do, ds = x
   bf = lambda t: t.astype(jnp.bfloat16)  # noqa: E731
-  args = (bf(r), w, bf(k), bf(v), bf(a), bf(b))
+  if op == "wkv7":
+    r, w, k, v, a, b, do, ds = x
+    args = (bf(r), w, bf(k), bf(v), bf(a), bf(b))
+  else:
+    r, w, k, v, u, do, ds = x
+    args = (bf(r), w, bf(k), bf(v), u)
 
-  def fn(r, w, k, v, a, b):
-    return ops.wkv7(r, w, k, v, a, b, None, impl=name)
+  def fn(*arrays):
+    return getattr(ops, op)(*arrays, None, impl=name)
 
   return _jax_modes(fn, args, (do, ds))
 
@@ -139,26 +174,40 @@ def jla_impl(x):
   return _jax_modes(fn, args, (do, ds))
 
 
-def fla_impl(x):
+def fla_impl(x, op="wkv7"):
   import torch  # noqa: PLC0415
-  from fla.ops.rwkv7 import chunk_rwkv7  # noqa: PLC0415
 
   def to_torch(t):
     return torch.from_dlpack(jax.block_until_ready(t.astype(jnp.bfloat16))).clone()
 
-  r, w, k, v, a, b, do = (to_torch(t) for t in x[:7])
-  ds = torch.from_dlpack(jax.block_until_ready(x[7])).clone()
+  if op == "wkv7":
+    from fla.ops.rwkv7 import chunk_rwkv7  # noqa: PLC0415
 
-  def call(*p):
-    return chunk_rwkv7(r=p[0], w=p[1], k=p[2], v=p[3], a=p[4], b=p[5], scale=1.0, initial_state=None,
-                       output_final_state=True, safe_gate=True, lower_bound=FLA_LOWER_BOUND, chunk_size=64)
+    inputs = tuple(to_torch(t) for t in x[:6])
+
+    def call(*p):
+      return chunk_rwkv7(r=p[0], w=p[1], k=p[2], v=p[3], a=p[4], b=p[5], scale=1.0, initial_state=None,
+                         output_final_state=True, safe_gate=True, lower_bound=FLA_LOWER_BOUND, chunk_size=64)
+  else:
+    from fla.ops.rwkv6 import chunk_rwkv6  # noqa: PLC0415
+
+    r, w, k, v, u = x[:5]
+    w = jnp.broadcast_to(w, r.shape)  # wkv5: fla has no RWKV-5 op; its decay broadcast over time
+    inputs = tuple(to_torch(t) for t in (r, w, k, v, u))
+
+    def call(*p):  # as fla/layers/rwkv6.py calls it (chunk mode)
+      return chunk_rwkv6(r=p[0], k=p[2], v=p[3], w=p[1], u=p[4], scale=1.0, initial_state=None,
+                         output_final_state=True)
+
+  do = to_torch(x[-2])
+  ds = torch.from_dlpack(jax.block_until_ready(x[-1])).clone()
 
   def run_fwd():
     with torch.no_grad():
-      call(r, w, k, v, a, b)
+      call(*inputs)
     torch.cuda.synchronize()
 
-  leaves = [t.detach().clone().requires_grad_(True) for t in (r, w, k, v, a, b)]
+  leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
 
   def run_fb():
     for t in leaves:
@@ -180,7 +229,7 @@ def fla_impl(x):
 
   def fwd_np():
     with torch.no_grad():
-      o, s = call(r, w, k, v, a, b)
+      o, s = call(*inputs)
     return o.float().cpu().numpy(), s.float().cpu().numpy()
 
   return modes, fwd_np
@@ -189,14 +238,32 @@ def fla_impl(x):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _bytes_min(B, T, H, N, mode):
-  per = 14 * N if mode == "fwd" else 40 * N + 8 * N * N / 64
+BYTES_PER_TOKEN_HEAD = {  # op -> (fwd, fwd+bwd without the state checkpoints), in units of N bytes (spec section 3)
+  "wkv7": (14, 40),
+  "wkv6": (10, 28),
+  "wkv5": (8, 22),
+}
+
+
+def _bytes_min(op, B, T, H, N, mode):
+  fwd, fwdbwd = BYTES_PER_TOKEN_HEAD[op]
+  per = fwd * N if mode == "fwd" else fwdbwd * N + 8 * N * N / 64
   return per * B * T * H
 
 
-def bench_shape(label, shape, impls, repeats, log):
+def _reference(op):
+  from rwkvjax.ops.reference import wkv7_reference  # noqa: PLC0415
+  from rwkvjax.ops.wkv5 import wkv5_reference  # noqa: PLC0415
+  from rwkvjax.ops.wkv6 import wkv6_reference  # noqa: PLC0415
+
+  return {"wkv7": wkv7_reference, "wkv6": wkv6_reference, "wkv5": wkv5_reference}[op]
+
+
+def bench_shape(label, shape, impls, repeats, log, op="wkv7"):
   B, T, H, N = shape
-  x = make_inputs(hash(label) % 1000, *shape)
+  seed = hash(label) % 1000
+  x = make_inputs(seed, *shape) if op == "wkv7" else make_inputs_v56(seed, *shape, op)
+  n_arrays = 6 if op == "wkv7" else 5
   built, fwd_fns, errors = {}, {}, {}
   for name in sorted(impls, key=lambda n: n != "fla"):  # fla first: its first call compiles and autotunes
     if name == "reference" and label not in ("XS", "S0"):
@@ -204,11 +271,13 @@ def bench_shape(label, shape, impls, repeats, log):
     t0 = time.time()
     try:
       if name == "fla":
-        built[name], fwd_fns[name] = fla_impl(x)
+        built[name], fwd_fns[name] = fla_impl(x, op)
       elif name == "jla":
+        if op != "wkv7":
+          raise NotImplementedError("jla is benchmarked for wkv7 only")
         built[name], fwd_fns[name] = jla_impl(x)
       else:
-        built[name], fwd_fns[name] = ours(name, x)
+        built[name], fwd_fns[name] = ours(name, x, op)
       for mode in ("fwd", "fwdbwd"):
         for _ in range(3):  # warm-up (compilation, autotuning)
           built[name][mode][0]()
@@ -221,9 +290,7 @@ def bench_shape(label, shape, impls, repeats, log):
   # forward check against the reference on the same bf16-rounded inputs (small shape only)
   check = {}
   if label in ("XS", "S0"):
-    from rwkvjax.ops.reference import wkv7_reference  # noqa: PLC0415
-
-    o_ref, s_ref = jax.jit(wkv7_reference)(*x[:6], None, None)
+    o_ref, s_ref = jax.jit(_reference(op))(*x[:n_arrays], None, None)
     o_ref, s_ref = np.asarray(o_ref), np.asarray(s_ref)
     for name, f in fwd_fns.items():
       if name not in built:
@@ -250,7 +317,7 @@ def bench_shape(label, shape, impls, repeats, log):
       med = statistics.median(times[(n, m)]) * 1e3
       res[n][m] = {"ms": med, "spread_ms": (min(times[(n, m)]) * 1e3, max(times[(n, m)]) * 1e3),
                    "mem_mb": None if built[n][m][1] is None else built[n][m][1] / 2**20,
-                   "F": _bytes_min(B, T, H, N, m) / (med * 1e-3 * BW)}
+                   "F": _bytes_min(op, B, T, H, N, m) / (med * 1e-3 * BW)}
   return {"shape": shape, "results": res, "errors": errors, "check": check}
 
 
@@ -259,15 +326,18 @@ def pieces(label, shape, repeats, log):
   kernel (saving states), backward state kernel, XLA chunk-parallel gradients."""
   import functools  # noqa: PLC0415
 
+  from pallas_kernels.chunking import segment_index, to_chunks, vmap_chunks  # noqa: PLC0415
+  from pallas_kernels.matops import x3_on_gpu  # noqa: PLC0415
+  from pallas_kernels.mosaic_gpu_tiles import block_v  # noqa: PLC0415
   from pallas_kernels.wkv7 import common as cm  # noqa: PLC0415
   from pallas_kernels.wkv7 import gpu  # noqa: PLC0415
 
   B, T, H, N = shape
   r, w, k, v, a, b, do, ds = make_inputs(1, *shape)
   bf = lambda t: t.astype(jnp.bfloat16)  # noqa: E731
-  seg = cm.segment_index(None, B, T, gpu.L)
+  seg = segment_index(None, B, T, gpu.L)
   C = seg.shape[1]
-  bv = gpu._block_v(B, H, N)
+  bv = block_v(B, H, N)
   s0 = jnp.zeros((B, H, N, N), jnp.float32)
   prologue = jax.jit(gpu._prologue)
   g_pad, dec, seg_flat = prologue(w, seg)
@@ -280,11 +350,11 @@ def pieces(label, shape, repeats, log):
   dst, ds0 = sb(ww, qo, bb, bf(do), dec, ds)
 
   def b1(r, w, k, v, a, b, seg, states, d_o, d_states):
-    xs = [cm.to_chunks(x.astype(jnp.float32), gpu.L) for x in (r, w, k, v, a, b)]
+    xs = [to_chunks(x.astype(jnp.float32), gpu.L) for x in (r, w, k, v, a, b)]
     seg_col = jnp.broadcast_to(seg[:, None, :, :, None], (B, H, C, gpu.L, 1))
     seg_row = jnp.broadcast_to(seg[:, None, :, None, :], (B, H, C, 1, gpu.L))
-    bwd = cm.vmap_chunks(functools.partial(cm.chunk_backward, ops=gpu._matops()))
-    return bwd(*xs, seg_col, seg_row, states, cm.to_chunks(d_o.astype(jnp.float32), gpu.L), d_states)
+    bwd = vmap_chunks(functools.partial(cm.chunk_backward, ops=x3_on_gpu()))
+    return bwd(*xs, seg_col, seg_row, states, to_chunks(d_o.astype(jnp.float32), gpu.L), d_states)
 
   b1j = jax.jit(b1)
   jax.block_until_ready(b1j(bf(r), w, bf(k), bf(v), bf(a), bf(b), seg, states, bf(do), dst))
@@ -309,9 +379,57 @@ def pieces(label, shape, repeats, log):
   return out
 
 
+def pieces_v56(label, shape, repeats, log, op):
+  """Times the parts of the wkv5/wkv6 pallas_gpu separately (median of `repeats`): XLA chunk decay, prep kernel,
+  forward state kernel (saving states), backward state kernel, XLA chunk-parallel gradients. T must be a multiple
+  of 64 (every benchmark shape is)."""
+  import functools  # noqa: PLC0415
+
+  from pallas_kernels.chunking import segment_index  # noqa: PLC0415
+  from pallas_kernels.mosaic_gpu_tiles import block_v  # noqa: PLC0415
+  from pallas_kernels.wkv56 import gpu  # noqa: PLC0415
+
+  B, T, H, N = shape
+  r, w, k, v, u, do, ds = make_inputs_v56(1, *shape, op)
+  w = jnp.broadcast_to(w, r.shape)  # wkv5 runs the wkv6 kernels on its broadcast decay
+  rb, kb, vb, dob = (t.astype(jnp.bfloat16) for t in (r, k, v, do))  # cast once, outside the timed calls
+  seg = segment_index(None, B, T, gpu.L)
+  seg_flat = seg.reshape(B, T)
+  bv = block_v(B, H, N)
+  s0 = jnp.zeros((B, H, N, N), jnp.float32)
+  decay = jax.jit(gpu._chunk_decay)
+  dec = decay(w, seg)
+  prep = jax.jit(gpu._prep)
+  qo, ob, kbar = prep(rb, kb, vb, w, u, seg_flat)
+  sf = jax.jit(functools.partial(gpu._state_fwd, bv=bv, save=True))
+  _, _, states = sf(qo, ob, kbar, vb, dec, s0)
+  sb = jax.jit(functools.partial(gpu._state_bwd, bv=bv))
+  dst, _ = sb(qo, dob, dec, ds)
+  grads = jax.jit(gpu.chunk_grads)
+  calls = {
+    "chunk_decay": lambda: decay(w, seg),
+    "prep": lambda: prep(rb, kb, vb, w, u, seg_flat),
+    "state_fwd": lambda: sf(qo, ob, kbar, vb, dec, s0),
+    "state_bwd": lambda: sb(qo, dob, dec, ds),
+    "xla_chunk_grads": lambda: grads(rb, w, kb, vb, u, seg, states, dob, dst),
+  }
+  out = {}
+  for name, f in calls.items():
+    jax.block_until_ready(f())
+    ts = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      jax.block_until_ready(f())
+      ts.append(time.perf_counter() - t0)
+    out[name] = statistics.median(ts) * 1e3
+  log(f"  pieces {op} {label} (bv={bv}): " + ", ".join(f"{n} {t:.2f} ms" for n, t in out.items()))
+  return out
+
+
 def table(all_res):
   lines = []
-  hdr = "| shape | impl | fwd ms | fwd+bwd ms | fwd / fla | fwd+bwd / fla | fwd+bwd / jla | F fwd+bwd | peak MB fwd / fwd+bwd |"
+  hdr = ("| shape | impl | fwd ms | fwd+bwd ms | fwd / fla | fwd+bwd / fla | fwd+bwd / jla | F fwd+bwd "
+         "| peak MB fwd / fwd+bwd |")
   lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
   for label, d in all_res.items():
     res = d["results"]
@@ -331,8 +449,10 @@ def table(all_res):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--op", default="wkv7", choices=("wkv7", "wkv6", "wkv5"))
   p.add_argument("--shapes", default="S0,K1,K3,K2,K4,K5")
-  p.add_argument("--impls", default="pallas_gpu,chunked,fla,jla,reference")
+  p.add_argument("--impls", default=None, help="default: pallas_gpu,chunked,fla,jla,reference (wkv7), "
+                 "pallas_gpu,chunked,fla,reference (wkv6, wkv5)")
   p.add_argument("--repeats", type=int, default=30)
   p.add_argument("--commit", default=None)
   p.add_argument("--append-docs", action="store_true")
@@ -354,8 +474,9 @@ def main(argv=None):
                               check=True).stdout.strip()
     except Exception:  # noqa: BLE001
       commit = "unknown"
-  log(f"device {device}, jax {jax.__version__}, commit {commit}")
-  impls = args.impls.split(",")
+  log(f"op {args.op}, device {device}, jax {jax.__version__}, commit {commit}")
+  default_impls = "pallas_gpu,chunked,fla,jla,reference" if args.op == "wkv7" else "pallas_gpu,chunked,fla,reference"
+  impls = (args.impls or default_impls).split(",")
   all_res = {}
   for label in args.shapes.split(","):
     if time.time() - start > args.budget_s:
@@ -364,12 +485,15 @@ def main(argv=None):
     log(f"shape {label} {SHAPES[label]}")
     if label in args.pieces.split(","):
       try:
-        pieces(label, SHAPES[label], max(5, args.repeats // 3), log)
+        if args.op == "wkv7":
+          pieces(label, SHAPES[label], max(5, args.repeats // 3), log)
+        else:
+          pieces_v56(label, SHAPES[label], max(5, args.repeats // 3), log, args.op)
       except Exception as e:  # noqa: BLE001
         log(f"  pieces {label}: FAILED {type(e).__name__}: {str(e)[:300]}")
-    all_res[label] = bench_shape(label, SHAPES[label], impls, args.repeats, log)
+    all_res[label] = bench_shape(label, SHAPES[label], impls, args.repeats, log, args.op)
     if out_dir:
-      with open(os.path.join(out_dir, "wkv_bench.json"), "w") as f:
+      with open(os.path.join(out_dir, f"wkv_bench_{args.op}.json"), "w") as f:
         json.dump(all_res, f, indent=1, default=str)
   text = table(all_res)
   log(text)
@@ -379,10 +503,11 @@ def main(argv=None):
   for label, d in all_res.items():
     part = ", ".join(f"{n} {rr['fwd']['ms']:.2f}/{rr['fwdbwd']['ms']:.2f}" for n, rr in d["results"].items())
     cells.append(f"{label} {tuple(d['shape'])} fwd/fwd+bwd ms: {part}")
-  row = f"| {date} | {device} | `{cmd.strip()}` | {commit} | " + "; ".join(cells) + " |"
+  op_name = {"wkv7": "WKV-7", "wkv6": "WKV-6", "wkv5": "WKV-5"}[args.op]
+  row = f"| {date} | {device} | `{cmd.strip()}` | {commit} | {op_name}: " + "; ".join(cells) + " |"
   log(row)
   if out_dir:
-    with open(os.path.join(out_dir, "wkv_bench_row.md"), "w") as f:
+    with open(os.path.join(out_dir, f"wkv_bench_{args.op}_row.md"), "w") as f:
       f.write(row + "\n\n" + text + "\n")
   if args.append_docs:
     with open(os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"), "a") as f:

@@ -1,7 +1,8 @@
 """State tuning and parameter-efficient fine-tuning (RWKV-PEFT's methods), launched like pretraining:
 
-  python -m launch.train --config config:peft_state --config set:load_model=BASE.pth \\
-      --config set:data.data_file=data/sft.jsonl --config set:data.val_file=data/sft_val.jsonl --workdir out/state
+  python -m launch.train --config config:peft_state --config "set:load_model='BASE.pth'" \\
+      --config "set:data.data_file='data/sft.jsonl'" --config "set:data.val_file='data/sft_val.jsonl'" \\
+      --workdir out/state
 
 Data: jsonl (or arrow/parquet) records {"prompt": ..., "response": ...} (loss on responses only) or
 {"text": ...}, packed into rows (data_type "packed"). The base model is an RWKV-LM .pth (load_model); the
@@ -15,8 +16,8 @@ Recipes:
   trainable parameters to r = 32 LoRA on square matrices); RWKV-PEFT's default train_parts ("time", "ln").
 * peft_none: nothing trains (the untuned baseline's held-out loss, through the same pipeline).
 * peft_cmp_*: the comparisons of docs/peft.md (issue 9, item 7) on the narrow-format task of
-  rwkvjax.peft.demo_data, from a demo L12-D768 model; every run counts only each row's first document
-  (first_document_only) so that all methods are scored on the same tokens.
+  rwkvjax.peft.demo_data, from a demo L12-D768 model; every method is scored on all tokens of the packed rows
+  (with state tuning every packed document starts from the learned state).
 The fiddler `rwkv_peft` takes RWKV-PEFT's own flags: --config "fiddler:rwkv_peft(peft='lora',
 config='{\"lora_r\":8,\"lora_alpha\":16}')".
 """
@@ -93,7 +94,6 @@ CMP_PROMPT = "def add(a, b):\n    return a + b\n\nSummary:"
 
 def _comparison(cfg: fdl.Config[TrainConfig]) -> fdl.Config[TrainConfig]:
   cfg.data.data_file, cfg.data.val_file = CMP_DATA
-  cfg.task.first_document_only = True
   return with_sample(cfg, prompt=CMP_PROMPT, max_new_tokens=40, temperature=0.0, top_p=1.0)
 
 

@@ -5,7 +5,8 @@ RWKV-LM: --my_testing x070 --n_layer 12 --n_embd 768 --ctx_len 512 --micro_bsz 1
 --my_exit_tokens 1498226207 --magic_prime 2926181 --epoch_save 10 --vocab_size 65536 --head_size 64
 --precision bf16 --grad_cp 1 (one GPU), on data/minipile.bin/.idx (the World-tokenised MiniPile binidx).
 
-  python -m launch.train --config config:minipile --config set:data.data_file=data/minipile --workdir out/L12-D768-x070
+  python -m launch.train --config config:minipile --config "set:data.data_file='data/minipile'" \\
+      --workdir out/L12-D768-x070
 """
 
 from __future__ import annotations

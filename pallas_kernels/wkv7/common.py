@@ -22,58 +22,21 @@ matmuls, elementwise ops, iota masks and sublane sums, so that the same Python c
 kernel body and, under `jax.vmap`, as batched XLA (the GPU backend's chunk-parallel backward, and the oracle of the
 GPU kernels' intermediate tiles). `chunk_backward` is the hand-written VJP of `chunk_forward` with the entering
 state treated as an input (its gradient is returned too): given dO and dS' of a chunk it returns the gradients of
-the chunk's six inputs and of S.
+the chunk's six inputs and of S. The 2-D building blocks (MatOps, row and diagonal helpers) are in
+`pallas_kernels.matops`; chunk layout and segment indices of the XLA glue in `pallas_kernels.chunking`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
-
-import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pallas_kernels.matops import MatOps, diag_matrix, diag_row, row_of
+
 F32 = jnp.float32
-
-
-@dataclasses.dataclass(frozen=True)
-class MatOps:
-  """The three matmul shapes the chunk algebra uses, on 2-D float32 arrays, and the precision they run at."""
-
-  precision: object = lax.Precision.HIGHEST
-
-  def _dot(self, x, y, dims):
-    return lax.dot_general(x, y, (dims, ((), ())), precision=self.precision, preferred_element_type=F32)
-
-  def mm(self, x, y):  # x @ y
-    return self._dot(x, y, ((1,), (0,)))
-
-  def nt(self, x, y):  # x @ y^T
-    return self._dot(x, y, ((1,), (1,)))
-
-  def tn(self, x, y):  # x^T @ y
-    return self._dot(x, y, ((0,), (0,)))
-
 
 def _iota(shape, dim):
   return lax.broadcasted_iota(jnp.int32, shape, dim)
-
-
-def row_of(x, i):
-  """Row i of the 2-D x as a [1, N] array (a masked sublane sum: no unaligned slicing inside kernels)."""
-  return jnp.sum(jnp.where(_iota(x.shape, 0) == i, x, 0.0), axis=0, keepdims=True)
-
-
-def diag_matrix(row):
-  """diag(row) [N, N] for a [1, N] row (multiplying by it scales the rows of the other operand)."""
-  n = row.shape[1]
-  return jnp.where(_iota((n, n), 0) == _iota((n, n), 1), jnp.broadcast_to(row, (n, n)), 0.0)
-
-
-def diag_row(x):
-  """The diagonal of the square x as a [1, N] row."""
-  return jnp.sum(jnp.where(_iota(x.shape, 0) == _iota(x.shape, 1), x, 0.0), axis=0, keepdims=True)
 
 
 def cumsum_rows(x, ops: MatOps, reverse: bool = False):
@@ -237,46 +200,3 @@ def chunk_backward(r, w, k, v, a, b, seg_col, seg_row, S, dO, dS_next, ops: MatO
   dgl = jnp.sum(kbar * d_kbar + bbar * d_bbar, axis=0, keepdims=True) + dec * d_dec
   dw = cumsum_rows(dg + dgm, ops, reverse=True) - dgm + dgl
   return dr, dw, dk, dv, da, db, dS
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# XLA glue: chunking, segments
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def segment_index(segment_ids, B: int, T: int, L: int):
-  """[B, C, L] float32: per token, the number of segment starts in its chunk up to and including it (0 = the
-  token still sees the state entering the chunk). Padded tail tokens (T up to C*L) continue the last segment."""
-  C = -(-T // L)
-  if segment_ids is None:
-    return jnp.zeros((B, C, L), F32)
-  change = segment_ids[:, 1:] != segment_ids[:, :-1]
-  starts = jnp.concatenate([jnp.zeros((B, 1), bool), change], axis=1)
-  starts = jnp.pad(starts, ((0, 0), (0, C * L - T)))
-  return jnp.cumsum(starts.reshape(B, C, L).astype(jnp.int32), axis=-1).astype(F32)
-
-
-def pad_time(x, Tp: int):
-  T = x.shape[1]
-  return x if Tp == T else jnp.pad(x, ((0, 0), (0, Tp - T)) + ((0, 0),) * (x.ndim - 2))
-
-
-def to_chunks(x, L: int):
-  """[B, T, H, N] -> [B, H, C, L, N] (zero-padded tail), any dtype kept."""
-  B, T, H, N = x.shape
-  C = -(-T // L)
-  x = pad_time(x, C * L)
-  return x.reshape(B, C, L, H, N).transpose(0, 3, 1, 2, 4)
-
-
-def from_chunks(x, T: int):
-  """[B, H, C, L, N] -> [B, T, H, N]."""
-  B, H, C, L, N = x.shape
-  return x.transpose(0, 2, 3, 1, 4).reshape(B, C * L, H, N)[:, :T]
-
-
-def vmap_chunks(fn: Callable, n_batch_dims: int = 3):
-  """vmap a 2-D chunk function over leading [B, H, C] dims."""
-  for _ in range(n_batch_dims):
-    fn = jax.vmap(fn)
-  return fn

@@ -26,6 +26,7 @@ error 5.2e-3 (the bf16 output), <= 3.3e-3 for the final state and all gradients 
 
 Resets: `segment_ids` -> the per-token segment index inside each chunk (float32 [B, T]); masks as in `common`.
 `interpret=True` runs the three Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).
+Tile helpers (layouts, swizzled SMEM, split bf16, tensor-core products) are in `pallas_kernels.mosaic_gpu_tiles`.
 """
 
 from __future__ import annotations
@@ -38,113 +39,19 @@ import jax.experimental.pallas as pl
 import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 from jax import lax
-from jax._src.state import types as state_types
 
+from pallas_kernels.chunking import from_chunks, pad_time, segment_index, to_chunks, vmap_chunks
+from pallas_kernels.matops import x3_on_gpu
+from pallas_kernels.mosaic_gpu_tiles import (
+  COL, ROW, Mma, block_v, cols, compiler_params, interpret_params, iota, is_hopper, load, rows, split, store_split,
+  swizzled, x3,
+)
 from pallas_kernels.wkv7 import common as cm
 
 F32 = jnp.float32
 BF16 = jnp.bfloat16
 L = 64  # tokens per chunk
 HEAD_DIMS = (64, 128)
-WG = plgpu.Layout.WGMMA
-ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per row of a WGMMA-layout array
-COL = plgpu.Layout.WGMMA.reduce(0)  # one value per column
-X3 = lax.DotAlgorithmPreset.BF16_BF16_F32_X3
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# tile helpers
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def _swizzled(shape, dtype=BF16, swizzle=None):
-  """SMEM tiled and swizzled for its minor dim (or the given swizzle: WGMMA needs equal lhs and rhs swizzles)."""
-  itemsize = jnp.dtype(dtype).itemsize
-  swizzle = swizzle or plgpu.find_swizzle(shape[-1] * itemsize * 8)
-  return plgpu.SMEM(shape, dtype, transforms=(plgpu.TilingTransform((8, swizzle // itemsize)),
-                                              plgpu.SwizzleTransform(swizzle)))
-
-
-def _ld(ref, layout=WG):
-  return plgpu.load(ref, layout=layout, optimized=False)
-
-
-def _iota(shape, dim):
-  return plgpu.broadcasted_iota(jnp.int32, shape, dim, layout=WG)
-
-
-def _rows(vec, shape):  # vec (ROW layout) broadcast along columns
-  return lax.broadcast_in_dim(vec, shape, [0])
-
-
-def _cols(vec, shape):  # vec (COL layout) broadcast along rows
-  return lax.broadcast_in_dim(vec, shape, [1])
-
-
-def _split(x):
-  hi = x.astype(BF16)
-  return hi, (x - hi.astype(F32)).astype(BF16)
-
-
-def _store_split(x, hi_ref, lo_ref):
-  hi, lo = _split(x)
-  hi_ref[...] = hi
-  lo_ref[...] = lo
-
-
-class _Mma:
-  """Tensor-core products into one fp32 accumulator: `mm(shape, pairs)` = sum(lhs @ rhs for lhs, rhs in pairs).
-
-  lhs is an SMEM ref (or transposed view) or a bf16 WGMMA-layout register array; rhs an SMEM ref (or view). The
-  Mosaic GPU interpreter takes SMEM operands only, so in interpret mode register operands are staged through
-  scratch tiles first (same values, same products). Reading the result waits for the products, so their SMEM
-  operands may be rewritten afterwards; the optimization barrier keeps LLVM from scheduling uses of the result
-  before that wait (jla's note on wgmma.wait_group)."""
-
-  def __init__(self, stage):
-    self.stage = stage  # None, or {shape: [bf16 scratch refs]} in interpret mode
-
-  def __call__(self, shape, pairs):
-    if self.stage is not None:
-      staged, free, out = {}, {k: list(v) for k, v in self.stage.items()}, []
-      for lhs, rhs in pairs:
-        if not _is_reg(lhs):
-          out.append((lhs, rhs))
-          continue
-        key = id(lhs)
-        if key not in staged:
-          ref = free[tuple(lhs.shape)].pop()
-          ref[...] = lhs
-          staged[key] = ref
-        out.append((staged[key], rhs))
-      plgpu.commit_smem()
-      pairs = out
-
-    def scoped(acc):
-      for lhs, rhs in pairs:
-        plgpu.wgmma(acc, lhs, rhs)
-      return acc[...]
-
-    return lax.optimization_barrier(pl.run_scoped(scoped, plgpu.ACC(shape, F32)))
-
-
-def _x3(lhs, rhs_hi, rhs_lo):
-  """Pairs of a split-bf16 x3 product: lhs = (hi, lo) registers, rhs = hi / lo SMEM refs."""
-  return [(lhs[0], rhs_hi), (lhs[0], rhs_lo), (lhs[1], rhs_hi)]
-
-
-def _is_reg(x):
-  """True for a register array, False for an SMEM ref (plain or transformed)."""
-  return not isinstance(x, state_types.TransformedRef) and not isinstance(getattr(x, "aval", None),
-                                                                         state_types.AbstractRef)
-
-
-def _params():
-  return plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane, approx_math=True)
-
-
-def _interp(interpret):
-  return plgpu.InterpretGPUParams() if interpret else None
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -170,93 +77,93 @@ def _prep(r, k, v, a, b, g_pad, seg, *, interpret=False):
     if interpret:
       st = rest[:-1]
       stage = {LN: list(st[:4])} if N == L else {LN: list(st[:4]), LL: list(st[4:8])}
-    mm = _Mma(stage)
+    mm = Mma(stage)
     c, h, bi = lax.axis_index("c"), lax.axis_index("h"), lax.axis_index("b")
     tok = pl.ds(c * L, L)
     plgpu.copy_gmem_to_smem(v_ref.at[bi, tok, h], v_s, bar)
 
-    G = _ld(g_ref.at[bi, pl.ds(c * L + 1, L), h])
-    mid = _cols(_ld(g_ref.at[bi, c * L + (L - 1) // 2 + 1, h], COL), LN)
-    last = _cols(_ld(g_ref.at[bi, c * L + L, h], COL), LN)
-    seg_i = _ld(s_ref.at[bi, tok], ROW)
-    seg_j = _ld(s_ref.at[bi, tok], COL)
+    G = load(g_ref.at[bi, pl.ds(c * L + 1, L), h])
+    mid = cols(load(g_ref.at[bi, c * L + (L - 1) // 2 + 1, h], COL), LN)
+    last = cols(load(g_ref.at[bi, c * L + L, h], COL), LN)
+    seg_i = load(s_ref.at[bi, tok], ROW)
+    seg_j = load(s_ref.at[bi, tok], COL)
     seg_last = s_ref[bi, c * L + L - 1]
-    rN = _iota(LN, 0)
-    first_rows = _rows(seg_i, LN) == 0.0
-    last_rows = _rows(seg_i, LN) == seg_last
+    rN = iota(LN, 0)
+    first_rows = rows(seg_i, LN) == 0.0
+    last_rows = rows(seg_i, LN) == seg_last
 
     # right factors k^ = k e^{m-G}, b^ = b e^{m-G} (split, SMEM); Bbar, Kbar
     e_out = jnp.exp(mid - G)
     to_end = jnp.exp(last - G)
-    kk = _ld(k_ref.at[bi, tok, h]).astype(F32)
-    _store_split(kk * e_out, R0, R1)
+    kk = load(k_ref.at[bi, tok, h]).astype(F32)
+    store_split(kk * e_out, R0, R1)
     kb_ref.at[bi, h, tok][...] = jnp.where(last_rows, kk * to_end, 0.0).astype(BF16)
-    bv = _ld(b_ref.at[bi, tok, h]).astype(F32)
-    _store_split(bv * e_out, R2, R3)
+    bv = load(b_ref.at[bi, tok, h]).astype(F32)
+    store_split(bv * e_out, R2, R3)
     bb_ref.at[bi, h, tok][...] = jnp.where(last_rows, bv * to_end, 0.0).astype(BF16)
     plgpu.commit_smem()
 
-    ri, ci = _iota(LL, 0), _iota(LL, 1)
-    same = _rows(seg_i, LL) == _cols(seg_j, LL)
+    ri, ci = iota(LL, 0), iota(LL, 1)
+    same = rows(seg_i, LL) == cols(seg_j, LL)
     strict = same & (ri > ci)
     incl = same & (ri >= ci)
 
     # a rows: A_ak, A_ab
-    Gm = jnp.where(rN == 0, 0.0, _ld(g_ref.at[bi, pl.ds(c * L, L), h]))
-    av = _ld(a_ref.at[bi, tok, h]).astype(F32)
-    at = _split(av * jnp.exp(Gm - mid))
-    A_ak = jnp.where(strict, mm(LL, _x3(at, R0.T, R1.T)), 0.0)
-    A_ab = jnp.where(strict, mm(LL, _x3(at, R2.T, R3.T)), 0.0)
+    Gm = jnp.where(rN == 0, 0.0, load(g_ref.at[bi, pl.ds(c * L, L), h]))
+    av = load(a_ref.at[bi, tok, h]).astype(F32)
+    at = split(av * jnp.exp(Gm - mid))
+    A_ak = jnp.where(strict, mm(LL, x3(at, R0.T, R1.T)), 0.0)
+    A_ab = jnp.where(strict, mm(LL, x3(at, R2.T, R3.T)), 0.0)
 
     # T = (I - A_ab)^{-1}: block doubling, D <- D + (D A_off) D
     D = jnp.where(ri == ci, 1.0, 0.0) + jnp.where(((ri >> 1) == (ci >> 1)) & (ri != ci), A_ab, 0.0)
     for shift in range(1, levels):
       off = jnp.where(((ri >> (shift + 1)) == (ci >> (shift + 1))) & ((ri >> shift) != (ci >> shift)), A_ab, 0.0)
-      _store_split(off, I0, I1)
-      _store_split(D, I2, I3)
+      store_split(off, I0, I1)
+      store_split(D, I2, I3)
       plgpu.commit_smem()
-      P = mm(LL, _x3(_split(D), I0, I1))
-      D = D + mm(LL, _x3(_split(P), I2, I3))
-    Ts = _split(D)
+      P = mm(LL, x3(split(D), I0, I1))
+      D = D + mm(LL, x3(split(P), I2, I3))
+    Ts = split(D)
 
     # q rows: A_qk, A_qb
-    rv = _ld(r_ref.at[bi, tok, h]).astype(F32)
-    qt = _split(rv * jnp.exp(G - mid))
-    A_qk = jnp.where(incl, mm(LL, _x3(qt, R0.T, R1.T)), 0.0)
-    A_qb = jnp.where(incl, mm(LL, _x3(qt, R2.T, R3.T)), 0.0)
+    rv = load(r_ref.at[bi, tok, h]).astype(F32)
+    qt = split(rv * jnp.exp(G - mid))
+    A_qk = jnp.where(incl, mm(LL, x3(qt, R0.T, R1.T)), 0.0)
+    A_qb = jnp.where(incl, mm(LL, x3(qt, R2.T, R3.T)), 0.0)
 
     # WY: W = T A0, U_wy = T (A_ak V)
-    _store_split(jnp.where(first_rows, av * jnp.exp(Gm), 0.0), R0, R1)
+    store_split(jnp.where(first_rows, av * jnp.exp(Gm), 0.0), R0, R1)
     plgpu.commit_smem()
     plgpu.barrier_wait(bar)  # v is in SMEM
-    W = mm(LN, _x3(Ts, R0, R1))
-    ak = _split(A_ak)
+    W = mm(LN, x3(Ts, R0, R1))
+    ak = split(A_ak)
     AV = mm(LN, [(ak[0], v_s), (ak[1], v_s)])
-    _store_split(AV, R2, R3)
+    store_split(AV, R2, R3)
     plgpu.commit_smem()
-    U = mm(LN, _x3(Ts, R2, R3))
+    U = mm(LN, x3(Ts, R2, R3))
     ww_ref.at[bi, h, tok][...] = W.astype(BF16)
     wu_ref.at[bi, h, tok][...] = U.astype(BF16)
 
     # outputs: Qo = Q0 + A_qb W, Ob = A_qb U_wy + A_qk V
-    _store_split(W, R0, R1)
-    _store_split(U, R2, R3)
+    store_split(W, R0, R1)
+    store_split(U, R2, R3)
     plgpu.commit_smem()
-    qb, qk = _split(A_qb), _split(A_qk)
+    qb, qk = split(A_qb), split(A_qk)
     q0 = jnp.where(first_rows, rv * jnp.exp(G), 0.0)
-    qo = q0 + mm(LN, _x3(qb, R0, R1))
-    ob = mm(LN, _x3(qb, R2, R3) + [(qk[0], v_s), (qk[1], v_s)])
+    qo = q0 + mm(LN, x3(qb, R0, R1))
+    ob = mm(LN, x3(qb, R2, R3) + [(qk[0], v_s), (qk[1], v_s)])
     qo_ref.at[bi, h, tok][...] = qo.astype(BF16)
     ob_ref.at[bi, h, tok][...] = ob.astype(BF16)
 
-  scratch = [_swizzled(LN)] + [_swizzled(LN) for _ in range(4)] + [_swizzled(LL) for _ in range(4)]
+  scratch = [swizzled(LN)] + [swizzled(LN) for _ in range(4)] + [swizzled(LL) for _ in range(4)]
   if interpret:
-    scratch += [_swizzled(LN) for _ in range(4)] + ([] if N == L else [_swizzled(LL) for _ in range(4)])
+    scratch += [swizzled(LN) for _ in range(4)] + ([] if N == L else [swizzled(LL) for _ in range(4)])
   scratch += [plgpu.Barrier(num_arrivals=1)]
   out = jax.ShapeDtypeStruct((B, H, Tp, N), BF16)
   kern = plgpu.kernel(body, out_type=(out,) * 6, grid=(C, H, B), grid_names=("c", "h", "b"),
-                      scratch_types=tuple(scratch), compiler_params=_params(), interpret=_interp(interpret),
-                      kernel_name="wkv7_prep")
+                      scratch_types=tuple(scratch), compiler_params=compiler_params(),
+                      interpret=interpret_params(interpret), kernel_name="wkv7_prep")
   return kern(r, k, v, a, b, g_pad, seg)
 
 
@@ -282,7 +189,7 @@ def _state_fwd(ww, wu, qo, ob, bb, kb, v, dec, h0, *, bv: int, save: bool, inter
       o_ref, fin_ref = refs[:2]
       st_ref, scratch = None, refs[2:]
     ww_s, qo_s, bb_s, kb_s, wu_s, ob_s, v_s, dec_s, S_hi, S_lo, U_hi, U_lo, bars = scratch
-    mm = _Mma(None)  # every left operand is an SMEM tile
+    mm = Mma(None)  # every left operand is an SMEM tile
     vt, h, bi = lax.axis_index("v"), lax.axis_index("h"), lax.axis_index("b")
     vcols = pl.ds(vt * bv, bv)
 
@@ -297,7 +204,7 @@ def _state_fwd(ww, wu, qo, ob, bb, kb, v, dec, h0, *, bv: int, save: bool, inter
       plgpu.copy_gmem_to_smem(dec_ref.at[bi, h, n], dec_s.at[slot], bar)
 
     fetch(0, 0)
-    s0 = _ld(h0_ref.at[bi, h, :, vcols])
+    s0 = load(h0_ref.at[bi, h, :, vcols])
 
     def step(n, S):
       slot = lax.rem(n, 2)
@@ -309,29 +216,29 @@ def _state_fwd(ww, wu, qo, ob, bb, kb, v, dec, h0, *, bv: int, save: bool, inter
       plgpu.barrier_wait(bars.at[slot])
       if save:
         st_ref.at[bi, h, n, :, vcols][...] = S
-      _store_split(S, S_hi, S_lo)
+      store_split(S, S_hi, S_lo)
       plgpu.commit_smem()
-      u = _ld(wu_s.at[slot]).astype(F32) + mm((L, bv), [(ww_s.at[slot], S_hi), (ww_s.at[slot], S_lo)])
-      o = _ld(ob_s.at[slot]).astype(F32) + mm((L, bv), [(qo_s.at[slot], S_hi), (qo_s.at[slot], S_lo)])
+      u = load(wu_s.at[slot]).astype(F32) + mm((L, bv), [(ww_s.at[slot], S_hi), (ww_s.at[slot], S_lo)])
+      o = load(ob_s.at[slot]).astype(F32) + mm((L, bv), [(qo_s.at[slot], S_hi), (qo_s.at[slot], S_lo)])
       o_ref.at[bi, pl.ds(n * L, L), h, vcols][...] = o.astype(o_ref.dtype)
-      _store_split(u, U_hi, U_lo)
+      store_split(u, U_hi, U_lo)
       plgpu.commit_smem()
-      d = _rows(_ld(dec_s.at[slot], ROW), KV)
+      d = rows(load(dec_s.at[slot], ROW), KV)
       return S * d + mm(KV, [(bb_s.at[slot].T, U_hi), (bb_s.at[slot].T, U_lo), (kb_s.at[slot].T, v_s.at[slot])])
 
     S = lax.fori_loop(0, C, step, s0)
     fin_ref.at[bi, h, :, vcols][...] = S
 
   sw = min(2 * bv, 128)  # the swizzle of a bv-wide bf16 row: the K-side tiles must match it
-  scratch = [_swizzled((2, L, N), swizzle=sw) for _ in range(4)] + [_swizzled((2, L, bv)) for _ in range(3)]
-  scratch += [plgpu.SMEM((2, N), F32), _swizzled(KV), _swizzled(KV), _swizzled((L, bv)), _swizzled((L, bv)),
+  scratch = [swizzled((2, L, N), swizzle=sw) for _ in range(4)] + [swizzled((2, L, bv)) for _ in range(3)]
+  scratch += [plgpu.SMEM((2, N), F32), swizzled(KV), swizzled(KV), swizzled((L, bv)), swizzled((L, bv)),
               plgpu.Barrier(num_arrivals=8, num_barriers=2)]
   out = [jax.ShapeDtypeStruct((B, Tp, H, N), BF16), jax.ShapeDtypeStruct((B, H, N, N), F32)]
   if save:
     out.append(jax.ShapeDtypeStruct((B, H, C, N, N), F32))
   kern = plgpu.kernel(body, out_type=tuple(out), grid=(N // bv, H, B), grid_names=("v", "h", "b"),
-                      scratch_types=tuple(scratch), compiler_params=_params(), interpret=_interp(interpret),
-                      kernel_name="wkv7_state_fwd")
+                      scratch_types=tuple(scratch), compiler_params=compiler_params(),
+                      interpret=interpret_params(interpret), kernel_name="wkv7_state_fwd")
   return kern(ww, wu, qo, ob, bb, kb, v, dec, h0)
 
 
@@ -350,7 +257,7 @@ def _state_bwd(ww, qo, bb, d_o, dec, d_final, *, bv: int, interpret=False):
 
   def body(ww_ref, qo_ref, bb_ref, do_ref, dec_ref, dfin_ref, dst_ref, ds0_ref,
            ww_s, qo_s, bb_s, do_s, dec_s, D_hi, D_lo, E_hi, E_lo, bars):
-    mm = _Mma(None)  # every left operand is an SMEM tile
+    mm = Mma(None)  # every left operand is an SMEM tile
     vt, h, bi = lax.axis_index("v"), lax.axis_index("h"), lax.axis_index("b")
     vcols = pl.ds(vt * bv, bv)
 
@@ -363,7 +270,7 @@ def _state_bwd(ww, qo, bb, d_o, dec, d_final, *, bv: int, interpret=False):
       plgpu.copy_gmem_to_smem(dec_ref.at[bi, h, n], dec_s.at[slot], bar)
 
     fetch(C - 1, 0)
-    ds = _ld(dfin_ref.at[bi, h, :, vcols])
+    ds = load(dfin_ref.at[bi, h, :, vcols])
 
     def step(i, dS):
       n = C - 1 - i
@@ -375,25 +282,25 @@ def _state_bwd(ww, qo, bb, d_o, dec, d_final, *, bv: int, interpret=False):
 
       plgpu.barrier_wait(bars.at[slot])
       dst_ref.at[bi, h, n, :, vcols][...] = dS
-      _store_split(dS, D_hi, D_lo)
+      store_split(dS, D_hi, D_lo)
       plgpu.commit_smem()
       dU = mm((L, bv), [(bb_s.at[slot], D_hi), (bb_s.at[slot], D_lo)])
-      _store_split(dU, E_hi, E_lo)
+      store_split(dU, E_hi, E_lo)
       plgpu.commit_smem()
-      d = _rows(_ld(dec_s.at[slot], ROW), KV)
+      d = rows(load(dec_s.at[slot], ROW), KV)
       return dS * d + mm(KV, [(ww_s.at[slot].T, E_hi), (ww_s.at[slot].T, E_lo), (qo_s.at[slot].T, do_s.at[slot])])
 
     dS = lax.fori_loop(0, C, step, ds)
     ds0_ref.at[bi, h, :, vcols][...] = dS
 
   sw = min(2 * bv, 128)
-  scratch = [_swizzled((2, L, N), swizzle=sw) for _ in range(3)] + [_swizzled((2, L, bv))]
-  scratch += [plgpu.SMEM((2, N), F32), _swizzled(KV), _swizzled(KV), _swizzled((L, bv)), _swizzled((L, bv)),
+  scratch = [swizzled((2, L, N), swizzle=sw) for _ in range(3)] + [swizzled((2, L, bv))]
+  scratch += [plgpu.SMEM((2, N), F32), swizzled(KV), swizzled(KV), swizzled((L, bv)), swizzled((L, bv)),
               plgpu.Barrier(num_arrivals=5, num_barriers=2)]
   out = (jax.ShapeDtypeStruct((B, H, C, N, N), F32), jax.ShapeDtypeStruct((B, H, N, N), F32))
   kern = plgpu.kernel(body, out_type=out, grid=(N // bv, H, B), grid_names=("v", "h", "b"),
-                      scratch_types=tuple(scratch), compiler_params=_params(), interpret=_interp(interpret),
-                      kernel_name="wkv7_state_bwd")
+                      scratch_types=tuple(scratch), compiler_params=compiler_params(),
+                      interpret=interpret_params(interpret), kernel_name="wkv7_state_bwd")
   return kern(ww, qo, bb, d_o, dec, d_final)
 
 
@@ -408,22 +315,11 @@ def _prologue(w, seg):
   B, T, H, N = w.shape
   C = seg.shape[1]
   Tp = C * L
-  g = jnp.cumsum(cm.pad_time(w.astype(F32), Tp).reshape(B, C, L, H, N), axis=2)
+  g = jnp.cumsum(pad_time(w.astype(F32), Tp).reshape(B, C, L, H, N), axis=2)
   carry = seg[:, :, L - 1] == 0.0
   dec = jnp.where(carry[:, :, None, None], jnp.exp(g[:, :, L - 1]), 0.0).transpose(0, 2, 1, 3)
   g_pad = jnp.concatenate([jnp.zeros((B, 1, H, N), F32), g.reshape(B, Tp, H, N)], axis=1)
   return g_pad, dec, seg.reshape(B, Tp)
-
-
-def _block_v(B, H, N):
-  for bv in (64, 32, 16):
-    if bv <= N and B * H * (N // bv) >= 264:
-      return bv
-  return 16
-
-
-def _matops():
-  return cm.MatOps(precision=X3 if jax.default_backend() == "gpu" else lax.Precision.HIGHEST)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
@@ -435,11 +331,11 @@ def _wkv7_fwd(r, w, k, v, a, b, s0, seg, interpret, save=True):
   B, T, H, N = r.shape
   C = seg.shape[1]
   Tp = C * L
-  xs = [cm.pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
+  xs = [pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
   g_pad, dec, seg_flat = _prologue(w, seg)
   tiles = _prep(*xs, g_pad, seg_flat, interpret=interpret)
   ww, wu, qo, ob, bb, kb = tiles
-  bv = _block_v(B, H, N)
+  bv = block_v(B, H, N)
   outs = _state_fwd(ww, wu, qo, ob, bb, kb, xs[2], dec, s0, bv=bv, save=save, interpret=interpret)
   o, final = outs[0][:, :T], outs[1]
   if not save:
@@ -453,35 +349,28 @@ def _wkv7_bwd(interpret, res, cts):
   B, T, H, N = r.shape
   C = seg.shape[1]
   Tp = C * L
-  bv = _block_v(B, H, N)
-  d_o_p = cm.pad_time(d_o.astype(BF16), Tp)
+  bv = block_v(B, H, N)
+  d_o_p = pad_time(d_o.astype(BF16), Tp)
   d_states, ds0 = _state_bwd(ww, qo, bb, d_o_p, dec, d_final.astype(F32), bv=bv, interpret=interpret)
   # chunk-parallel input gradients (XLA): the VJP of each chunk given its entering state and dS after it
-  xs = [cm.to_chunks(x.astype(BF16).astype(F32) if i != 1 else x.astype(F32), L)
+  xs = [to_chunks(x.astype(BF16).astype(F32) if i != 1 else x.astype(F32), L)
         for i, x in enumerate((r, w, k, v, a, b))]
   seg_col = jnp.broadcast_to(seg[:, None, :, :, None], (B, H, C, L, 1))
   seg_row = jnp.broadcast_to(seg[:, None, :, None, :], (B, H, C, 1, L))
-  d_oc = cm.to_chunks(d_o_p.astype(F32), L)
-  ops = _matops()
-  bwd = cm.vmap_chunks(functools.partial(cm.chunk_backward, ops=ops))
+  d_oc = to_chunks(d_o_p.astype(F32), L)
+  ops = x3_on_gpu()
+  bwd = vmap_chunks(functools.partial(cm.chunk_backward, ops=ops))
   grads = bwd(*xs, seg_col, seg_row, states, d_oc, d_states)
-  out = tuple(cm.from_chunks(g, T).astype(x.dtype) for g, x in zip(grads[:6], (r, w, k, v, a, b)))
+  out = tuple(from_chunks(g, T).astype(x.dtype) for g, x in zip(grads[:6], (r, w, k, v, a, b)))
   return out + (ds0, None)
 
 
 _wkv7.defvjp(_wkv7_fwd, _wkv7_bwd)
 
 
-@functools.cache
-def is_hopper() -> bool:
-  try:
-    dev = jax.devices()[0]
-  except RuntimeError:
-    return False
-  return dev.platform == "gpu" and getattr(dev, "compute_capability", None) == "9.0"
-
-
 def unsupported_reason(r, interpret: bool) -> str | None:
+  """Why the kernels cannot run a call with r [B, T, H, N] (N not in HEAD_DIMS; no Hopper GPU, unless `interpret`),
+  or None if they can."""
   N = r.shape[-1]
   if N not in HEAD_DIMS:
     return f"head dim {N} not in {HEAD_DIMS}"
@@ -490,13 +379,16 @@ def unsupported_reason(r, interpret: bool) -> str | None:
   return None
 
 
-def wkv7_pallas_gpu(r, w, k, v, a, b, initial_state, segment_ids, *, interpret: bool = False):
+def wkv7_pallas_gpu(r, w, k, v, a, b, initial_state, segment_ids, reset_state=None, *, interpret: bool = False):
   """The `pallas_gpu` backend; see `rwkvjax.ops.wkv7` for the contract.
 
   r, k, v, a, b are used as bf16 (cast if not), w as float32 (cumulated in float32); state float32; o in the dtype of
   r. Calls the kernels cannot run (no Hopper GPU, head dim not in HEAD_DIMS) run the `chunked` backend instead.
   interpret: run the Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).
+  reset_state: not supported (segments restart from zero); a non-None one raises NotImplementedError.
   """
+  if reset_state is not None:
+    raise NotImplementedError("pallas_gpu does not support reset_state; use impl='chunked' (or 'auto')")
   reason = unsupported_reason(r, interpret)
   if reason is not None:
     from rwkvjax.ops.chunked import wkv7_chunked  # noqa: PLC0415
@@ -504,5 +396,5 @@ def wkv7_pallas_gpu(r, w, k, v, a, b, initial_state, segment_ids, *, interpret: 
     return wkv7_chunked(r, w, k, v, a, b, initial_state, segment_ids)
   B, T, H, N = r.shape
   s0 = jnp.zeros((B, H, N, N), F32) if initial_state is None else initial_state.astype(F32)
-  seg = cm.segment_index(segment_ids, B, T, L)
+  seg = segment_index(segment_ids, B, T, L)
   return _wkv7(r, w, k, v, a, b, s0, seg, interpret)

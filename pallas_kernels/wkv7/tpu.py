@@ -15,7 +15,7 @@ dS to the previous chunk; the last program writes the initial-state gradient.
 Inputs are transposed to head-major [B, H, T, N] (Mosaic's block rule: the last two block dims must be
 (8, 128)-aligned or whole, which a [L, 1, N] tile of [B, T, H, N] is not) and the tail is zero-padded to whole chunks
 (w = 0 and zero inputs are an identity transition). Inputs may be float32 or bfloat16 (computed in float32).
-Resets: `segment_ids` become a per-token segment index inside each chunk (`common.segment_index`), passed as a
+Resets: `segment_ids` become a per-token segment index inside each chunk (`chunking.segment_index`), passed as a
 [L, 1] column and a [1, L] row so that masks are plain broadcasts.
 
 `interpret=True` runs the same kernels in Pallas' interpreter (any platform; CI runs it on CPU).
@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels.chunking import pad_time, segment_index
 from pallas_kernels.wkv7 import common as cm
 
 F32 = jnp.float32
@@ -133,7 +134,7 @@ def _backward_call(xs, seg_col, seg_row, states, d_o, d_final, grad_dtypes, inte
 
 def _head_major(x, Tp):
   """[B, T, H, N] -> [B, H, Tp, N], zero-padded in time."""
-  return jnp.swapaxes(cm.pad_time(x, Tp), 1, 2)
+  return jnp.swapaxes(pad_time(x, Tp), 1, 2)
 
 
 def _time_major(x, T):
@@ -167,14 +168,17 @@ def _wkv7_bwd(L, interpret, res, cts):
 _wkv7.defvjp(_wkv7_fwd, _wkv7_bwd)
 
 
-def wkv7_pallas_tpu(r, w, k, v, a, b, initial_state, segment_ids, *, chunk_size: int = DEFAULT_CHUNK,
-                    interpret: bool = False):
+def wkv7_pallas_tpu(r, w, k, v, a, b, initial_state, segment_ids, reset_state=None, *,
+                    chunk_size: int = DEFAULT_CHUNK, interpret: bool = False):
   """The `pallas_tpu` backend; see `rwkvjax.ops.wkv7` for the contract.
 
   chunk_size: tokens per chunk L, a power of two in [8, 128]; T < L uses one chunk of the next power of two.
   interpret: run the kernels in Pallas interpret mode (any platform, e.g. CPU tests).
   Inputs r, k, v, a, b (and w) float32 or bfloat16; state and arithmetic float32; o in the dtype of r.
+  reset_state: not supported (segments restart from zero); a non-None one raises NotImplementedError.
   """
+  if reset_state is not None:
+    raise NotImplementedError("pallas_tpu does not support reset_state; use impl='chunked' (or 'auto')")
   B, T, H, N = r.shape
   L = min(chunk_size, max(8, 1 << (T - 1).bit_length()))
   if L & (L - 1) or not 8 <= L <= 128:
@@ -186,7 +190,7 @@ def wkv7_pallas_tpu(r, w, k, v, a, b, initial_state, segment_ids, *, chunk_size:
   if w.dtype not in (jnp.float32, jnp.bfloat16):
     w = w.astype(F32)
   s0 = jnp.zeros((B, H, N, N), F32) if initial_state is None else initial_state.astype(F32)
-  seg = cm.segment_index(segment_ids, B, T, L)
+  seg = segment_index(segment_ids, B, T, L)
   return _wkv7(r, w, k, v, a, b, s0, seg, L, interpret)
 
 

@@ -518,7 +518,7 @@ def forward(params: Params, cfg: StudentConfig, tokens: jax.Array, state: State 
   """
   x, state = hidden(params, cfg, tokens, state, segment_ids=segment_ids, impl=impl, remat=remat)
   head = head_weight(params, cfg).astype(x.dtype)
-  return jnp.einsum("btc,vc->btv", x, head, preferred_element_type=jnp.float32), state
+  return layers.head_logits(x, head), state
 
 
 def step(params: Params, cfg: StudentConfig, token: jax.Array, state: State, *, impl: str = "auto"

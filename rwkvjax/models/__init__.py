@@ -1,7 +1,8 @@
 """RWKV models as pure functions, one module per version, looked up by RWKV-LM's version tag.
 
 Each model module provides: param_specs(cfg), init(cfg, key), init_state(cfg, batch),
-forward(params, cfg, tokens, state=None, *, segment_ids=None, impl) -> (logits, state),
+forward(params, cfg, tokens, state=None, *, segment_ids=None, impl) -> (logits, state) (the RWKV versions also
+take reset_state=None: the WKV state packed documents restart from),
 step(params, cfg, token, state, *, impl) -> (logits, state), forward_flops_per_token(cfg, seq_len), and (RWKV)
 official_state(state, index) -> the state of batch row `index` as the official `rwkv` package lays it out.
 The transformer family (Llama, Qwen2) is registered under its HF model_type.

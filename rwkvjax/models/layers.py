@@ -1,4 +1,4 @@
-"""Pieces shared by the RWKV models: norms, token shift, linear layers with float32 accumulation."""
+"""Pieces shared by the models: norms, token shift, linear layers in the compute dtype, the LM-head logits."""
 
 from __future__ import annotations
 
@@ -40,14 +40,47 @@ def token_shift(x: jax.Array, prev: jax.Array, starts: jax.Array | None = None) 
   return shifted
 
 
+def check_reset_state(reset_state: jax.Array | None, n_layer: int) -> None:
+  """A model forward's `reset_state`: None, or [L, B, H, K, V] / [L, 1, H, K, V] float32 (one state per layer;
+  the WKV op checks the per-layer [B, H, K, V] part)."""
+  if reset_state is not None and (reset_state.ndim != 5 or reset_state.shape[0] != n_layer):
+    raise ValueError(f"forward: reset_state has shape {reset_state.shape}; expected [L, B, H, K, V] or "
+                     f"[L, 1, H, K, V] with L = n_layer = {n_layer}")
+
+
 def linear(x: jax.Array, weight: jax.Array) -> jax.Array:
-  """torch.nn.Linear without bias: x [..., in] @ weight[out, in]^T -> [..., out], float32 accumulation,
-  result in x.dtype (weight is cast to x.dtype first)."""
-  y = jnp.einsum("...i,oi->...o", x, weight.astype(x.dtype), preferred_element_type=jnp.float32)
-  return y.astype(x.dtype)
+  """torch.nn.Linear without bias: x [..., in] @ weight[out, in]^T -> [..., out] in x.dtype (weight is cast to
+  x.dtype first; bf16 products accumulate in float32 inside the matmul, as torch's do). No float32 result is
+  asked for: it would make the backward pass's matmuls take a float32 cotangent and run in fp32/TF32."""
+  return jnp.einsum("...i,oi->...o", x, weight.astype(x.dtype))
 
 
 def matmul(x: jax.Array, weight: jax.Array) -> jax.Array:
-  """x [..., in] @ weight [in, out] (LoRA matrices are stored (in, out)), float32 accumulation."""
-  y = jnp.einsum("...i,io->...o", x, weight.astype(x.dtype), preferred_element_type=jnp.float32)
-  return y.astype(x.dtype)
+  """x [..., in] @ weight [in, out] (LoRA matrices are stored (in, out)) in x.dtype, as `linear`."""
+  return jnp.einsum("...i,io->...o", x, weight.astype(x.dtype))
+
+
+@jax.custom_vjp
+def head_logits(x: jax.Array, weight: jax.Array) -> jax.Array:
+  """LM-head logits: x [..., C] @ weight [V, C]^T -> [..., V] float32 (the softmax and the loss need float32).
+
+  weight must already be in x.dtype (the compute dtype). The backward pass casts the float32 cotangent to
+  x.dtype, so its two matmuls (d x and d weight, each as large as the forward one) run at the compute dtype's
+  rate; plain autodiff of a float32-result einsum would run them in fp32/TF32. d weight is returned in
+  x.dtype, like the gradient of any other compute-dtype weight."""
+  return jnp.einsum("...c,vc->...v", x, weight, preferred_element_type=jnp.float32)
+
+
+def _head_logits_fwd(x, weight):
+  return head_logits(x, weight), (x, weight)
+
+
+def _head_logits_bwd(res, g):
+  x, weight = res
+  g = g.astype(x.dtype)
+  dx = jnp.einsum("...v,vc->...c", g, weight, preferred_element_type=jnp.float32).astype(x.dtype)
+  dw = jnp.einsum("...v,...c->vc", g, x, preferred_element_type=jnp.float32).astype(weight.dtype)
+  return dx, dw
+
+
+head_logits.defvjp(_head_logits_fwd, _head_logits_bwd)

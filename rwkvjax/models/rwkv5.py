@@ -186,12 +186,13 @@ def lerp(x, x_prev):
   return lambda mu: (xf * mu + xpf * (1.0 - mu)).astype(x.dtype)
 
 
-def time_mix(p, cfg: ModelConfig, x, x_prev, wkv_state, starts, segment_ids, impl):
+def time_mix(p, cfg: ModelConfig, x, x_prev, wkv_state, starts, segment_ids, impl, reset_state=None):
   """RWKV-5.2 time mixing (§3.2).
 
   Args:
     p: this layer's `att` parameters. x: [B, T, C] ln1 output (compute dtype). x_prev: [B, C] shift state.
     wkv_state: [B, H, K, V] float32. starts: [B, T] bool segment starts (or None).
+    reset_state: None or [B or 1, H, K, V] float32, the WKV state segments restart from.
   Returns: (out [B, T, C], new wkv_state [B, H, K, V] float32).
   """
   B, T, C = x.shape
@@ -206,7 +207,7 @@ def time_mix(p, cfg: ModelConfig, x, x_prev, wkv_state, starts, segment_ids, imp
 
   heads = lambda t: constrain(t.reshape(B, T, H, N), ("batch", None, "act_heads", None))
   o, wkv_state = wkv5(heads(r), log_decay, heads(k), heads(v), p["time_faaaa"], wkv_state,
-                      segment_ids=segment_ids, impl=impl)
+                      segment_ids=segment_ids, reset_state=reset_state, impl=impl)
   o = ln_x(o.reshape(B, T, C), p, cfg)
   return constrain(layers.linear(o * g, p["output"]["weight"]), ("batch", None, "act_embed")), wkv_state
 
@@ -227,11 +228,12 @@ def ffn_out(p, xk, xr):
 REMAT_POLICIES = {"block": None, "block_save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-def run_blocks(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None, segment_ids, impl,
-               remat, time_mix_fn, channel_mix_fn) -> tuple[jax.Array, State]:
+def run_blocks(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None, segment_ids, reset_state,
+               impl, remat, time_mix_fn, channel_mix_fn) -> tuple[jax.Array, State]:
   """The x052/x060 model skeleton (§2): emb, ln0, the scanned blocks, ln_out, head."""
   if tokens.ndim != 2:
     raise ValueError(f"forward: tokens has shape {tokens.shape}; expected [B, T]")
+  layers.check_reset_state(reset_state, cfg.n_layer)
   B, T = tokens.shape
   cdt = jnp.dtype(cfg.compute_dtype)
   if state is None:
@@ -244,9 +246,9 @@ def run_blocks(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State
 
   def block(x, inputs):
     x = constrain(x, ("batch", None, "act_embed"))
-    p, att_x_prev, wkv_state, ffn_x_prev = inputs
+    p, att_x_prev, wkv_state, ffn_x_prev, reset = inputs
     h = layers.layer_norm(x, p["ln1"]["weight"], p["ln1"]["bias"])
-    att, wkv_state = time_mix_fn(p["att"], cfg, h, att_x_prev, wkv_state, starts, segment_ids, impl)
+    att, wkv_state = time_mix_fn(p["att"], cfg, h, att_x_prev, wkv_state, starts, segment_ids, impl, reset)
     x = x + att
     h2 = layers.layer_norm(x, p["ln2"]["weight"], p["ln2"]["bias"])
     x = x + channel_mix_fn(p["ffn"], h2, ffn_x_prev, starts)
@@ -256,33 +258,36 @@ def run_blocks(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State
     if remat not in REMAT_POLICIES:
       raise ValueError(f"forward: remat={remat!r}; expected 'none' or one of {sorted(REMAT_POLICIES)}")
     block = jax.checkpoint(block, policy=REMAT_POLICIES[remat])
-  xs = (params["blocks"], state["att_x_prev"], state["wkv"], state["ffn_x_prev"])
+  xs = (params["blocks"], state["att_x_prev"], state["wkv"], state["ffn_x_prev"], reset_state)
   x, (att_x_prev, wkv_state, ffn_x_prev) = jax.lax.scan(block, x, xs)
 
   x = layers.layer_norm(x, params["ln_out"]["weight"], params["ln_out"]["bias"])
-  logits = jnp.einsum("btc,vc->btv", x, params["head"]["weight"].astype(cdt), preferred_element_type=jnp.float32)
+  logits = layers.head_logits(x, params["head"]["weight"].astype(cdt))
   logits = constrain(logits, ("batch", None, "act_vocab"))
   return logits, {"att_x_prev": att_x_prev, "wkv": wkv_state, "ffn_x_prev": ffn_x_prev}
 
 
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None = None, *,
-            segment_ids: jax.Array | None = None, impl: str = "auto", remat: str = "none"
-            ) -> tuple[jax.Array, State]:
+            segment_ids: jax.Array | None = None, reset_state: jax.Array | None = None, impl: str = "auto",
+            remat: str = "none") -> tuple[jax.Array, State]:
   """Runs the model over a sequence.
 
   Args:
     params: the parameter tree (float32 or any float dtype; cast to cfg.compute_dtype for compute).
     tokens: [B, T] int token ids.
     state: the recurrent state before tokens[:, 0] (`init_state`); None means a fresh sequence.
-    segment_ids: optional [B, T] ints; where the id changes, token shift and WKV state restart from zero
-      (packed documents). Position 0 continues from `state`.
+    segment_ids: optional [B, T] ints; where the id changes, token shift and WKV state restart (packed
+      documents): the token shift from zero, the WKV state from `reset_state` (zero if None). Position 0
+      continues from `state`.
+    reset_state: optional [L, B, H, K, V] float32, or [L, 1, H, K, V] for every row: per layer, the WKV state
+      (the op's [K, V] layout) that documents after the first restart from. Needs segment_ids.
     impl: WKV backend (see rwkvjax.ops.wkv5).
     remat: "none", or recompute each block in the backward pass: "block" (save nothing inside the block)
       or "block_save_dots" (save matmul outputs).
   Returns:
     logits [B, T, V] float32, and the state after the last token.
   """
-  return run_blocks(params, cfg, tokens, state, segment_ids, impl, remat, time_mix, channel_mix)
+  return run_blocks(params, cfg, tokens, state, segment_ids, reset_state, impl, remat, time_mix, channel_mix)
 
 
 def step(params: Params, cfg: ModelConfig, token: jax.Array, state: State, *, impl: str = "auto"

@@ -106,12 +106,13 @@ def init(cfg: ModelConfig, key: jax.Array) -> Params:
 # Forward
 # ----------------------------------------------------------------------------------------------------
 
-def time_mix(p, cfg: ModelConfig, x, x_prev, wkv_state, starts, segment_ids, impl):
+def time_mix(p, cfg: ModelConfig, x, x_prev, wkv_state, starts, segment_ids, impl, reset_state=None):
   """RWKV-6 time mixing (§4.2).
 
   Args:
     p: this layer's `att` parameters. x: [B, T, C] ln1 output (compute dtype). x_prev: [B, C] shift state.
     wkv_state: [B, H, K, V] float32. starts: [B, T] bool segment starts (or None).
+    reset_state: None or [B or 1, H, K, V] float32, the WKV state segments restart from.
   Returns: (out [B, T, C], new wkv_state [B, H, K, V] float32).
   """
   B, T, C = x.shape
@@ -124,20 +125,21 @@ def time_mix(p, cfg: ModelConfig, x, x_prev, wkv_state, starts, segment_ids, imp
   # ddlerp: one tanh LoRA gives the five data-dependent mix offsets (slabs in the order w, k, v, r, g).
   z = jnp.tanh(layers.matmul((xf + xx * p["time_maa_x"]).astype(cdt), p["time_maa_w1"]))
   z = z.reshape(B, T, 5, -1)
-  xw, xk, xv, xr, xg = ((xf + xx * (p[f"time_maa_{b}"] + matmul_f32(z[:, :, i], p["time_maa_w2"][i]))).astype(cdt)
-                        for i, b in enumerate(MIX_BRANCHES))
+  offset = lambda i: layers.matmul(z[:, :, i], p["time_maa_w2"][i]).astype(f32)
+  xw, xk, xv, xr, xg = ((xf + xx * (p[f"time_maa_{b}"] + offset(i))).astype(cdt) for i, b in enumerate(MIX_BRANCHES))
 
   act = lambda t: constrain(t, ("batch", None, "act_att"))
   r = act(layers.linear(xr, p["receptance"]["weight"]))
   k = act(layers.linear(xk, p["key"]["weight"]))
   v = act(layers.linear(xv, p["value"]["weight"]))
   g = jax.nn.silu(act(layers.linear(xg, p["gate"]["weight"])))
-  d = p["time_decay"].astype(f32) + matmul_f32(jnp.tanh(layers.matmul(xw, p["time_decay_w1"])), p["time_decay_w2"])
+  decay_lora = layers.matmul(jnp.tanh(layers.matmul(xw, p["time_decay_w1"])), p["time_decay_w2"])
+  d = p["time_decay"].astype(f32) + decay_lora.astype(f32)
   log_decay = act(-jnp.exp(d))  # float32, <= 0, unbounded below: w_t = exp(-exp(d_t))
 
   heads = lambda t: constrain(t.reshape(B, T, H, N), ("batch", None, "act_heads", None))
   o, wkv_state = wkv6(heads(r), heads(log_decay), heads(k), heads(v), p["time_faaaa"], wkv_state,
-                      segment_ids=segment_ids, impl=impl)
+                      segment_ids=segment_ids, reset_state=reset_state, impl=impl)
   o = ln_x(o.reshape(B, T, C), p, cfg)
   return constrain(layers.linear(o * g, p["output"]["weight"]), ("batch", None, "act_embed")), wkv_state
 
@@ -150,29 +152,27 @@ def channel_mix(p, x, x_prev, starts):
   return ffn_out(p, mix(p["time_maa_k"]), mix(p["time_maa_r"]))
 
 
-def matmul_f32(x, weight):
-  """x [..., in] @ weight [in, out] (a LoRA matrix) with inputs in x.dtype and a float32 result."""
-  return jnp.einsum("...i,io->...o", x, weight.astype(x.dtype), preferred_element_type=jnp.float32)
-
-
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None = None, *,
-            segment_ids: jax.Array | None = None, impl: str = "auto", remat: str = "none"
-            ) -> tuple[jax.Array, State]:
+            segment_ids: jax.Array | None = None, reset_state: jax.Array | None = None, impl: str = "auto",
+            remat: str = "none") -> tuple[jax.Array, State]:
   """Runs the model over a sequence.
 
   Args:
     params: the parameter tree (float32 or any float dtype; cast to cfg.compute_dtype for compute).
     tokens: [B, T] int token ids.
     state: the recurrent state before tokens[:, 0] (`init_state`); None means a fresh sequence.
-    segment_ids: optional [B, T] ints; where the id changes, token shift and WKV state restart from zero
-      (packed documents). Position 0 continues from `state`.
+    segment_ids: optional [B, T] ints; where the id changes, token shift and WKV state restart (packed
+      documents): the token shift from zero, the WKV state from `reset_state` (zero if None). Position 0
+      continues from `state`.
+    reset_state: optional [L, B, H, K, V] float32, or [L, 1, H, K, V] for every row: per layer, the WKV state
+      (the op's [K, V] layout) that documents after the first restart from. Needs segment_ids.
     impl: WKV backend (see rwkvjax.ops.wkv6).
     remat: "none", or recompute each block in the backward pass: "block" (save nothing inside the block)
       or "block_save_dots" (save matmul outputs).
   Returns:
     logits [B, T, V] float32, and the state after the last token.
   """
-  return run_blocks(params, cfg, tokens, state, segment_ids, impl, remat, time_mix, channel_mix)
+  return run_blocks(params, cfg, tokens, state, segment_ids, reset_state, impl, remat, time_mix, channel_mix)
 
 
 def step(params: Params, cfg: ModelConfig, token: jax.Array, state: State, *, impl: str = "auto"

@@ -166,13 +166,15 @@ def init_state(cfg: ModelConfig, batch: int) -> State:
 # Forward
 # ----------------------------------------------------------------------------------------------------
 
-def time_mix(p, cfg: ModelConfig, x, x_prev, wkv_state, v_first, is_first_layer, starts, segment_ids, impl):
+def time_mix(p, cfg: ModelConfig, x, x_prev, wkv_state, v_first, is_first_layer, starts, segment_ids, impl,
+             reset_state=None):
   """RWKV-7 time mixing (§5.2).
 
   Args:
     p: this layer's `att` parameters. x: [B, T, C] ln1 output (compute dtype). x_prev: [B, C] shift state.
     wkv_state: [B, H, K, V] float32. v_first: [B, T, C] layer-0 values (ignored when is_first_layer).
     is_first_layer: bool scalar (traced under the layer scan). starts: [B, T] bool segment starts.
+    reset_state: None or [B or 1, H, K, V] float32, the WKV state segments restart from.
   Returns: (out [B, T, C], v_first [B, T, C], new wkv_state [B, H, K, V] float32).
   """
   B, T, C = x.shape
@@ -203,7 +205,8 @@ def time_mix(p, cfg: ModelConfig, x, x_prev, wkv_state, v_first, is_first_layer,
   iclr_h = heads(iclr)
 
   o, wkv_state = wkv7(heads(r), heads(log_decay), heads(k), heads(v), (-kk).astype(x.dtype),
-                      (kk * iclr_h).astype(x.dtype), wkv_state, segment_ids=segment_ids, impl=impl)
+                      (kk * iclr_h).astype(x.dtype), wkv_state, segment_ids=segment_ids, reset_state=reset_state,
+                      impl=impl)
   o = layers.group_norm(o.reshape(B, T, C), H, p["ln_x"]["weight"], p["ln_x"]["bias"], GROUP_NORM_EPS)
   bonus = (heads(r).astype(f32) * heads(k).astype(f32) * p["r_k"]).sum(-1, keepdims=True) * heads(v).astype(f32)
   o = (o.astype(f32) + bonus.reshape(B, T, C)).astype(x.dtype)
@@ -223,16 +226,19 @@ REMAT_POLICIES = {"block": None, "block_save_dots": jax.checkpoint_policies.dots
 
 
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None = None, *,
-            segment_ids: jax.Array | None = None, impl: str = "auto", remat: str = "none"
-            ) -> tuple[jax.Array, State]:
+            segment_ids: jax.Array | None = None, reset_state: jax.Array | None = None, impl: str = "auto",
+            remat: str = "none") -> tuple[jax.Array, State]:
   """Runs the model over a sequence.
 
   Args:
     params: the parameter tree (float32 or any float dtype; cast to cfg.compute_dtype for compute).
     tokens: [B, T] int token ids.
     state: the recurrent state before tokens[:, 0] (`init_state`); None means a fresh sequence.
-    segment_ids: optional [B, T] ints; where the id changes, token shift and WKV state restart from zero
-      (packed documents). Position 0 continues from `state`.
+    segment_ids: optional [B, T] ints; where the id changes, token shift and WKV state restart (packed
+      documents): the token shift from zero, the WKV state from `reset_state` (zero if None). Position 0
+      continues from `state`.
+    reset_state: optional [L, B, H, K, V] float32, or [L, 1, H, K, V] for every row: per layer, the WKV state
+      (the op's [K, V] layout) that documents after the first restart from. Needs segment_ids.
     impl: WKV backend (see rwkvjax.ops.wkv7).
     remat: "none", or recompute each block in the backward pass: "block" (save nothing inside the block)
       or "block_save_dots" (save matmul outputs).
@@ -241,6 +247,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | 
   """
   if tokens.ndim != 2:
     raise ValueError(f"forward: tokens has shape {tokens.shape}; expected [B, T]")
+  layers.check_reset_state(reset_state, cfg.n_layer)
   B, T = tokens.shape
   cdt = jnp.dtype(cfg.compute_dtype)
   if state is None:
@@ -255,10 +262,10 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | 
     x, v_first = carry
     x = constrain(x, ("batch", None, "act_embed"))
     v_first = constrain(v_first, ("batch", None, "act_att"))
-    p, layer, att_x_prev, wkv_state, ffn_x_prev = inputs
+    p, layer, att_x_prev, wkv_state, ffn_x_prev, reset = inputs
     h = layers.layer_norm(x, p["ln1"]["weight"], p["ln1"]["bias"])
     att, v_first, wkv_state = time_mix(p["att"], cfg, h, att_x_prev, wkv_state, v_first, layer == 0,
-                                       starts, segment_ids, impl)
+                                       starts, segment_ids, impl, reset)
     x = x + att
     h2 = layers.layer_norm(x, p["ln2"]["weight"], p["ln2"]["bias"])
     x = x + channel_mix(p["ffn"], h2, ffn_x_prev, starts)
@@ -269,11 +276,12 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | 
     if remat not in REMAT_POLICIES:
       raise ValueError(f"forward: remat={remat!r}; expected 'none' or one of {sorted(REMAT_POLICIES)}")
     block = jax.checkpoint(block, policy=REMAT_POLICIES[remat])
-  xs = (params["blocks"], jnp.arange(cfg.n_layer), state["att_x_prev"], state["wkv"], state["ffn_x_prev"])
+  xs = (params["blocks"], jnp.arange(cfg.n_layer), state["att_x_prev"], state["wkv"], state["ffn_x_prev"],
+        reset_state)
   (x, _), (att_x_prev, wkv_state, ffn_x_prev) = jax.lax.scan(block, (x, jnp.zeros_like(x)), xs)
 
   x = layers.layer_norm(x, params["ln_out"]["weight"], params["ln_out"]["bias"])
-  logits = jnp.einsum("btc,vc->btv", x, params["head"]["weight"].astype(cdt), preferred_element_type=jnp.float32)
+  logits = layers.head_logits(x, params["head"]["weight"].astype(cdt))
   logits = constrain(logits, ("batch", None, "act_vocab"))
   return logits, {"att_x_prev": att_x_prev, "wkv": wkv_state, "ffn_x_prev": ffn_x_prev}
 

@@ -8,6 +8,10 @@ Per head and token, with S in this [K, V] layout:
     o_t = S_t^T r_t
 
 RWKV-7 calls it with a = -kappa_hat and b = kappa_hat * iclr (see rwkvjax.models.rwkv7).
+
+Packed documents: where `segment_ids` change at t > 0, S_{t-1} is replaced by `reset_state` (zeros if None)
+before token t. Backends registered with `supports_reset_state=True` accept a `reset_state`; `impl="auto"`
+picks among those when one is given, and naming another backend raises NotImplementedError.
 """
 
 from __future__ import annotations
@@ -20,43 +24,80 @@ import jax.numpy as jnp
 Backend = Callable[..., tuple[jax.Array, jax.Array]]
 
 # (op, backend name) -> fn(r, w, k, v, a, b, initial_state, segment_ids) -> (o, final_state)
+# (wkv5/wkv6: fn(r, w, k, v, u, initial_state, segment_ids)), plus the keyword reset_state= if it supports one.
 _BACKENDS: dict[tuple[str, str], Backend] = {}
 # (op, platform) -> backend names in order of preference for impl="auto".
 _AUTO_ORDER: dict[tuple[str, str], list[str]] = {}
+# (op, backend name) -> whether the backend implements a reset_state.
+_RESET_STATE: dict[tuple[str, str], bool] = {}
 
 
-def register_backend(name: str, fn: Backend, *, auto_platforms: tuple[str, ...] = (), op: str = "wkv7") -> None:
-  """Registers `fn` as backend `name` of `op` ("wkv7", ...), with that op's argument contract.
+def register_backend(name: str, fn: Backend, *, auto_platforms: tuple[str, ...] = (), op: str = "wkv7",
+                     supports_reset_state: bool = False) -> None:
+  """Registers `fn` as backend `name` of `op` ("wkv7", "wkv6", "wkv5"), with that op's argument contract.
 
+  `fn` takes the op's arrays, then initial_state and segment_ids (each possibly None).
   `auto_platforms` lists the platforms ("cpu", "gpu", "tpu") on which `impl="auto"` may pick it;
   backends registered later for a platform are preferred (faster backends register after slower ones).
+  `supports_reset_state`: `fn` also takes the keyword `reset_state` ([B or 1, H, K, V] float32, the state
+  segments restart from). The op passes it only when one is given, and then only to such backends: naming
+  another backend raises NotImplementedError, and "auto" skips it.
   """
   _BACKENDS[(op, name)] = fn
+  _RESET_STATE[(op, name)] = supports_reset_state
   for platform in auto_platforms:
     _AUTO_ORDER.setdefault((op, platform), []).insert(0, name)
 
 
-def backends(op: str = "wkv7") -> tuple[str, ...]:
-  """Names of the backends registered for `op`."""
-  return tuple(name for o, name in _BACKENDS if o == op)
+def backends(op: str = "wkv7", *, reset_state: bool = False) -> tuple[str, ...]:
+  """Names of the backends registered for `op`; with reset_state=True only those that support one."""
+  return tuple(name for o, name in _BACKENDS if o == op and (not reset_state or _RESET_STATE[(o, name)]))
 
 
-def resolve_impl(impl: str, op: str = "wkv7") -> str:
-  """Maps "auto" to the preferred backend of `op` on the default platform; validates other names."""
+def resolve_impl(impl: str, op: str = "wkv7", *, reset_state: bool = False) -> str:
+  """Maps "auto" to the preferred backend of `op` on the default platform (among those supporting a
+  reset_state if `reset_state`); validates other names.
+
+  Raises:
+    ValueError: an unknown backend name.
+    NotImplementedError: reset_state=True and the named backend does not support it.
+  """
   if impl == "auto":
-    preferred = _AUTO_ORDER.get((op, jax.default_backend()), [])
+    preferred = [name for name in _AUTO_ORDER.get((op, jax.default_backend()), [])
+                 if not reset_state or _RESET_STATE[(op, name)]]
     return preferred[0] if preferred else "reference"
   if (op, impl) not in _BACKENDS:
     raise ValueError(f"{op} impl={impl!r}: expected 'auto' or one of {sorted(backends(op))}")
+  if reset_state and not _RESET_STATE[(op, impl)]:
+    raise NotImplementedError(f"{op} impl={impl!r} does not support reset_state; use 'auto' or one of "
+                              f"{sorted(backends(op, reset_state=True))}")
   return impl
 
 
-def dispatch(op: str, impl: str) -> Backend:
-  """The backend function of `op` that `impl` names."""
-  return _BACKENDS[(op, resolve_impl(impl, op))]
+def dispatch(op: str, impl: str, *args, reset_state=None):
+  """Runs the backend of `op` that `impl` names on `args` (the op's arrays, initial_state, segment_ids); a
+  reset_state goes to it as a keyword, only when given (and "auto" then picks a backend that supports one)."""
+  backend = _BACKENDS[(op, resolve_impl(impl, op, reset_state=reset_state is not None))]
+  return backend(*args) if reset_state is None else backend(*args, reset_state=reset_state)
 
 
-def _check_inputs(r, w, k, v, a, b, initial_state, segment_ids) -> None:
+def check_reset_state(op: str, reset_state, segment_ids, shape: tuple[int, int, int, int]) -> None:
+  """Validates `reset_state` against the state shape [B, H, K, V]: it must be float, [B, H, K, V] or
+  [1, H, K, V], and come with segment_ids (without them no segment restarts, so it would have no effect)."""
+  if reset_state is None:
+    return
+  B, H, K, V = shape
+  if segment_ids is None:
+    raise ValueError(f"{op}: reset_state is given without segment_ids; it is the state that packed segments "
+                     "restart from where segment_ids change, so pass segment_ids too (or no reset_state)")
+  if reset_state.shape not in ((B, H, K, V), (1, H, K, V)):
+    raise ValueError(f"{op}: reset_state has shape {reset_state.shape}; expected [B, H, K, V] = {(B, H, K, V)} "
+                     f"or [1, H, K, V] = {(1, H, K, V)}")
+  if not jnp.issubdtype(reset_state.dtype, jnp.floating):
+    raise ValueError(f"{op}: reset_state has dtype {reset_state.dtype}; expected a float dtype (float32)")
+
+
+def _check_inputs(r, w, k, v, a, b, initial_state, segment_ids, reset_state) -> None:
   names = ("r", "w", "k", "v", "a", "b")
   arrays = (r, w, k, v, a, b)
   for name, x in zip(names, arrays):
@@ -72,22 +113,27 @@ def _check_inputs(r, w, k, v, a, b, initial_state, segment_ids) -> None:
       raise ValueError(f"wkv7: segment_ids has shape {segment_ids.shape}; expected [B, T] = {(B, T)}")
     if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
       raise ValueError(f"wkv7: segment_ids has dtype {segment_ids.dtype}; expected an integer dtype")
+  check_reset_state("wkv7", reset_state, segment_ids, (B, H, N, N))
 
 
-def wkv7(r, w, k, v, a, b, initial_state=None, *, segment_ids=None, impl: str = "auto"):
+def wkv7(r, w, k, v, a, b, initial_state=None, *, segment_ids=None, reset_state=None, impl: str = "auto"):
   """The RWKV-7 WKV recurrence (generalised delta rule with a diagonal-plus-rank-1 transition).
 
   Args:
     r, w, k, v, a, b: [B, T, H, N] float arrays; w is the log-decay (<= 0). r, k, v, a, b share one dtype
       (float32 or bfloat16); w may be float32 while they are bfloat16 (the models keep decays in float32).
     initial_state: optional [B, H, K, V] float32 state before the first token (zeros if None).
-    segment_ids: optional [B, T] ints; where the id changes from t-1 to t the state restarts from zero
-      before token t (packed documents). Position 0 starts from `initial_state`.
-    impl: "auto" or a registered backend name ("reference", ...).
+    segment_ids: optional [B, T] ints; where the id changes from t-1 to t the state restarts from
+      `reset_state` (zero if None) before token t (packed documents). Position 0 starts from `initial_state`.
+    reset_state: optional float32 [B, H, K, V], or [1, H, K, V] for every row: the state each packed segment
+      after the first starts from (state tuning: the learned state). Needs segment_ids. Its gradient is the
+      sum of the state adjoints entering every restart (and over the batch when it is [1, H, K, V]).
+    impl: "auto" or a registered backend name ("reference", ...). With a reset_state, "auto" picks a backend
+      that supports one, and naming one that does not raises NotImplementedError.
 
   Returns:
     o: [B, T, H, N] in the dtype of r.
     final_state: [B, H, K, V] float32, the state after the last token.
   """
-  _check_inputs(r, w, k, v, a, b, initial_state, segment_ids)
-  return dispatch("wkv7", impl)(r, w, k, v, a, b, initial_state, segment_ids)
+  _check_inputs(r, w, k, v, a, b, initial_state, segment_ids, reset_state)
+  return dispatch("wkv7", impl, r, w, k, v, a, b, initial_state, segment_ids, reset_state=reset_state)

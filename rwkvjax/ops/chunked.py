@@ -39,6 +39,12 @@ Pairs (i, j) of different seg are masked out of the four A matrices; rows with s
 A0 and Q0 rows are zero); Bbar and Kbar keep only the chunk's last segment, and d = 0 if the chunk contains a
 start. This is exact for resets anywhere: inside a chunk, on its first token, or on adjacent tokens.
 
+Restarting from a `reset_state` R instead of zero: everything stays linear in (S_c, R). Rows of a later segment
+read R with the decays counted from their segment's start p (A0 = a e^{g^- - g^-_p}, Q0 = r e^{g - g^-_p}, where
+they are zero above; exponents <= 0). The masked solve never mixes segments, so the same WY solve gives their
+reads and outputs as W R + ..., Qo R + ...; R is known before the scan, so these fold into U_wy and Ob, and a
+chunk whose last segment starts inside it leaves e^{g_L - g^-_p} R + Bbar^T U + KV. The scan is unchanged.
+
 Backward: JAX autodiff, with `_chunk_terms` (and the chunking of the inputs) under `jax.checkpoint`: the
 backward saves the caller's inputs, the entering states S_c, the reads U_c and three [T, N] terms (W, Qo, Bbar),
 i.e. O(T/L N^2 + T N) per head, and recomputes the O(T L) intra-chunk matrices. `_unit_lower_solve` has its own
@@ -96,13 +102,15 @@ def _unit_lower_solve_bwd(res, dX):
 _unit_lower_solve.defvjp(_unit_lower_solve_fwd, _unit_lower_solve_bwd)
 
 
-def _chunk_terms(r, w, k, v, a, b, seg):
+def _chunk_terms(r, w, k, v, a, b, seg, reset_state=None):
   """The state-independent terms of every chunk.
 
   Args:
     r, w, k, v, a, b: [..., L, N] float32 (any leading batch dims: chunks, batch, heads).
     seg: [..., L] int32, broadcastable to the leading dims of r; the segment index of each token within its
       chunk (0 = still connected to the state entering the chunk).
+    reset_state: None (later segments start from zero) or [..., K, V] float32 broadcastable to the leading
+      dims of r: the state every segment starting inside the chunk starts from.
 
   Returns (with S the state entering the chunk):
     qo [..., L, K], ob [..., L, V]: the outputs are qo S + ob;
@@ -121,6 +129,15 @@ def _chunk_terms(r, w, k, v, a, b, seg):
   incl = same & (pos[:, None] >= pos[None, :])
   strict = same & (pos[:, None] > pos[None, :])
 
+  # The state each row reads enters at its segment's start (the chunk start for seg 0): `start` is g^- there,
+  # so decays count from it. Without a reset_state only seg-0 rows read a state (later segments start at 0).
+  if reset_state is None:
+    reads, start = (seg == 0)[..., :, None], 0.0
+  else:
+    seg_first = jnp.concatenate([jnp.ones_like(seg[..., :1], bool), seg[..., 1:] != seg[..., :-1]], axis=-1)
+    start = _einsum("...ij,...jn->...in", (same & seg_first[..., None, :]).astype(w.dtype), g_ex)
+    reads = True
+
   # One [2L, N] x [N, 2L] product gives the four intra-chunk matrices.
   left = jnp.concatenate([a * jnp.exp(g_ex - mid), r * jnp.exp(g - mid)], axis=-2)  # [a~; q~]
   e_out = jnp.exp(mid - g)
@@ -131,9 +148,8 @@ def _chunk_terms(r, w, k, v, a, b, seg):
   A_qb = jnp.where(incl, A[..., L:, :L], 0.0)
   A_qk = jnp.where(incl, A[..., L:, L:], 0.0)
 
-  first = (seg == 0)[..., :, None]  # [..., L, 1] rows that see the entering state
-  a0 = jnp.where(first, a * jnp.exp(g_ex), 0.0)
-  q0 = jnp.where(first, r * jnp.exp(g), 0.0)
+  a0 = jnp.where(reads, a * jnp.exp(g_ex - start), 0.0)
+  q0 = jnp.where(reads, r * jnp.exp(g - start), 0.0)
 
   # WY form: [W | U_wy] = (I - A_ab)^{-1} [A0 | A_ak V].
   wy = _unit_lower_solve(A_ab, jnp.concatenate([a0, _einsum("...ij,...jv->...iv", A_ak, v)], axis=-1))
@@ -147,17 +163,28 @@ def _chunk_terms(r, w, k, v, a, b, seg):
   to_end = jnp.exp(g_last - g)
   bbar = jnp.where(in_last, b * to_end, 0.0)
   kv = _einsum("...lk,...lv->...kv", jnp.where(in_last, k * to_end, 0.0), v)
-  decay = jnp.where((seg[..., L - 1] == 0)[..., None], jnp.exp(g_last[..., 0, :]), 0.0)
+  no_restart = (seg[..., L - 1] == 0)[..., None]  # the chunk holds no segment start
+  decay = jnp.where(no_restart, jnp.exp(g_last[..., 0, :]), 0.0)
+  if reset_state is not None:
+    # Rows of later segments read reset_state, which is known now: fold their reads and outputs into the
+    # state-independent terms, and the decayed reset_state into the chunk's leaving state.
+    later = (seg > 0)[..., :, None]
+    wy_u = wy_u + _einsum("...lk,...kv->...lv", jnp.where(later, wy_w, 0.0), reset_state)
+    ob = ob + _einsum("...lk,...kv->...lv", jnp.where(later, qo, 0.0), reset_state)
+    wy_w, qo = jnp.where(later, 0.0, wy_w), jnp.where(later, 0.0, qo)
+    decay_reset = jnp.where(no_restart, 0.0, jnp.exp(g_last[..., 0, :] - start[..., L - 1, :]))
+    kv = kv + decay_reset[..., :, None] * reset_state
   return qo, ob, wy_w, wy_u, bbar, decay, kv
 
 
-def wkv7_chunked(r, w, k, v, a, b, initial_state, segment_ids, *, chunk_size: int | None = None):
+def wkv7_chunked(r, w, k, v, a, b, initial_state, segment_ids, reset_state=None, *, chunk_size: int | None = None):
   """The `chunked` backend; see `rwkvjax.ops.wkv7` for the contract.
 
   Args:
     r, w, k, v, a, b: [B, T, H, N], any float dtype (computed in float32).
     initial_state: [B, H, K, V] or None (zeros).
     segment_ids: [B, T] ints or None.
+    reset_state: [B or 1, H, K, V] or None (zeros): the state segments restart from.
     chunk_size: tokens per chunk L (16, 32 or 64); T < L uses one chunk of T tokens. None: 16 on CPU (the
       fastest there, see benchmarks/wkv_cpu_bench.py), else 64 (fewer, larger matmuls; fla's RWKV-7 choice).
 
@@ -180,8 +207,9 @@ def wkv7_chunked(r, w, k, v, a, b, initial_state, segment_ids, *, chunk_size: in
   seg = seg.transpose(1, 0, 2)[:, :, None, :]  # [C, B, 1, L]
 
   # Checkpointed: the backward keeps only the caller's inputs and recomputes the intra-chunk terms.
-  terms = jax.checkpoint(lambda seg, *xs: _chunk_terms(*(to_chunks(x) for x in xs), seg))
-  qo, ob, *transition = terms(seg, r, w, k, v, a, b)
+  restart = None if reset_state is None else reset_state.astype(jnp.float32)[None]  # [1, B or 1, H, K, V]
+  terms = jax.checkpoint(lambda seg, restart, *xs: _chunk_terms(*(to_chunks(x) for x in xs), seg, restart))
+  qo, ob, *transition = terms(seg, restart, r, w, k, v, a, b)
 
   def step(state, chunk):  # state [B, H, K, V] -> the state after the chunk; also returns the entering state
     wy_w, wy_u, bbar, decay, kv = chunk

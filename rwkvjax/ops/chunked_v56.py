@@ -34,6 +34,9 @@ gradients see an overflow.
 Segment resets: seg = number of segment starts up to each token inside the chunk; pairs of different seg are
 masked out of A, rows with seg > 0 do not read S_c, and the transition keeps only the last segment's tokens
 and drops S_c when the chunk holds a start (exact for resets anywhere, including chunk boundaries).
+Restarting from a `reset_state` R instead of zero adds, before the scan, (r_t e^{Λ(p..t-1)})^T R to the outputs
+of a later segment starting at p, and e^{Λ(p..end)} R to the transition of a chunk whose last segment starts
+inside it (both exponents summed directly over the segment's tokens, <= 0).
 
 Backward: JAX autodiff; `_chunk_terms` is under `jax.checkpoint`, so the intra-chunk matrices are recomputed
 in the backward pass; the saved residuals are the inputs, the per-chunk states entering the scan and the
@@ -74,13 +77,15 @@ def _partial_sums(w):
 
 
 @functools.partial(jax.checkpoint, static_argnums=(5,))
-def _chunk_terms(r, w, k, v, seg, base):
+def _chunk_terms(r, w, k, v, seg, base, reset_state=None):
   """The state-independent terms of every chunk.
 
   Args:
     r, w, k, v: [..., L, N] float32 (any leading dims: chunks, batch, heads); L = base * 2**levels.
     seg: [..., L] int32 broadcastable to r's leading dims: each token's segment index in its chunk.
     base: size of the blocks with exact pairwise decays (1 = none; the hierarchy goes down to single tokens).
+    reset_state: None (later segments start from zero) or [..., K, V] float32 broadcastable to r's leading dims:
+      the state every segment starting inside the chunk starts from.
 
   Returns:
     q0 [..., L, K] and o_in [..., L, V] (chunk outputs O = q0 S_c + o_in),
@@ -128,6 +133,16 @@ def _chunk_terms(r, w, k, v, seg, base):
   kbar = jnp.where((seg == seg_last)[..., None], k * jnp.exp(rev), 0.0)
   q = _einsum("...sk,...sv->...kv", kbar, v)
   decay = jnp.where(seg_last == 0, jnp.exp(w.sum(-2)), 0.0)
+  if reset_state is not None:
+    # Rows of later segments read reset_state decayed by Λ(p..t-1) from their segment's start p (summed
+    # directly over the segment's tokens before t); the chunk leaves it decayed over its last segment.
+    pos = jnp.arange(L)
+    before = (seg[..., :, None] == seg[..., None, :]) & (pos[:, None] > pos[None, :])  # [.., t, j]
+    exc_seg = _einsum("...tj,...jn->...tn", before.astype(w.dtype), w)
+    q_reset = jnp.where((seg > 0)[..., None], r * jnp.exp(exc_seg), 0.0)
+    o_in = o_in + _einsum("...tk,...kv->...tv", q_reset, reset_state)
+    last_seg = jnp.where((seg == seg_last)[..., None], w, 0.0).sum(-2)
+    q = q + jnp.where(seg_last == 0, 0.0, jnp.exp(last_seg))[..., :, None] * reset_state
   return q0, o_in, decay, q
 
 
@@ -138,12 +153,14 @@ def _block_diag(blocks):
   return full.reshape(*blocks.shape[:-3], m * b, m * b)
 
 
-def wkv6_chunked(r, w, k, v, u, initial_state, segment_ids, *, chunk_size: int = 16, sub_chunk: int = 1):
+def wkv6_chunked(r, w, k, v, u, initial_state, segment_ids, reset_state=None, *, chunk_size: int = 16,
+                 sub_chunk: int = 1):
   """The `chunked` backend of wkv6; see `rwkvjax.ops.wkv6` for the contract.
 
   Args:
     r, w, k, v: [B, T, H, N], any float dtype (computed in float32). u: [H, N].
     initial_state: [B, H, K, V] or None (zeros). segment_ids: [B, T] ints or None.
+    reset_state: [B or 1, H, K, V] or None (zeros): the state segments restart from.
     chunk_size: tokens per chunk L = sub_chunk * 2**j; the state scan has ceil(T / L) steps. Shorter
       sequences use the smallest such L >= T. 16 and 32 were fastest on CPU (16 compiles faster).
     sub_chunk: size of the base blocks with per-pair exponentials (sub_chunk * N exps per token);
@@ -172,7 +189,8 @@ def wkv6_chunked(r, w, k, v, u, initial_state, segment_ids, *, chunk_size: int =
   seg = jnp.cumsum(starts.reshape(B, C, L).astype(jnp.int32), axis=-1)
   seg = seg.transpose(1, 0, 2)[:, :, None]  # [C, B, 1, L]
 
-  q0, o_in, decay, q = _chunk_terms(*(to_chunks(x) for x in (r, w, k, v)), seg, base)
+  restart = None if reset_state is None else reset_state.astype(f32)[None]  # [1, B or 1, H, K, V]
+  q0, o_in, decay, q = _chunk_terms(*(to_chunks(x) for x in (r, w, k, v)), seg, base, restart)
 
   def step(state, xs):  # one chunk: read the entering state, then move it to the next chunk
     q0_c, d_c, q_c = xs
@@ -187,7 +205,8 @@ def wkv6_chunked(r, w, k, v, u, initial_state, segment_ids, *, chunk_size: int =
   return o.astype(r.dtype), final_state
 
 
-def wkv5_chunked(r, w, k, v, u, initial_state, segment_ids, *, chunk_size: int = 16, sub_chunk: int = 1):
+def wkv5_chunked(r, w, k, v, u, initial_state, segment_ids, reset_state=None, *, chunk_size: int = 16,
+                 sub_chunk: int = 1):
   """The `chunked` backend of wkv5 (w: [H, N]): the WKV-6 chunked form with the decay broadcast."""
-  return wkv6_chunked(r, broadcast_decay(w, r), k, v, u, initial_state, segment_ids,
+  return wkv6_chunked(r, broadcast_decay(w, r), k, v, u, initial_state, segment_ids, reset_state,
                       chunk_size=chunk_size, sub_chunk=sub_chunk)

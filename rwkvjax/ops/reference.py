@@ -14,11 +14,15 @@ def segment_starts(segment_ids: jax.Array | None, batch: int, length: int) -> ja
   return jnp.concatenate([jnp.zeros((batch, 1), bool), change], axis=1)
 
 
-def wkv7_reference(r, w, k, v, a, b, initial_state, segment_ids):
-  """See `rwkvjax.ops.wkv7` for the contract. All arithmetic in float32."""
+def wkv7_reference(r, w, k, v, a, b, initial_state, segment_ids, reset_state=None):
+  """See `rwkvjax.ops.wkv7` for the contract. All arithmetic in float32.
+
+  reset_state: None (segments restart from zero) or [B or 1, H, K, V], the state they restart from.
+  """
   B, T, H, N = r.shape
   out_dtype = r.dtype
   state = jnp.zeros((B, H, N, N), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
+  restart = 0.0 if reset_state is None else reset_state.astype(jnp.float32)
   starts = segment_starts(segment_ids, B, T)
 
   def to_time_major(x):
@@ -28,7 +32,7 @@ def wkv7_reference(r, w, k, v, a, b, initial_state, segment_ids):
 
   def step(S, inputs):
     r_t, w_t, k_t, v_t, a_t, b_t, start_t = inputs
-    S = jnp.where(start_t[:, None, None, None], 0.0, S)
+    S = jnp.where(start_t[:, None, None, None], restart, S)
     sa = jnp.einsum("bhk,bhkv->bhv", a_t, S)
     S = jnp.exp(w_t)[..., None] * S + b_t[..., None] * sa[..., None, :] + k_t[..., None] * v_t[..., None, :]
     o_t = jnp.einsum("bhk,bhkv->bhv", r_t, S)

@@ -19,7 +19,7 @@ from rwkvjax.ops.api import dispatch
 from rwkvjax.ops.wkv6 import check_inputs, wkv6_reference
 
 
-def wkv5(r, w, k, v, u, initial_state=None, *, segment_ids=None, impl: str = "auto"):
+def wkv5(r, w, k, v, u, initial_state=None, *, segment_ids=None, reset_state=None, impl: str = "auto"):
   """The RWKV-5.2 WKV recurrence (time-constant diagonal decay plus the bonus u).
 
   Args:
@@ -27,14 +27,17 @@ def wkv5(r, w, k, v, u, initial_state=None, *, segment_ids=None, impl: str = "au
     w: [H, N] log-decay (<= 0), constant over time and batch; any float dtype.
     u: [H, N] bonus for the current token (`time_faaaa`).
     initial_state: optional [B, H, K, V] float32 state before the first token (zeros if None).
-    segment_ids: optional [B, T] ints; where the id changes the state restarts from zero (packed documents).
-    impl: "auto" or a registered backend name ("reference", "chunked", ...).
+    segment_ids: optional [B, T] ints; where the id changes the state restarts from `reset_state` (zero if
+      None) (packed documents). Position 0 starts from `initial_state`.
+    reset_state: optional float32 [B, H, K, V] or [1, H, K, V]: the state packed segments restart from (see
+      `rwkvjax.ops.wkv6`). Needs segment_ids.
+    impl: "auto" or a registered backend name ("reference", "chunked", ...); see `wkv6` for reset_state.
 
   Returns:
     o: [B, T, H, N] in the dtype of r; final_state: [B, H, K, V] float32.
   """
-  check_inputs("wkv5", r, w, k, v, u, initial_state, segment_ids, w_shape=r.shape[2:])
-  return dispatch("wkv5", impl)(r, w, k, v, u, initial_state, segment_ids)
+  check_inputs("wkv5", r, w, k, v, u, initial_state, segment_ids, reset_state, w_shape=r.shape[2:])
+  return dispatch("wkv5", impl, r, w, k, v, u, initial_state, segment_ids, reset_state=reset_state)
 
 
 def broadcast_decay(w, r):
@@ -42,6 +45,6 @@ def broadcast_decay(w, r):
   return jnp.broadcast_to(w.astype(jnp.float32), r.shape)
 
 
-def wkv5_reference(r, w, k, v, u, initial_state, segment_ids):
+def wkv5_reference(r, w, k, v, u, initial_state, segment_ids, reset_state=None):
   """See `wkv5` for the contract: the WKV-6 reference scan with the decay broadcast over time."""
-  return wkv6_reference(r, broadcast_decay(w, r), k, v, u, initial_state, segment_ids)
+  return wkv6_reference(r, broadcast_decay(w, r), k, v, u, initial_state, segment_ids, reset_state)

@@ -5,7 +5,8 @@ The parameter `blocks.att.time_state` holds, for every layer l, RWKV-PEFT's `blo
 official S[key, value] is its transpose, which is what the `rwkv` package loads). The models' recurrent
 state keeps the WKV op's [B, H, K, V] layout, so the learned state enters the forward as
 `swapaxes(time_state, -1, -2)` broadcast over the batch, for every version. Token-shift states stay zero,
-as in RWKV-PEFT.
+as in RWKV-PEFT. In packed rows every document starts from the learned state: the same states are the
+forward's `reset_state` (`wkv_states`), which the WKV op restarts from where segment_ids change.
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ def state_spec(cfg: Any) -> ParamSpec:
                    lambda key, layer, c: jnp.zeros((H, N, N), jnp.float32), True, STATE_PTH_KEY, (H, N, N))
 
 
+def wkv_states(time_state: jax.Array) -> jax.Array:
+  """Learned states in the models' WKV layout: time_state [L, H, N, N] in RWKV-PEFT's layout (one state for
+  every sequence) -> [L, 1, H, K, V] float32, or [B, L, H, N, N] (a state per sequence) -> [L, B, H, K, V].
+  This is the `reset_state` of the models' forward."""
+  time_state = jnp.asarray(time_state, jnp.float32)
+  if time_state.ndim == 5:
+    return jnp.moveaxis(jnp.swapaxes(time_state, -1, -2), 0, 1)
+  if time_state.ndim == 4:
+    return jnp.swapaxes(time_state, -1, -2)[:, None]
+  raise ValueError(f"time_state has shape {time_state.shape}; expected [L, H, N, N] or [B, L, H, N, N]")
+
+
 def initial_state(model: ModuleType, cfg: Any, time_state: jax.Array, batch: int | None = None) -> dict[str, Any]:
   """The model's recurrent state before the first token, with the WKV part set from learned states.
 
@@ -39,18 +52,13 @@ def initial_state(model: ModuleType, cfg: Any, time_state: jax.Array, batch: int
       (a state per sequence).
     batch: B; needed when time_state has no batch axis.
   """
-  time_state = jnp.asarray(time_state, jnp.float32)
-  if time_state.ndim == 5:
-    wkv = jnp.moveaxis(jnp.swapaxes(time_state, -1, -2), 0, 1)  # [L, B, H, K, V]
+  wkv = wkv_states(time_state)
+  if jnp.ndim(time_state) == 5:
     batch = wkv.shape[1] if batch is None else batch
     if wkv.shape[1] != batch:
       raise ValueError(f"per-sequence time_state has batch {wkv.shape[1]}; expected {batch}")
-  elif time_state.ndim == 4:
-    if batch is None:
-      raise ValueError("initial_state: give `batch` for a time_state without a batch axis")
-    wkv = jnp.swapaxes(time_state, -1, -2)[:, None]
-  else:
-    raise ValueError(f"time_state has shape {time_state.shape}; expected [L, H, N, N] or [B, L, H, N, N]")
+  elif batch is None:
+    raise ValueError("initial_state: give `batch` for a time_state without a batch axis")
   state = model.init_state(cfg, batch)
   if "wkv" not in state:
     raise ValueError(f"model {model.__name__} has no 'wkv' entry in its recurrent state ({sorted(state)})")
@@ -60,11 +68,3 @@ def initial_state(model: ModuleType, cfg: Any, time_state: jax.Array, batch: int
                      f"needs [L, H, K, V] = {(want[0],) + want[2:]}")
   state["wkv"] = jnp.broadcast_to(wkv, want).astype(state["wkv"].dtype)
   return state
-
-
-def first_document_mask(segment_ids: jax.Array | None, shape: tuple[int, int]) -> jax.Array:
-  """[B, T] float32: 1 on the tokens of each row's first segment (those that start from the learned state
-  while the WKV op restarts later packed documents from a zero state), 0 elsewhere."""
-  if segment_ids is None:
-    return jnp.ones(shape, jnp.float32)
-  return (segment_ids == segment_ids[:, :1]).astype(jnp.float32)

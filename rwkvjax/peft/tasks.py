@@ -42,15 +42,11 @@ class StateTuneConfig:
 
   Attributes:
     load: start from this state file (RWKV-PEFT time_state keys) instead of zeros.
-    first_document_only: with packed rows (segment_ids), count only each row's first document in the loss:
-      the WKV op restarts later documents from a zero state, so their tokens do not see the learned state
-      and carry no gradient for it (see docs/peft.md). Rows without segment_ids count whole.
     export_merged: also write `rwkv-{tag}-merged.pth` (base model + time_state keys, as RWKV-PEFT's
       merge_state.py) at "final", at "all" save points, or "none".
   """
 
   load: str = ""
-  first_document_only: bool = True
   export_merged: str = "final"
 
   def __post_init__(self):
@@ -75,8 +71,6 @@ class PeftConfig:
     svd_niter: PiSSA randomised-SVD power iterations.
     load: start from this adapter checkpoint (RWKV-PEFT lora_load / pissa_load / disha load).
     pissa_init: PiSSA's init_pissa.pth to go with `load`.
-    first_document_only: count only each packed row's first document in the loss (see StateTuneConfig;
-      use the same setting as the state-tuning runs you compare with).
     export_merged: also write `rwkv-{tag}-merged.pth` (adapters folded into an RWKV-LM model).
   """
 
@@ -88,7 +82,6 @@ class PeftConfig:
   svd_niter: int = 4
   load: str = ""
   pissa_init: str = ""
-  first_document_only: bool = False
   export_merged: str = "final"
 
   def __post_init__(self):
@@ -133,7 +126,7 @@ class PeftConfig:
 
 
 class _FineTune:
-  """What state tuning and PEFT share: the base model, frozen parameters, loss masking, loading."""
+  """What state tuning and PEFT share: the base model, frozen parameters, loading."""
 
   task_cfg: Any
 
@@ -170,26 +163,21 @@ class _FineTune:
 
   def eval_loss(self, params, batch):
     logits = self._logits(params, batch, "none")
-    return cross_entropy(logits, batch["targets"], self._mask(batch))
+    return cross_entropy(logits, batch["targets"], batch["loss_mask"])
 
   def loss(self, params, batch):
     logits = self._logits(self._freeze(params), batch, self.cfg.remat)
-    return lm_loss(logits, batch["targets"], self._mask(batch), l2wrap=self.cfg.l2wrap)
+    return lm_loss(logits, batch["targets"], batch["loss_mask"], l2wrap=self.cfg.l2wrap)
 
   # ---- helpers
   def _freeze(self, params):
     flat = flatten(params)
     return unflatten({k: v if k in self.trainable_names else jax.lax.stop_gradient(v) for k, v in flat.items()})
 
-  def _mask(self, batch):
-    mask = batch["loss_mask"]
-    if self.task_cfg.first_document_only:
-      mask = mask * state_tuning.first_document_mask(batch.get("segment_ids"), mask.shape)
-    return mask
-
-  def _forward(self, model_params, batch, state, remat):
+  def _forward(self, model_params, batch, state, remat, reset_state=None):
     logits, _ = self.model.forward(model_params, self.cfg.model, batch["input_ids"], state,
-                                   segment_ids=batch.get("segment_ids"), impl=self.cfg.impl, remat=remat)
+                                   segment_ids=batch.get("segment_ids"), reset_state=reset_state,
+                                   impl=self.cfg.impl, remat=remat)
     return logits
 
   def _trainable_entries(self, flat) -> dict[str, np.ndarray]:
@@ -201,8 +189,8 @@ class _FineTune:
 
 
 class StateTune(_FineTune):
-  """Trains `blocks.att.time_state` (RWKV-PEFT layout [H, value, key] per layer), the WKV state every row
-  starts from; the model is frozen."""
+  """Trains `blocks.att.time_state` (RWKV-PEFT layout [H, value, key] per layer), the WKV state every row and
+  every packed document starts from; the model is frozen."""
 
   def __init__(self, cfg: TrainConfig, task_cfg: StateTuneConfig):
     self._check_model(cfg, "state tuning")
@@ -234,7 +222,9 @@ class StateTune(_FineTune):
   def _logits(self, params, batch, remat):
     model_params, ts = self.split(params)
     state = state_tuning.initial_state(self.model, self.cfg.model, ts, batch["input_ids"].shape[0])
-    return self._forward(model_params, batch, state, remat)
+    # Packed documents after a row's first restart from the learned state too (the WKV op's reset_state).
+    reset = None if batch.get("segment_ids") is None else state_tuning.wkv_states(ts)
+    return self._forward(model_params, batch, state, remat, reset)
 
   def export(self, params, workdir, tag, dtype):
     model_params, ts = self.split(params)

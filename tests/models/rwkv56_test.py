@@ -122,6 +122,18 @@ def test_state_carry_and_segment_ids(model):
   jax.tree.map(assert_close, state, s_fresh)
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_reset_state_shape_is_checked(version):
+  """forward's reset_state is [L, B or 1, H, K, V]: a missing layer or batch axis names the argument (before any
+  parameter is read). Its effect is tested through state tuning (tests/peft) and the ops (tests/ops)."""
+  cfg = cfg_for(version)
+  tokens, seg = jnp.ones((1, 4), jnp.int32), jnp.asarray([[0, 0, 1, 1]])
+  H, N = cfg.n_head, cfg.head_size
+  for bad in (jnp.ones((cfg.n_layer, H, N, N)), jnp.ones((cfg.n_layer + 1, 1, H, N, N))):
+    with pytest.raises(ValueError, match="forward: reset_state has shape"):
+      get_model(version).forward({}, cfg, tokens, segment_ids=seg, reset_state=bad)
+
+
 def test_flops_count_is_positive_and_grows_with_width():
   for version in VERSIONS:
     m = get_model(version)

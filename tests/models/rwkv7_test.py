@@ -75,6 +75,16 @@ def test_segment_ids_restart_documents(model):
   jax.tree.map(assert_close, state, last_state)
 
 
+def test_reset_state_shape_is_checked():
+  """forward's reset_state is [L, B or 1, H, K, V]: a missing layer or batch axis names the argument (before any
+  parameter is read). Its effect is tested through state tuning (tests/peft) and the ops (tests/ops)."""
+  tokens, seg = jnp.ones((1, 4), jnp.int32), jnp.asarray([[0, 0, 1, 1]])
+  H, N = CFG.n_head, CFG.head_size
+  for bad in (jnp.ones((CFG.n_layer, H, N, N)), jnp.ones((CFG.n_layer + 1, 1, H, N, N))):
+    with pytest.raises(ValueError, match="forward: reset_state has shape"):
+      rwkv7.forward({}, CFG, tokens, segment_ids=seg, reset_state=bad)
+
+
 def test_bf16_compute_error_is_bounded(model):
   """bf16 activations (fp32 state and accumulations) against fp32; the official package's own bf16 error
   on its goldens is mean |d logits| 0.009-0.013, max 0.05-0.08 (specs §8)."""

@@ -1,5 +1,6 @@
 """WKV-5 / WKV-6: the reference against an independent float64 loop in the official layout, and every backend
-against the reference (outputs, final state, gradients of all inputs and of the initial state)."""
+against the reference (outputs, final state, gradients of all inputs, of the initial state and of the reset
+state)."""
 
 import functools
 
@@ -83,46 +84,49 @@ def rel_err(a, b):
 
 
 def bound(op, impl, **kw):
-  """The op with its backend bound: fn(r, w, k, v, u, s0, segment_ids) -> (o, final_state)."""
+  """The op with its backend bound: fn(r, w, k, v, u, s0, segment_ids, reset_state) -> (o, final_state)."""
   if impl == "chunked" and kw:
-    return lambda r, w, k, v, u, s0, seg: wkv6_chunked(r, w, k, v, u, s0, seg, **kw)
-  return lambda r, w, k, v, u, s0, seg: getattr(ops, op)(r, w, k, v, u, s0, segment_ids=seg, impl=impl)
+    return lambda r, w, k, v, u, s0, seg, reset: wkv6_chunked(r, w, k, v, u, s0, seg, reset, **kw)
+  return lambda r, w, k, v, u, s0, seg, reset: getattr(ops, op)(r, w, k, v, u, s0, segment_ids=seg,
+                                                                reset_state=reset, impl=impl)
 
 
 @functools.lru_cache(maxsize=None)
 def compiled(op, impl, **kw):
   """(forward, gradient) jitted once per backend (the tests share shapes). The gradient is that of a random
-  projection of (o, final_state) w.r.t. r, w, k, v, u and the initial state."""
+  projection of (o, final_state) w.r.t. r, w, k, v, u, the initial state and the reset state (if not None)."""
   fn = bound(op, impl, **kw)
 
-  def loss(r, w, k, v, u, s0, seg, proj_o, proj_s):
-    o, s = fn(r, w, k, v, u, s0, seg)
+  def loss(r, w, k, v, u, s0, reset, seg, proj_o, proj_s):
+    o, s = fn(r, w, k, v, u, s0, seg, reset)
     return (o * proj_o).sum() + (s * proj_s).sum()
 
-  return jax.jit(fn), jax.jit(jax.grad(loss, argnums=tuple(range(6))))
+  return jax.jit(fn), jax.jit(jax.grad(loss, argnums=tuple(range(7))))
 
 
-def run(op, impl, x, w, seg, **kw):
-  """(o, final_state, grads) of one backend; seg None means no resets."""
+def run(op, impl, x, w, seg, reset=None, **kw):
+  """(o, final_state, grads) of one backend; seg None means no resets, reset None restarts from zero."""
   fwd, grad = compiled(op, impl, **kw)
   args = [jnp.asarray(a, jnp.float32) for a in (x["r"], w, x["k"], x["v"], x["u"], x["s0"])]
+  reset = None if reset is None else jnp.asarray(reset, jnp.float32)
   seg = jnp.asarray(np.zeros((B, T), np.int32) if seg is None else seg)
   proj = np.random.default_rng(1)
-  o, s = fwd(*args, seg)
-  g = grad(*args, seg, jnp.asarray(proj.standard_normal((B, T, H, N)), jnp.float32),
+  o, s = fwd(*args, seg, reset)
+  g = grad(*args, reset, seg, jnp.asarray(proj.standard_normal((B, T, H, N)), jnp.float32),
            jnp.asarray(proj.standard_normal((B, H, N, N)), jnp.float32))
-  return o, s, g
+  return o, s, [x for x in g if x is not None]
 
 
 def assert_matches(got, want, what):
-  names = ("o", "final_state", "dr", "dw", "dk", "dv", "du", "d_initial_state")
+  names = ("o", "final_state", "dr", "dw", "dk", "dv", "du", "d_initial_state", "d_reset_state")
   for name, a, b in zip(names, (*got[:2], *got[2]), (*want[:2], *want[2])):
     assert np.all(np.isfinite(np.asarray(a))), (what, name)
     assert rel_err(a, b) <= 1e-4, (what, name, rel_err(a, b))
 
 
 def other_backends(op):
-  return [b for b in ops.backends(op) if b != "reference"]
+  """The pure-JAX backends besides the reference (the Pallas ones are tested in wkv56_pallas_test.py)."""
+  return [b for b in ops.backends(op) if b != "reference" and not b.startswith("pallas")]
 
 
 @pytest.mark.parametrize("op", ["wkv5", "wkv6"])
@@ -137,6 +141,23 @@ def test_backends_match_reference(op):
   assert other_backends(op), ops.backends(op)
   for impl in other_backends(op):
     assert_matches(run(op, impl, x, w, seg), want, impl)
+
+
+@pytest.mark.parametrize("op,reset_batch", [("wkv5", 1), ("wkv6", B)])
+def test_reset_state_backends_match_reference(op, reset_batch):
+  """Every backend that supports reset_state: segments restart from it (one for all rows, or one per row), with
+  the resets and T of test_backends_match_reference; gradients include the reset state's."""
+  rng = np.random.default_rng()
+  x = inputs(rng)
+  w = x["w5"] if op == "wkv5" else x["w6"]
+  seg = segments(rng)
+  reset = rng.standard_normal((reset_batch, H, N, N))
+  want = run(op, "reference", x, w, seg, reset)
+  assert len(want[2]) == 7
+  impls = [b for b in ops.backends(op, reset_state=True) if b != "reference"]
+  assert "chunked" in impls
+  for impl in impls:
+    assert_matches(run(op, impl, x, w, seg, reset), want, impl)
 
 
 def test_chunked_with_exact_base_blocks_matches_reference():

@@ -1,5 +1,6 @@
 """The `chunked` WKV-7 backend against the float32 `lax.scan` reference: outputs, final state and the gradients of
-all six inputs and the initial state, with fresh random inputs on every run (the seed is in the failure message)."""
+all six inputs, the initial state and the reset state, with fresh random inputs on every run (the seed is in the
+failure message)."""
 
 from __future__ import annotations
 
@@ -62,16 +63,28 @@ def rel_err(x, ref):
   return float(np.max(np.abs(x - ref)) / np.max(np.abs(ref)))
 
 
+def backend_fn(backend, chunk_size):
+  """fn(r, w, k, v, a, b, initial_state, segment_ids, reset_state=None) of a backend name: the reference and
+  chunked functions themselves (chunked with this chunk size), others through the public op."""
+  if backend == "reference":
+    return wkv7_reference
+  if backend == "chunked":
+    return functools.partial(wkv7_chunked, chunk_size=chunk_size)
+  return lambda *args, reset_state=None: ops.wkv7(*args[:7], segment_ids=args[7], reset_state=reset_state,
+                                                  impl=backend)
+
+
 @functools.cache
-def fwd_bwd(backend, chunk_size, use_initial_state):
+def fwd_bwd(backend, chunk_size, use_initial_state, use_reset_state=False):
   """A jitted (primals, segment_ids, cotangent) -> ((o, final_state), gradients); cached so that cases of one
-  shape share a compilation."""
-  fn = wkv7_reference if backend == "reference" else functools.partial(wkv7_chunked, chunk_size=chunk_size)
+  shape share a compilation. primals: the six inputs, then the initial state and the reset state if used."""
+  fn = backend_fn(backend, chunk_size)
 
   @jax.jit
   def run(primals, segment_ids, cotangent):
     def f(*p):
-      return fn(*p[:6], p[6] if use_initial_state else None, segment_ids)
+      kwargs = {"reset_state": p[-1]} if use_reset_state else {}
+      return fn(*p[:6], p[6] if use_initial_state else None, segment_ids, **kwargs)
 
     out, vjp = jax.vjp(f, *primals)
     return out, vjp(cotangent)
@@ -79,22 +92,25 @@ def fwd_bwd(backend, chunk_size, use_initial_state):
   return run
 
 
-def compare(seed, inputs, segment_ids=None, use_initial_state=True, chunk_size=16):
+def compare(seed, inputs, segment_ids=None, use_initial_state=True, chunk_size=16, reset_state=None,
+            backend="chunked"):
   """Asserts that outputs, final state and all gradients (one random cotangent) match the reference."""
   r, w, k, v, a, b, s0 = inputs
-  primals = (r, w, k, v, a, b) + ((s0,) if use_initial_state else ())
+  use_reset = reset_state is not None
+  primals = (r, w, k, v, a, b) + ((s0,) if use_initial_state else ()) + ((reset_state,) if use_reset else ())
   key_o, key_s = jax.random.split(jax.random.PRNGKey(seed + 1))
   B, T, H, N = r.shape
   cotangent = (jax.random.normal(key_o, (B, T, H, N)), jax.random.normal(key_s, (B, H, N, N)))
-  (o_ref, s_ref), g_ref = fwd_bwd("reference", None, use_initial_state)(primals, segment_ids, cotangent)
-  (o, s), g = fwd_bwd("chunked", chunk_size, use_initial_state)(primals, segment_ids, cotangent)
+  (o_ref, s_ref), g_ref = fwd_bwd("reference", None, use_initial_state, use_reset)(primals, segment_ids, cotangent)
+  (o, s), g = fwd_bwd(backend, chunk_size, use_initial_state, use_reset)(primals, segment_ids, cotangent)
 
   assert o.shape == o_ref.shape and o.dtype == o_ref.dtype
   assert s.shape == (B, H, N, N) and s.dtype == jnp.float32
-  names = ("o", "final_state", "dr", "dw", "dk", "dv", "da", "db", "dinitial_state")
+  names = ("o", "final_state", "dr", "dw", "dk", "dv", "da", "db")
+  names += (("dinitial_state",) if use_initial_state else ()) + (("dreset_state",) if use_reset else ())
   errors = dict(zip(names, [rel_err(o, o_ref), rel_err(s, s_ref)] + [rel_err(x, y) for x, y in zip(g, g_ref)]))
   bad = {name: err for name, err in errors.items() if not err <= TOL}
-  assert not bad, f"seed={seed} chunk={chunk_size}: relative errors above {TOL}: {bad}; all: {errors}"
+  assert not bad, f"seed={seed} {backend} chunk={chunk_size}: relative errors above {TOL}: {bad}; all: {errors}"
 
 
 # Cases share shapes where they can: each (shape, chunk, initial state, segments or not) compiles once.
@@ -137,6 +153,34 @@ def test_random_segment_resets_differ_per_row():
   rng = np.random.default_rng(seed)
   segment_ids = jnp.asarray(np.cumsum(rng.random((2, 37)) < 0.15, axis=1), jnp.int32)
   compare(seed, make_inputs(seed, 2, 37, 2, 16), segment_ids, True, 16)
+
+
+@pytest.mark.parametrize(
+  "B,T,H,chunk_size,starts,reset_batch,use_initial_state,kind",
+  [
+    (2, 37, 2, 16, [16], 1, True, "rwkv7"),  # on a chunk boundary; one reset state for every row
+    (2, 37, 2, 16, [5, 20, 21, 31, 32, 36], 2, True, "rwkv7"),  # inside, adjacent, boundary, last token; per row
+    (1, 80, 1, 64, [3, 63, 64, 65], 1, False, "strong_decay"),  # the largest intra-chunk exponents
+  ],
+)
+def test_reset_state(B, T, H, chunk_size, starts, reset_batch, use_initial_state, kind):
+  """Segments restart from reset_state: outputs, final state and all gradients, reset_state's included."""
+  seed = secrets.randbelow(2**31)
+  reset_state = jax.random.normal(jax.random.PRNGKey(seed + 2), (reset_batch, H, 16, 16))
+  compare(seed, make_inputs(seed, B, T, H, 16, kind), segments_from_starts(B, T, starts), use_initial_state,
+          chunk_size, reset_state)
+
+
+def test_reset_state_backends_match_reference():
+  """Every registered backend that supports reset_state, with segments that differ per row."""
+  seed = secrets.randbelow(2**31)
+  rng = np.random.default_rng(seed)
+  segment_ids = jnp.asarray(np.cumsum(rng.random((2, 37)) < 0.15, axis=1), jnp.int32)
+  reset_state = jax.random.normal(jax.random.PRNGKey(seed + 2), (2, 2, 16, 16))
+  backends = [b for b in ops.backends(reset_state=True) if b != "reference"]
+  assert "chunked" in backends
+  for backend in backends:
+    compare(seed, make_inputs(seed, 2, 37, 2, 16), segment_ids, True, 16, reset_state, backend)
 
 
 def test_reset_restarts_from_zero():

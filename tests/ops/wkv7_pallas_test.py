@@ -140,6 +140,20 @@ def test_backends_registered():
     assert ops.resolve_impl("auto") == "chunked"  # interpret variants are never picked by "auto"
 
 
+def test_reset_state_is_not_supported_yet():
+  """The kernels restart segments from zero only: a reset_state raises NotImplementedError, through the op and
+  when a kernel function is called directly, and "auto" never picks them for one."""
+  r, w, k, v, a, b, s0 = make_inputs(secrets.randbelow(2**31), 1, 16, 1, 64)
+  seg, reset = segments_from_starts(1, 16, [8]), jax.random.normal(jax.random.PRNGKey(0), (1, 1, 64, 64))
+  assert not {"pallas_tpu", "pallas_gpu"} & set(ops.backends(reset_state=True))
+  for impl in ("pallas_tpu", "pallas_gpu", "pallas_tpu_interpret", "pallas_gpu_interpret"):
+    with pytest.raises(NotImplementedError, match="does not support reset_state"):
+      ops.wkv7(r, w, k, v, a, b, s0, segment_ids=seg, reset_state=reset, impl=impl)
+  for fn in (wkv7_pallas_tpu, wkv7_pallas_gpu):
+    with pytest.raises(NotImplementedError, match="does not support reset_state"):
+      fn(r, w, k, v, a, b, s0, seg, reset, interpret=True)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # lowering without the hardware
 # ------------------------------------------------------------------------------------------------------------------

@@ -132,40 +132,38 @@ def test_rwkv_peft_command_line_configs():
 # State tuning: the learned state enters every version's forward, with a gradient
 # ----------------------------------------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def state_loss_and_grad(params, cfg, tokens, ts):
-  model = get_model(cfg.version)
-
-  def loss(ts):
-    logits, _ = model.forward(params, cfg, tokens, state_tuning.initial_state(model, cfg, ts, 2), impl="reference")
-    return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
-  return jax.value_and_grad(loss)(ts)
-
-
 @pytest.mark.parametrize("version", ["x070", "x060", "x052"])
-def test_learned_state_is_the_forward_initial_state(version):
-  cfg, model = dataclasses.replace(TINY, version=version), get_model(version)
-  ts = rand(2, (cfg.n_layer, cfg.n_head, cfg.head_size, cfg.head_size), 0.5)  # [L, H, value, key]
-  state = state_tuning.initial_state(model, cfg, ts, 2)
-  by_hand = model.init_state(cfg, 2)
+def test_learned_state_starts_every_packed_document(version):
+  """The learned state is the forward's initial state and reset state. Through the state-tuning task, each
+  document of a packed row has the loss, and the gradient w.r.t. the learned state (nonzero for every layer
+  and head), of the same document alone at the start of a row (there it starts from the learned state as the
+  initial state; the tokens after it do not affect it). One batch holds both, so one compilation."""
+  cfg = train_config(model=dataclasses.replace(TINY, version=version), task=StateTuneConfig())
+  task, model = cfg.task.build(cfg), get_model(version)
+  flat = flatten(params_of(task))
+  ts = rand(2, flat[state_tuning.STATE_NAME].shape, 0.5)  # [L, H, value, key]
+  by_hand = model.init_state(cfg.model, 4)
   by_hand["wkv"] = jnp.broadcast_to(jnp.swapaxes(ts, -1, -2)[:, None], by_hand["wkv"].shape)  # op layout [K, V]
-  jax.tree.map(np.testing.assert_array_equal, state, by_hand)
-  tokens = jax.random.randint(jax.random.key(1), (2, 8), 1, cfg.vocab_size)
-  _, grad = state_loss_and_grad(random_params(cfg), cfg, tokens, ts)
-  assert bool(jnp.all(jnp.abs(grad).max(axis=(-1, -2)) > 0))  # every layer and head gets a gradient
+  jax.tree.map(np.testing.assert_array_equal, state_tuning.initial_state(model, cfg.model, ts, 4), by_hand)
+  np.testing.assert_array_equal(state_tuning.wkv_states(ts), by_hand["wkv"][:, :1])
 
-
-def test_packed_documents_after_the_first_do_not_see_the_learned_state():
-  cfg, model = TINY, get_model("x070")
-  params = random_params(cfg)
-  tokens = jax.random.randint(jax.random.key(1), (1, 10), 1, cfg.vocab_size)
-  seg = jnp.asarray([[1, 1, 1, 1, 2, 2, 2, 3, 3, 3]])
-  ts = jnp.zeros((cfg.n_layer, cfg.n_head, cfg.head_size, cfg.head_size))
-  jac = jax.jit(jax.jacrev(lambda ts: forward(params, cfg, tokens, state_tuning.initial_state(model, cfg, ts, 1),
-                                              seg)[0, :, 0]))(ts)  # d logit[t, 0] / d ts
-  per_token = jnp.abs(jac).sum(axis=(1, 2, 3, 4))
-  assert bool(jnp.all(per_token[:4] > 0)) and bool(jnp.all(per_token[4:] == 0)), per_token
-  np.testing.assert_array_equal(state_tuning.first_document_mask(seg, (1, 10)), [[1] * 4 + [0] * 6])
+  loss_and_grad = jax.jit(jax.value_and_grad(  # w.r.t. the learned state only (cheaper to compile)
+      lambda ts, batch: task.eval_loss(unflatten(flat | {state_tuning.STATE_NAME: ts}), batch)[0]))
+  tokens = jax.random.randint(jax.random.key(1), (4, 13), 1, cfg.model.vocab_size)
+  starts = (0, 4, 8)  # row 0: three packed documents of 4 tokens; row 1 + d: document d, then other tokens
+  tokens = tokens.at[1:, :5].set(jnp.stack([tokens[0, lo:lo + 5] for lo in starts]))
+  seg = jnp.asarray([[1] * 4 + [2] * 4 + [5] * 4] + [[0] * 12] * 3)
+  batch = {"input_ids": tokens[:, :12], "targets": tokens[:, 1:], "segment_ids": seg}
+  pos = jnp.arange(12)
+  in_row = lambda row, lo: jnp.zeros((4, 12)).at[row].set((pos >= lo) & (pos < lo + 4))  # noqa: E731
+  for doc, lo in enumerate(starts):
+    loss, grad = loss_and_grad(ts, batch | {"loss_mask": in_row(0, lo)})
+    want_loss, want_grad = loss_and_grad(ts, batch | {"loss_mask": in_row(1 + doc, 0)})
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5, err_msg=f"document {doc}")
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-6 * float(np.abs(want_grad).max()),
+                               err_msg=f"document {doc}")
+    assert bool(jnp.all(jnp.abs(grad).max(axis=(-1, -2)) > 0)), f"document {doc}"  # every layer and head
+  assert abs(float(loss_and_grad(0 * ts, batch | {"loss_mask": in_row(3, 0)})[0]) - float(want_loss)) > 1e-3
 
 
 def test_generation_takes_a_state_per_sequence():

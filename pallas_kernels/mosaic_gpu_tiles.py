@@ -1,0 +1,150 @@
+"""Tile helpers shared by the Pallas Mosaic GPU kernels (Hopper, sm_90, one warpgroup per CTA).
+
+Op-independent pieces of `pallas_kernels.wkv7.gpu` and `pallas_kernels.wkv56.gpu`: register layouts, swizzled SMEM
+tiles, loads and broadcasts in the WGMMA layout, split-bf16 values (x = hi + lo), tensor-core products into an fp32
+accumulator (`Mma`, with the staging the Mosaic GPU interpreter needs), the kernels' compiler and interpreter
+parameters, the V-tile width of the sequential state passes and the Hopper check that gates the kernels.
+
+Register arrays are in the WGMMA layout (`WG`) unless a name says otherwise: `ROW` holds one value per row of such
+an array, `COL` one value per column.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.experimental.pallas as pl
+import jax.experimental.pallas.mosaic_gpu as plgpu
+import jax.numpy as jnp
+from jax import lax
+from jax._src.state import types as state_types
+
+F32 = jnp.float32
+BF16 = jnp.bfloat16
+WG = plgpu.Layout.WGMMA
+ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per row of a WGMMA-layout array
+COL = plgpu.Layout.WGMMA.reduce(0)  # one value per column
+
+__all__ = ["WG", "ROW", "COL", "swizzled", "load", "iota", "rows", "cols", "split", "store_split", "Mma", "x3",
+           "is_reg", "compiler_params", "interpret_params", "block_v", "is_hopper"]
+
+
+def swizzled(shape, dtype=BF16, swizzle=None):
+  """An SMEM scratch type of `shape` (any rank, dtype default bf16), tiled (8 rows x one swizzle) and swizzled for
+  its minor dim, or with the given swizzle in bytes (WGMMA needs equal lhs and rhs swizzles)."""
+  itemsize = jnp.dtype(dtype).itemsize
+  swizzle = swizzle or plgpu.find_swizzle(shape[-1] * itemsize * 8)
+  return plgpu.SMEM(shape, dtype, transforms=(plgpu.TilingTransform((8, swizzle // itemsize)),
+                                              plgpu.SwizzleTransform(swizzle)))
+
+
+def load(ref, layout=WG):
+  """A GMEM or SMEM ref (or view) loaded into registers in `layout` (a 2-D [rows, cols] ref for WG, a 1-D one for
+  ROW / COL); dtype kept."""
+  return plgpu.load(ref, layout=layout, optimized=False)
+
+
+def iota(shape, dim):
+  """int32 indices along `dim` of a 2-D `shape`, in the WGMMA layout."""
+  return plgpu.broadcasted_iota(jnp.int32, shape, dim, layout=WG)
+
+
+def rows(vec, shape):
+  """vec [M] (ROW layout) broadcast along the columns of a 2-D `shape` [M, n]: out[i, j] = vec[i]."""
+  return lax.broadcast_in_dim(vec, shape, [0])
+
+
+def cols(vec, shape):
+  """vec [n] (COL layout) broadcast along the rows of a 2-D `shape` [m, n]: out[i, j] = vec[j]."""
+  return lax.broadcast_in_dim(vec, shape, [1])
+
+
+def split(x):
+  """(hi, lo) bf16 halves of the float32 x: hi = bf16(x), lo = bf16(x - hi), so hi + lo holds ~16 significant bits."""
+  hi = x.astype(BF16)
+  return hi, (x - hi.astype(F32)).astype(BF16)
+
+
+def store_split(x, hi_ref, lo_ref):
+  """Writes the `split` halves of the float32 x to the bf16 refs hi_ref and lo_ref (same shape as x)."""
+  hi, lo = split(x)
+  hi_ref[...] = hi
+  lo_ref[...] = lo
+
+
+class Mma:
+  """Tensor-core products into one fp32 accumulator: `mm(shape, pairs)` = sum(lhs @ rhs for lhs, rhs in pairs).
+
+  lhs is an SMEM ref (or transposed view) or a bf16 WGMMA-layout register array; rhs an SMEM ref (or view); the
+  result is a float32 [M, N] `shape` register array (WGMMA layout). The Mosaic GPU interpreter takes SMEM operands
+  only, so in interpret mode register operands are staged through scratch tiles first (same values, same products).
+  Reading the result waits for the products, so their SMEM operands may be rewritten afterwards; the optimization
+  barrier keeps LLVM from scheduling uses of the result before that wait (jla's note on wgmma.wait_group)."""
+
+  def __init__(self, stage):
+    self.stage = stage  # None, or {shape: [bf16 scratch refs]} in interpret mode
+
+  def __call__(self, shape, pairs):
+    if self.stage is not None:
+      staged, free, out = {}, {k: list(v) for k, v in self.stage.items()}, []
+      for lhs, rhs in pairs:
+        if not is_reg(lhs):
+          out.append((lhs, rhs))
+          continue
+        key = id(lhs)
+        if key not in staged:
+          ref = free[tuple(lhs.shape)].pop()
+          ref[...] = lhs
+          staged[key] = ref
+        out.append((staged[key], rhs))
+      plgpu.commit_smem()
+      pairs = out
+
+    def scoped(acc):
+      for lhs, rhs in pairs:
+        plgpu.wgmma(acc, lhs, rhs)
+      return acc[...]
+
+    return lax.optimization_barrier(pl.run_scoped(scoped, plgpu.ACC(shape, F32)))
+
+
+def x3(lhs, rhs_hi, rhs_lo):
+  """The `Mma` pairs of a split-bf16 x3 product: lhs = (hi, lo) bf16 registers, rhs = hi / lo bf16 SMEM refs;
+  hi hi + hi lo + lo hi (fp32 accumulation, about 16 significant bits)."""
+  return [(lhs[0], rhs_hi), (lhs[0], rhs_lo), (lhs[1], rhs_hi)]
+
+
+def is_reg(x):
+  """True for a register array, False for an SMEM ref (plain or transformed)."""
+  return not isinstance(x, state_types.TransformedRef) and not isinstance(getattr(x, "aval", None),
+                                                                         state_types.AbstractRef)
+
+
+def compiler_params():
+  """The kernels' `plgpu.CompilerParams`: lane (per-warpgroup array) semantics, approximate exp."""
+  return plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane, approx_math=True)
+
+
+def interpret_params(interpret: bool):
+  """The `interpret` argument of `plgpu.kernel`: the Mosaic GPU interpreter's parameters if `interpret`, else None."""
+  return plgpu.InterpretGPUParams() if interpret else None
+
+
+def block_v(B: int, H: int, N: int) -> int:
+  """The V-tile width bv of a sequential state pass over the grid (N // bv, H, B): the widest of 64, 32, 16 (<= N)
+  giving at least 264 CTAs (two per SM of an H100), else 16."""
+  for bv in (64, 32, 16):
+    if bv <= N and B * H * (N // bv) >= 264:
+      return bv
+  return 16
+
+
+@functools.cache
+def is_hopper() -> bool:
+  """True if JAX's first device is an sm_90 (Hopper) GPU, the only target of the Mosaic GPU kernels."""
+  try:
+    dev = jax.devices()[0]
+  except RuntimeError:
+    return False
+  return dev.platform == "gpu" and getattr(dev, "compute_capability", None) == "9.0"

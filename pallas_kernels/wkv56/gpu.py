@@ -1,0 +1,362 @@
+"""`pallas_gpu`: WKV-6 (and WKV-5) on Pallas Mosaic GPU kernels (Hopper, sm_90), forward and backward.
+
+Chunk L = 64 tokens, head dims N = 64 and 128, bf16 inputs, fp32 decays and state. The split between Mosaic GPU
+kernels and XLA mirrors `pallas_kernels.wkv7.gpu` (both use `pallas_kernels.mosaic_gpu_tiles`), with the chunk
+algebra of `common`:
+
+1. `_prep` (Mosaic GPU, chunk-parallel, one warpgroup per CTA, grid (C, H, B)): per chunk, from r, k, v (bf16, read
+   in the caller's [B, T, H, N] layout), w (float32) and u, the intra-chunk matrix A with exact decays over the
+   binary hierarchy of `common` (the in-block exponent sums E_h, F_h of every level as tensor-core products of a
+   0/1 block-triangular matrix with w split into two bf16 halves, fp32 accumulation: a direct sum, about 16
+   significant bits per term; the level products (r e^{E_h}) (k e^{F_h})^T as split-bf16 x3 products), the bonus
+   on A's diagonal, and writes three bf16 [L, N] tiles per chunk, head-major [B, H, T, N]: Qo = r e^{Λ(c0..t-1)}
+   (rows that see the entering state), Ob = A V, Kbar = k e^{Λ(s+1..end)} (the chunk's last segment).
+2. `_state_fwd` (Mosaic GPU, sequential over chunks, grid (V / bv, H, B), one warpgroup): the state S [K, bv] in
+   fp32 registers; per chunk, with TMA double-buffered tiles, o = Qo S + Ob and S <- diag(d) S + Kbar^T V (S enters
+   the tensor cores as split bf16, hi + lo). Writes o (bf16, [B, T, H, N]), the final state and, for the backward,
+   the state entering every chunk (fp32).
+3. `_state_bwd` (Mosaic GPU, same grid, chunks in reverse): the state gradient dS [K, bv] in registers,
+   dS <- diag(d) dS + Qo^T dO (both operands exact bf16); writes dS after every chunk (fp32) and dS0.
+4. The chunk-parallel input gradients in XLA: `common.chunk_backward` vmapped over (B, H, C), given the saved
+   entering states and the state gradients of 3 (split-bf16 x3 products on GPU); XLA also sums the bonus gradient.
+   As for WKV-7, this is the part to move into a Mosaic GPU kernel if it dominates.
+
+The chunk decay dec = e^{Λ(chunk)} (0 for chunks with a segment start) is computed by XLA (a [B, H, C, N] sum).
+Resets: `segment_ids` -> the per-token segment index inside each chunk (float32 [B, T]); masks as in `common`.
+WKV-5 broadcasts its [H, N] decay over [B, T] and runs the WKV-6 kernels.
+`interpret=True` runs the three Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).
+Not yet run on a GPU (written and checked in interpret mode and by lowering to Mosaic GPU on CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.experimental.pallas as pl
+import jax.experimental.pallas.mosaic_gpu as plgpu
+import jax.numpy as jnp
+from jax import lax
+
+from pallas_kernels.chunking import from_chunks, pad_time, segment_index, to_chunks, vmap_chunks
+from pallas_kernels.matops import x3_on_gpu
+from pallas_kernels.mosaic_gpu_tiles import (
+  COL, ROW, Mma, block_v, cols, compiler_params, interpret_params, iota, is_hopper, load, rows, split, store_split,
+  swizzled, x3,
+)
+from pallas_kernels.wkv56 import common as cm
+from rwkvjax.ops.wkv5 import broadcast_decay
+
+F32 = jnp.float32
+BF16 = jnp.bfloat16
+L = 64  # tokens per chunk
+HEAD_DIMS = (64, 128)
+LEVELS = L.bit_length() - 1  # pair levels of the hierarchy (h = 1 .. L/2)
+
+__all__ = ["wkv5_pallas_gpu", "wkv6_pallas_gpu", "HEAD_DIMS", "is_hopper", "unsupported_reason"]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 1. per-chunk preparation
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _prep(r, k, v, w, u, seg, *, interpret=False):
+  """Three bf16 tiles [B, H, Tp, N]: (qo, ob, kbar), see the module docstring.
+
+  r, k, v: [B, Tp, H, N] bf16, Tp a multiple of L; w [B, Tp, H, N] float32 (zero-padded); u [H, N] float32;
+  seg [B, Tp] float32 segment index inside each chunk.
+  """
+  B, Tp, H, N = r.shape
+  C = Tp // L
+  LN, LL = (L, N), (L, L)
+
+  def body(r_ref, k_ref, v_ref, w_ref, u_ref, s_ref, qo_ref, ob_ref, kb_ref, v_s, W0, W1, Q0, Q1, *rest):
+    bar = rest[-1]
+    stage = None
+    if interpret:
+      st = rest[:-1]
+      stage = {LN: list(st[:2])} if N == L else {LN: list(st[:2]), LL: list(st[2:4])}
+    mm = Mma(stage)
+    c, h, bi = lax.axis_index("c"), lax.axis_index("h"), lax.axis_index("b")
+    tok = pl.ds(c * L, L)
+    plgpu.copy_gmem_to_smem(v_ref.at[bi, tok, h], v_s, bar)
+
+    store_split(load(w_ref.at[bi, tok, h]), W0, W1)  # w = hi + lo, the right operand of the exponent sums
+    rb = load(r_ref.at[bi, tok, h])
+    kb = load(k_ref.at[bi, tok, h])
+    Q0[...] = kb  # level 1: A_{t, t-1} = r_t . k_{t-1} (exact bf16 operands)
+    plgpu.commit_smem()
+    rv, kv = rb.astype(F32), kb.astype(F32)
+    seg_i = load(s_ref.at[bi, tok], ROW)
+    seg_j = load(s_ref.at[bi, tok], COL)
+    seg_last = s_ref[bi, c * L + L - 1]
+    ri, ci = iota(LL, 0), iota(LL, 1)
+    same = rows(seg_i, LL) == cols(seg_j, LL)
+
+    def pairs(shift):  # t in the right, s in the left half of an aligned block of 2^(shift+1) tokens
+      return same & ((ri >> (shift + 1)) == (ci >> (shift + 1))) & ((ri >> shift) != (ci >> shift)) & (ri > ci)
+
+    def exponents(shift):  # (E, F) [L, N]: in-block exclusive prefix / suffix sums of w over blocks of 2^shift
+      blk = (ri >> shift) == (ci >> shift)
+      lower = jnp.where(blk & (ci < ri), 1.0, 0.0).astype(BF16)
+      upper = jnp.where(blk & (ci > ri), 1.0, 0.0).astype(BF16)
+      return mm(LN, [(lower, W0), (lower, W1)]), mm(LN, [(upper, W0), (upper, W1)])
+
+    bonus = jnp.sum(rv * cols(load(u_ref.at[h], COL), LN) * kv, axis=1)  # r_t . u . k_t (ROW layout)
+    A = jnp.where(ri == ci, rows(bonus, LL), 0.0)
+    A = jnp.where(pairs(0), mm(LL, [(rb, Q0.T)]), A)
+    for shift in range(1, LEVELS):
+      E, F = exponents(shift)
+      store_split(kv * jnp.exp(F), Q0, Q1)
+      plgpu.commit_smem()
+      A = jnp.where(pairs(shift), mm(LL, x3(split(rv * jnp.exp(E)), Q0.T, Q1.T)), A)
+
+    # chunk level: the readout of the entering state and the transition's key factors
+    E, F = exponents(LEVELS)
+    first_rows = rows(seg_i, LN) == 0.0
+    last_rows = rows(seg_i, LN) == seg_last
+    qo_ref.at[bi, h, tok][...] = jnp.where(first_rows, rv * jnp.exp(E), 0.0).astype(BF16)
+    kb_ref.at[bi, h, tok][...] = jnp.where(last_rows, kv * jnp.exp(F), 0.0).astype(BF16)
+    plgpu.barrier_wait(bar)  # v is in SMEM
+    a_hi, a_lo = split(A)
+    ob_ref.at[bi, h, tok][...] = mm(LN, [(a_hi, v_s), (a_lo, v_s)]).astype(BF16)
+
+  scratch = [swizzled(LN) for _ in range(5)]
+  if interpret:
+    scratch += [swizzled(LN) for _ in range(2)] + ([] if N == L else [swizzled(LL) for _ in range(2)])
+  scratch += [plgpu.Barrier(num_arrivals=1)]
+  out = jax.ShapeDtypeStruct((B, H, Tp, N), BF16)
+  kern = plgpu.kernel(body, out_type=(out,) * 3, grid=(C, H, B), grid_names=("c", "h", "b"),
+                      scratch_types=tuple(scratch), compiler_params=compiler_params(),
+                      interpret=interpret_params(interpret), kernel_name="wkv6_prep")
+  return kern(r, k, v, w, u, seg)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 2. forward state pass
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _state_fwd(qo, ob, kb, v, dec, h0, *, bv: int, save: bool, interpret=False):
+  """o [B, Tp, H, N] bf16, final [B, H, N, N] f32 and (save) entering states [B, H, C, N, N] f32.
+
+  qo, ob, kb: [B, H, Tp, N] bf16 (from `_prep`); v [B, Tp, H, N] bf16; dec [B, H, C, N] f32; h0 [B, H, N, N] f32."""
+  B, H, Tp, N = qo.shape
+  C = Tp // L
+  KV = (N, bv)
+
+  def body(qo_ref, ob_ref, kb_ref, v_ref, dec_ref, h0_ref, *refs):
+    if save:
+      o_ref, fin_ref, st_ref = refs[:3]
+      scratch = refs[3:]
+    else:
+      o_ref, fin_ref = refs[:2]
+      st_ref, scratch = None, refs[2:]
+    qo_s, kb_s, ob_s, v_s, dec_s, S_hi, S_lo, bars = scratch
+    mm = Mma(None)  # every left operand is an SMEM tile
+    vt, h, bi = lax.axis_index("v"), lax.axis_index("h"), lax.axis_index("b")
+    vcols = pl.ds(vt * bv, bv)
+
+    def fetch(n, slot):
+      tok = pl.ds(n * L, L)
+      bar = bars.at[slot]
+      plgpu.copy_gmem_to_smem(qo_ref.at[bi, h, tok], qo_s.at[slot], bar)
+      plgpu.copy_gmem_to_smem(kb_ref.at[bi, h, tok], kb_s.at[slot], bar)
+      plgpu.copy_gmem_to_smem(ob_ref.at[bi, h, tok, vcols], ob_s.at[slot], bar)
+      plgpu.copy_gmem_to_smem(v_ref.at[bi, tok, h, vcols], v_s.at[slot], bar)
+      plgpu.copy_gmem_to_smem(dec_ref.at[bi, h, n], dec_s.at[slot], bar)
+
+    fetch(0, 0)
+    s0 = load(h0_ref.at[bi, h, :, vcols])
+
+    def step(n, S):
+      slot = lax.rem(n, 2)
+
+      @pl.when(n + 1 < C)
+      def _():
+        fetch(n + 1, 1 - slot)
+
+      plgpu.barrier_wait(bars.at[slot])
+      if save:
+        st_ref.at[bi, h, n, :, vcols][...] = S
+      store_split(S, S_hi, S_lo)
+      plgpu.commit_smem()
+      o = load(ob_s.at[slot]).astype(F32) + mm((L, bv), [(qo_s.at[slot], S_hi), (qo_s.at[slot], S_lo)])
+      o_ref.at[bi, pl.ds(n * L, L), h, vcols][...] = o.astype(o_ref.dtype)
+      d = rows(load(dec_s.at[slot], ROW), KV)
+      return S * d + mm(KV, [(kb_s.at[slot].T, v_s.at[slot])])
+
+    S = lax.fori_loop(0, C, step, s0)
+    fin_ref.at[bi, h, :, vcols][...] = S
+
+  sw = min(2 * bv, 128)  # the swizzle of a bv-wide bf16 row: the K-side tiles must match it
+  scratch = [swizzled((2, L, N), swizzle=sw) for _ in range(2)] + [swizzled((2, L, bv)) for _ in range(2)]
+  scratch += [plgpu.SMEM((2, N), F32), swizzled(KV), swizzled(KV), plgpu.Barrier(num_arrivals=5, num_barriers=2)]
+  out = [jax.ShapeDtypeStruct((B, Tp, H, N), BF16), jax.ShapeDtypeStruct((B, H, N, N), F32)]
+  if save:
+    out.append(jax.ShapeDtypeStruct((B, H, C, N, N), F32))
+  kern = plgpu.kernel(body, out_type=tuple(out), grid=(N // bv, H, B), grid_names=("v", "h", "b"),
+                      scratch_types=tuple(scratch), compiler_params=compiler_params(),
+                      interpret=interpret_params(interpret), kernel_name="wkv6_state_fwd")
+  return kern(qo, ob, kb, v, dec, h0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 3. backward state pass
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _state_bwd(qo, d_o, dec, d_final, *, bv: int, interpret=False):
+  """(dS after each chunk [B, H, C, N, N] f32, dS0 [B, H, N, N] f32).
+
+  qo: [B, H, Tp, N] bf16; d_o [B, Tp, H, N] bf16; dec [B, H, C, N]; d_final [B, H, N, N] f32."""
+  B, H, Tp, N = qo.shape
+  C = Tp // L
+  KV = (N, bv)
+
+  def body(qo_ref, do_ref, dec_ref, dfin_ref, dst_ref, ds0_ref, qo_s, do_s, dec_s, bars):
+    mm = Mma(None)  # every left operand is an SMEM tile
+    vt, h, bi = lax.axis_index("v"), lax.axis_index("h"), lax.axis_index("b")
+    vcols = pl.ds(vt * bv, bv)
+
+    def fetch(n, slot):
+      tok = pl.ds(n * L, L)
+      bar = bars.at[slot]
+      plgpu.copy_gmem_to_smem(qo_ref.at[bi, h, tok], qo_s.at[slot], bar)
+      plgpu.copy_gmem_to_smem(do_ref.at[bi, tok, h, vcols], do_s.at[slot], bar)
+      plgpu.copy_gmem_to_smem(dec_ref.at[bi, h, n], dec_s.at[slot], bar)
+
+    fetch(C - 1, 0)
+    ds = load(dfin_ref.at[bi, h, :, vcols])
+
+    def step(i, dS):
+      n = C - 1 - i
+      slot = lax.rem(i, 2)
+
+      @pl.when(i + 1 < C)
+      def _():
+        fetch(n - 1, 1 - slot)
+
+      plgpu.barrier_wait(bars.at[slot])
+      dst_ref.at[bi, h, n, :, vcols][...] = dS
+      d = rows(load(dec_s.at[slot], ROW), KV)
+      return dS * d + mm(KV, [(qo_s.at[slot].T, do_s.at[slot])])
+
+    dS = lax.fori_loop(0, C, step, ds)
+    ds0_ref.at[bi, h, :, vcols][...] = dS
+
+  sw = min(2 * bv, 128)
+  scratch = [swizzled((2, L, N), swizzle=sw), swizzled((2, L, bv)), plgpu.SMEM((2, N), F32),
+             plgpu.Barrier(num_arrivals=3, num_barriers=2)]
+  out = (jax.ShapeDtypeStruct((B, H, C, N, N), F32), jax.ShapeDtypeStruct((B, H, N, N), F32))
+  kern = plgpu.kernel(body, out_type=out, grid=(N // bv, H, B), grid_names=("v", "h", "b"),
+                      scratch_types=tuple(scratch), compiler_params=compiler_params(),
+                      interpret=interpret_params(interpret), kernel_name="wkv6_state_bwd")
+  return kern(qo, d_o, dec, d_final)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# glue: prologue, custom_vjp, backends
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _chunk_decay(w, seg):
+  """dec [B, H, C, N] float32: e^{Λ(chunk)} of chunks without a segment start, else 0. w [B, Tp, H, N] float32."""
+  B, Tp, H, N = w.shape
+  C = seg.shape[1]
+  carry = seg[:, :, L - 1] == 0.0
+  dec = jnp.where(carry[:, :, None, None], jnp.exp(w.reshape(B, C, L, H, N).sum(axis=2)), 0.0)
+  return dec.transpose(0, 2, 1, 3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _wkv6(r, w, k, v, u, s0, seg, interpret):
+  return _wkv6_fwd(r, w, k, v, u, s0, seg, interpret, save=False)[0]
+
+
+def _wkv6_fwd(r, w, k, v, u, s0, seg, interpret, save=True):
+  B, T, H, N = r.shape
+  C = seg.shape[1]
+  Tp = C * L
+  rb, kb, vb = (pad_time(x.astype(BF16), Tp) for x in (r, k, v))
+  wf = pad_time(w.astype(F32), Tp)
+  dec = _chunk_decay(wf, seg)
+  qo, ob, kbar = _prep(rb, kb, vb, wf, u, seg.reshape(B, Tp), interpret=interpret)
+  outs = _state_fwd(qo, ob, kbar, vb, dec, s0, bv=block_v(B, H, N), save=save, interpret=interpret)
+  o, final = outs[0][:, :T].astype(r.dtype), outs[1]
+  if not save:
+    return (o, final), None
+  return (o, final), (r, w, k, v, u, seg, outs[2], qo, dec)
+
+
+def chunk_grads(r, w, k, v, u, seg, states, d_o, d_states):
+  """The chunk-parallel input gradients (XLA): the VJP of every chunk given its entering state and dS after it.
+
+  r, k, v: [B, T, H, N] (used as bf16); w [B, T, H, N] and u [H, N] float32; seg [B, C, L] float32; states and
+  d_states [B, H, C, N, N] float32; d_o [B, C * L, H, N] (zero-padded). Returns dr, dw, dk, dv [B, T, H, N] float32
+  and du [H, N] float32."""
+  B, T, H, N = r.shape
+  C = seg.shape[1]
+  xs = [to_chunks(x.astype(BF16).astype(F32), L) for x in (r, k, v)]
+  uc = jnp.broadcast_to(u[None, :, None, None, :], (B, H, C, 1, N))
+  seg_col = jnp.broadcast_to(seg[:, None, :, :, None], (B, H, C, L, 1))
+  seg_row = jnp.broadcast_to(seg[:, None, :, None, :], (B, H, C, 1, L))
+  bwd = vmap_chunks(functools.partial(cm.chunk_backward, ops=x3_on_gpu()))
+  dr, dw, dk, dv, du, _ = bwd(xs[0], to_chunks(w.astype(F32), L), xs[1], xs[2], uc, seg_col, seg_row, states,
+                              to_chunks(d_o.astype(F32), L), d_states)
+  return tuple(from_chunks(g, T) for g in (dr, dw, dk, dv)) + (du.sum(axis=(0, 2, 3)),)
+
+
+def _wkv6_bwd(interpret, res, cts):
+  r, w, k, v, u, seg, states, qo, dec = res
+  d_o, d_final = cts
+  B, T, H, N = r.shape
+  d_o_p = pad_time(d_o.astype(BF16), seg.shape[1] * L)
+  d_states, ds0 = _state_bwd(qo, d_o_p, dec, d_final.astype(F32), bv=block_v(B, H, N), interpret=interpret)
+  *grads, du = chunk_grads(r, w, k, v, u, seg, states, d_o_p, d_states)
+  return tuple(g.astype(x.dtype) for g, x in zip(grads, (r, w, k, v))) + (du, ds0, None)
+
+
+_wkv6.defvjp(_wkv6_fwd, _wkv6_bwd)
+
+
+def unsupported_reason(r, interpret: bool) -> str | None:
+  """Why the kernels cannot run a call with r [B, T, H, N] (N not in HEAD_DIMS; no Hopper GPU, unless `interpret`),
+  or None if they can."""
+  N = r.shape[-1]
+  if N not in HEAD_DIMS:
+    return f"head dim {N} not in {HEAD_DIMS}"
+  if not interpret and not is_hopper():
+    return "the Mosaic GPU kernels need an sm_90 (Hopper) GPU"
+  return None
+
+
+def _no_reset_state(reset_state):
+  if reset_state is not None:
+    raise NotImplementedError("pallas_gpu does not support reset_state; use impl='chunked' (or 'auto')")
+
+
+def wkv6_pallas_gpu(r, w, k, v, u, initial_state, segment_ids, reset_state=None, *, interpret: bool = False):
+  """The `pallas_gpu` backend of wkv6; see `rwkvjax.ops.wkv6` for the contract.
+
+  r, k, v are used as bf16 (cast if not), w and u as float32; state float32; o in the dtype of r. Calls the kernels
+  cannot run (no Hopper GPU, head dim not in HEAD_DIMS) run the `chunked` backend instead.
+  interpret: run the Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).
+  reset_state: not supported (segments restart from zero); a non-None one raises NotImplementedError.
+  """
+  _no_reset_state(reset_state)
+  if unsupported_reason(r, interpret) is not None:
+    from rwkvjax.ops.chunked_v56 import wkv6_chunked  # noqa: PLC0415
+
+    return wkv6_chunked(r, w, k, v, u, initial_state, segment_ids)
+  B, T, H, N = r.shape
+  s0 = jnp.zeros((B, H, N, N), F32) if initial_state is None else initial_state.astype(F32)
+  seg = segment_index(segment_ids, B, T, L)
+  return _wkv6(r, w, k, v, u.astype(F32), s0, seg, interpret)
+
+
+def wkv5_pallas_gpu(r, w, k, v, u, initial_state, segment_ids, reset_state=None, *, interpret: bool = False):
+  """The `pallas_gpu` backend of wkv5 (w: [H, N]): the WKV-6 kernels with the decay broadcast over [B, T]."""
+  _no_reset_state(reset_state)
+  return wkv6_pallas_gpu(r, broadcast_decay(w, r), k, v, u, initial_state, segment_ids, interpret=interpret)

@@ -1,0 +1,276 @@
+"""The Pallas WKV-5 / WKV-6 backends (`pallas_tpu`, `pallas_gpu`) against the float32 reference: outputs, final state
+and the gradients of r, w, k, v, u and the initial state, with resets and T not a multiple of the chunk, fresh random
+inputs every run (the seed is in the failure message).
+
+On CPU (CI) the kernels run in Pallas interpret mode (`interpret=True`; the backends `pallas_tpu_interpret` and
+`pallas_gpu_interpret`), which checks their logic:
+  * pallas_tpu: float32 arithmetic, relative error <= 2e-3 (it measures ~1e-7 .. 1e-6);
+  * pallas_gpu: the Mosaic GPU interpreter reproduces the kernels' bf16 tensor-core numerics (bf16 inputs and
+    intermediate tiles, split-bf16 products), so it is held to the GPU bound, <= 1e-2 against the float32 reference
+    on the same bf16-rounded inputs (it measures 1e-3 .. 5e-3).
+Decays: RWKV-6's w = -exp(d) with d up to 3 (and an extreme case up to 8, with w = 0 rows), far beyond what a
+centred factorisation survives in float32; the kernels must stay finite and exact.
+Lowering: the TPU kernels are lowered to Mosaic for TPU (always) and compiled for TPU topologies when libtpu is
+installed (skipped otherwise); the GPU kernels are lowered to Mosaic GPU for CUDA (always). On a Hopper GPU,
+`pallas_gpu` itself is compared with a float64 reference (bf16 inputs, <= 1e-2).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import secrets
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rwkvjax.ops as ops
+from pallas_kernels.wkv56 import gpu, tpu
+from pallas_kernels.wkv56.gpu import wkv5_pallas_gpu, wkv6_pallas_gpu
+from pallas_kernels.wkv56.tpu import wkv5_pallas_tpu, wkv6_pallas_tpu
+from rwkvjax.ops.wkv5 import wkv5_reference
+from rwkvjax.ops.wkv6 import wkv6_reference
+from tests.ops.wkv7_chunked_test import rel_err, segments_from_starts
+
+TPU_TOL = 2e-3
+GPU_TOL = 1e-2
+NAMES = ("o", "final_state", "dr", "dw", "dk", "dv", "du", "dinitial_state")
+REFERENCE = {"wkv5": wkv5_reference, "wkv6": wkv6_reference}
+
+
+def make_inputs(seed, B, T, H, N, op="wkv6", decays="rwkv6"):
+  """r, w, k, v, u, initial state (float32). w: [B, T, H, N] (wkv6) or [H, N] (wkv5), log-decays -exp(d).
+
+  decays: "rwkv6": d in [-8, 3] (per-token decays from ~1 down to e^-20); "extreme": d in [-30, 8] and every
+  fifth token w = 0 (no decay), so that Λ spans 0 .. -3000 within one chunk."""
+  rng = np.random.default_rng(seed)
+  f = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)  # noqa: E731
+  if op == "wkv5":
+    w = -np.exp(rng.uniform(-6.0, 1.0, (H, N)))
+  elif decays == "extreme":
+    w = -np.exp(rng.uniform(-30.0, 8.0, (B, T, H, N)))
+    w[:, ::5] = 0.0
+  else:
+    w = -np.exp(rng.uniform(-8.0, 3.0, (B, T, H, N)))
+  return f(B, T, H, N) * 0.5, jnp.asarray(w, jnp.float32), f(B, T, H, N) * 0.5, f(B, T, H, N), f(H, N) * 0.5, \
+      f(B, H, N, N)
+
+
+def _run(fn, primals, segment_ids, cotangent):
+  def f(*p):  # primals: r, w, k, v, u and, if given, the initial state (else None: a zero state)
+    return fn(*p[:5], p[5] if len(p) > 5 else None, segment_ids)
+
+  out, vjp = jax.vjp(f, *primals)
+  return out, vjp(cotangent)
+
+
+def compare(seed, op, fn, inputs, segment_ids, tol, dtype=jnp.float32, label="", use_s0=True):
+  """Asserts that outputs, final state and all gradients match the float32 reference of `op` on the same (rounded)
+  inputs; use_s0=False passes initial_state=None."""
+  r, w, k, v, u, s0 = inputs
+  r, k, v = (x.astype(dtype) for x in (r, k, v))
+  B, T, H, N = r.shape
+  key_o, key_s = jax.random.split(jax.random.PRNGKey(seed + 1))
+  cot = (jax.random.normal(key_o, (B, T, H, N)).astype(dtype), jax.random.normal(key_s, (B, H, N, N)))
+  extra = (s0,) if use_s0 else ()
+  (o, s), g = jax.jit(functools.partial(_run, fn))((r, w, k, v, u) + extra, segment_ids, cot)
+  up = lambda x: x.astype(jnp.float32)  # noqa: E731
+  ref_primals = tuple(up(x) for x in (r, w, k, v, u)) + extra
+  (o_ref, s_ref), g_ref = jax.jit(functools.partial(_run, REFERENCE[op]))(ref_primals, segment_ids,
+                                                                         (up(cot[0]), cot[1]))
+  assert o.shape == (B, T, H, N) and o.dtype == r.dtype
+  assert s.shape == (B, H, N, N) and s.dtype == jnp.float32
+  assert all(x.shape == y.shape and x.dtype == y.dtype for x, y in zip(g, (r, w, k, v, u) + extra))
+  results = (o, s) + tuple(g)
+  assert all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in results), f"seed={seed} {label}: non-finite"
+  errors = dict(zip(NAMES, [rel_err(o, o_ref), rel_err(s, s_ref)] + [rel_err(x, y) for x, y in zip(g, g_ref)]))
+  # a bf16 result also carries its own rounding (half an ulp, 2^-9 of the largest magnitude)
+  tols = {name: tol + (2.0**-8 if x.dtype == jnp.bfloat16 else 0.0) for name, x in zip(NAMES, results)}
+  bad = {name: err for name, err in errors.items() if not err <= tols[name]}
+  assert not bad, f"seed={seed} {label}: relative errors above {tol}: {bad}; all: {errors}"
+  return errors
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# pallas_tpu in interpret mode
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "op,B,T,H,N,chunk,starts,decays,use_s0",
+  [
+    ("wkv6", 1, 37, 2, 16, 16, [5, 16], "rwkv6", True),  # resets inside a chunk and on a boundary; T % chunk != 0
+    ("wkv5", 2, 50, 1, 16, 32, None, "rwkv6", False),  # time-constant decay, no initial state
+    ("wkv6", 1, 80, 1, 16, 64, [3, 63, 64, 65], "extreme", True),  # adjacent resets, decays 1 .. e^-3000
+    ("wkv5", 1, 70, 1, 64, 64, [40], "rwkv6", True),  # head dim 64
+  ],
+)
+def test_tpu_interpret_matches_reference(op, B, T, H, N, chunk, starts, decays, use_s0):
+  seed = secrets.randbelow(2**31)
+  inputs = make_inputs(seed, B, T, H, N, op, decays)
+  segment_ids = None if starts is None else segments_from_starts(B, T, starts)
+  backend = wkv5_pallas_tpu if op == "wkv5" else wkv6_pallas_tpu
+  fn = functools.partial(backend, chunk_size=chunk, interpret=True)
+  compare(seed, op, fn, inputs, segment_ids, TPU_TOL, label=f"{op} pallas_tpu chunk={chunk} {decays}", use_s0=use_s0)
+
+
+def test_tpu_interpret_bfloat16_and_random_resets():
+  seed = secrets.randbelow(2**31)
+  rng = np.random.default_rng(seed)
+  segment_ids = jnp.asarray(np.cumsum(rng.random((2, 40)) < 0.1, axis=1), jnp.int32)
+  fn = functools.partial(wkv6_pallas_tpu, chunk_size=16, interpret=True)
+  compare(seed, "wkv6", fn, make_inputs(seed, 2, 40, 1, 16), segment_ids, TPU_TOL, dtype=jnp.bfloat16,
+          label="pallas_tpu bf16")
+
+
+@pytest.mark.parametrize("op", ["wkv5", "wkv6"])
+def test_tpu_interpret_through_public_api(op):
+  seed = secrets.randbelow(2**31)
+  r, w, k, v, u, s0 = make_inputs(seed, 1, 21, 2, 16, op)
+  segment_ids = segments_from_starts(1, 21, [9])
+  o, s = getattr(ops, op)(r, w, k, v, u, s0, segment_ids=segment_ids, impl="pallas_tpu_interpret")
+  o_ref, s_ref = REFERENCE[op](r, w, k, v, u, s0, segment_ids)
+  assert rel_err(o, o_ref) <= TPU_TOL and rel_err(s, s_ref) <= TPU_TOL, f"seed={seed}"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# pallas_gpu (Mosaic GPU) in interpret mode
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "op,B,T,H,N,starts,dtype",
+  [
+    ("wkv6", 1, 150, 1, 64, [5, 64, 100], jnp.bfloat16),  # 3 chunks, T % 64 != 0, resets incl. a chunk boundary
+    ("wkv5", 1, 64, 1, 128, None, jnp.float32),  # head dim 128, float32 inputs (rounded to bf16 by the kernels)
+  ],
+)
+def test_gpu_interpret_matches_reference(op, B, T, H, N, starts, dtype):
+  seed = secrets.randbelow(2**31)
+  r, w, k, v, u, s0 = make_inputs(seed, B, T, H, N, op)
+  rnd = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731  (the kernels' bf16 inputs)
+  inputs = (rnd(r), w, rnd(k), rnd(v), u, s0)
+  segment_ids = None if starts is None else segments_from_starts(B, T, starts)
+  backend = wkv5_pallas_gpu if op == "wkv5" else wkv6_pallas_gpu
+  compare(seed, op, functools.partial(backend, interpret=True), inputs, segment_ids, GPU_TOL, dtype=dtype,
+          label=f"{op} pallas_gpu interpret N={N}")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# registration, reset_state
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["wkv5", "wkv6"])
+def test_backends_registered(op):
+  names = ops.backends(op)
+  for name in ("pallas_tpu", "pallas_gpu", "pallas_tpu_interpret", "pallas_gpu_interpret"):
+    assert name in names
+  if jax.default_backend() == "cpu":
+    assert ops.resolve_impl("auto", op) == "chunked"  # interpret variants are never picked by "auto"
+
+
+@pytest.mark.parametrize("backend", [wkv5_pallas_tpu, wkv6_pallas_tpu, wkv5_pallas_gpu, wkv6_pallas_gpu])
+def test_reset_state_is_not_supported(backend):
+  r, w, k, v, u, s0 = make_inputs(0, 1, 8, 1, 16, "wkv5" if "wkv5" in backend.__name__ else "wkv6")
+  with pytest.raises(NotImplementedError, match="does not support reset_state"):
+    backend(r, w, k, v, u, s0, segments_from_starts(1, 8, [4]), s0, interpret=True)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# lowering without the hardware
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op,dtype,chunk", [("wkv6", jnp.bfloat16, 64), ("wkv5", jnp.float32, 32)])
+def test_tpu_kernels_lower_to_mosaic(op, dtype, chunk):
+  text = tpu.lower_for_tpu(op, shape=(1, 128, 2, 64), dtype=dtype, chunk_size=chunk)
+  assert "wkv6_tpu_fwd" in text and "wkv6_tpu_bwd" in text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                    reason="AOT compile for a TPU topology needs libtpu (the TPU PJRT plugin) even without TPU "
+                    "hardware: pip install 'libtpu==0.0.48.*' (pinned by jax 0.11.2) to run this test")
+@pytest.mark.parametrize("topology,op,dtype,chunk", [("v5e:2x2", "wkv6", jnp.bfloat16, 64),
+                                                     ("v6e:2x2", "wkv5", jnp.float32, 32)])
+def test_tpu_aot_compile_for_topology(topology, op, dtype, chunk):
+  compiled = tpu.aot_lower(topology, op, shape=(2, 200, 2, 64), dtype=dtype, chunk_size=chunk)
+  assert "wkv6_tpu_fwd" in compiled.as_text() and "wkv6_tpu_bwd" in compiled.as_text()
+
+
+@pytest.mark.parametrize("N", [64, 128])
+def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch, N):
+  monkeypatch.setattr(gpu, "is_hopper", lambda: True)
+  B, T, H = 1, 128, 2
+  spec = jax.ShapeDtypeStruct((B, T, H, N), jnp.bfloat16)
+
+  def loss(r, w, k, v, u, s0, seg):
+    o, s = wkv6_pallas_gpu(r, w, k, v, u, s0, seg)
+    return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
+
+  fn = jax.jit(jax.grad(loss, argnums=tuple(range(6))))
+  f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
+  args = (spec, f32(B, T, H, N), spec, spec, f32(H, N), f32(B, H, N, N), jax.ShapeDtypeStruct((B, T), jnp.int32))
+  text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+  for name in ("wkv6_prep", "wkv6_state_fwd", "wkv6_state_bwd"):
+    assert name in text
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# pallas_gpu on a Hopper GPU, against a float64 reference
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _reference_f64(primals, segment_ids, cotangent):
+  """(o, final_state) and the VJP of r, w, k, v, u, s0 of the WKV-6 recurrence in float64 (numpy in, numpy out)."""
+  with jax.enable_x64(True):
+    p64 = tuple(jnp.asarray(np.asarray(x, np.float64)) for x in primals)
+    c64 = tuple(jnp.asarray(np.asarray(x, np.float64)) for x in cotangent)
+    B, T = p64[0].shape[:2]
+    starts = np.zeros((B, T), bool)
+    if segment_ids is not None:
+      seg = np.asarray(segment_ids)
+      starts[:, 1:] = seg[:, 1:] != seg[:, :-1]
+
+    def f(r, w, k, v, u, s0):
+      xs = tuple(jnp.moveaxis(x, 1, 0) for x in (r, jnp.broadcast_to(w, r.shape), k, v))
+      xs += (jnp.moveaxis(jnp.asarray(starts), 1, 0),)
+
+      def step(S, inp):
+        r_t, w_t, k_t, v_t, st = inp
+        S = jnp.where(st[:, None, None, None], 0.0, S)
+        o_t = jnp.einsum("bhk,bhkv->bhv", r_t, S) + (r_t * u * k_t).sum(-1, keepdims=True) * v_t
+        return jnp.exp(w_t)[..., None] * S + k_t[..., None] * v_t[..., None, :], o_t
+
+      S, o = jax.lax.scan(step, s0, xs)
+      return jnp.moveaxis(o, 0, 1), S
+
+    out, vjp = jax.vjp(f, *p64)
+    return tuple(np.asarray(x) for x in out), tuple(np.asarray(x) for x in vjp(c64))
+
+
+@pytest.mark.skipif(not gpu.is_hopper(), reason="needs a Hopper (sm_90) GPU")
+@pytest.mark.parametrize(
+  "op,B,T,H,N,starts",
+  [("wkv6", 2, 256, 4, 64, None), ("wkv6", 1, 300, 3, 64, [7, 64, 65, 200]), ("wkv6", 2, 192, 2, 128, [100]),
+   ("wkv5", 2, 200, 2, 64, [64, 130])],
+)
+def test_gpu_matches_float64_reference(op, B, T, H, N, starts):
+  seed = secrets.randbelow(2**31)
+  r, w, k, v, u, s0 = make_inputs(seed, B, T, H, N, op)
+  r, k, v = (x.astype(jnp.bfloat16) for x in (r, k, v))
+  segment_ids = None if starts is None else segments_from_starts(B, T, starts)
+  key_o, key_s = jax.random.split(jax.random.PRNGKey(seed + 1))
+  cot = (jax.random.normal(key_o, (B, T, H, N)).astype(jnp.bfloat16), jax.random.normal(key_s, (B, H, N, N)))
+  primals = (r, w, k, v, u, s0)
+  backend = wkv5_pallas_gpu if op == "wkv5" else wkv6_pallas_gpu
+  (o, s), g = jax.jit(functools.partial(_run, backend))(primals, segment_ids, cot)
+  (o_ref, s_ref), g_ref = _reference_f64(tuple(np.asarray(x.astype(jnp.float32)) for x in primals), segment_ids,
+                                         (np.asarray(cot[0].astype(jnp.float32)), np.asarray(cot[1])))
+  errors = dict(zip(NAMES, [rel_err(o, o_ref), rel_err(s, s_ref)] + [rel_err(x, y) for x, y in zip(g, g_ref)]))
+  print(f"{op} pallas_gpu vs float64 B={B} T={T} H={H} N={N} resets={starts}:",
+        " ".join(f"{name}={e:.1e}" for name, e in errors.items()))
+  bad = {name: err for name, err in errors.items() if not err <= GPU_TOL}
+  assert not bad, f"seed={seed}: relative errors above {GPU_TOL}: {bad}; all: {errors}"
