@@ -42,16 +42,19 @@ train base rwkv-final.pth --config config:pretrain --config set:ctx_len=512 --co
     --config set:save_every_steps=500 --config set:log_every_steps=50
 
 # 2. the narrow-format task (held out by file)
-if [ ! -e data/pyfunc_val.jsonl ]; then
-  "$PYTHON" -m rwkvjax.peft.demo_data --src "$SRC" --out data/pyfunc
+TASK=$ROOT/data/pyfunc
+if [ ! -e "${TASK}_val.jsonl" ]; then
+  mkdir -p "$ROOT/data"
+  "$PYTHON" -m rwkvjax.peft.demo_data --src "$SRC" --out "$TASK"
 fi
 
 # 3. the comparisons (the untuned run only needs its held-out loss: one evaluation interval)
 for run in $RUNS; do
   extra=()
   if [ "$run" = none ]; then extra=(--config set:my_exit_tokens=409600); fi
-  train "$run" sample.txt --config "config:peft_cmp_$run" --config "set:load_model=$ROOT/base/rwkv-final.pth" \
-      "${extra[@]}" "${flags[@]}"
+  train "$run" sample.txt --config "config:peft_cmp_$run" --config "set:load_model='$ROOT/base/rwkv-final.pth'" \
+      --config "set:data.data_file='${TASK}_train.jsonl'" --config "set:data.val_file='${TASK}_val.jsonl'" \
+      "${flags[@]}" "${extra[@]}"
 done
 
 "$PYTHON" benchmarks/peft_report.py --root "$ROOT" --runs $RUNS --append docs/peft.md --plot docs/peft_curves.png
