@@ -19,13 +19,20 @@ kernels and XLA mirrors `pallas_kernels.wkv7.gpu` (both use `pallas_kernels.mosa
    dS <- diag(d) dS + Qo^T dO (both operands exact bf16); writes dS after every chunk (fp32) and dS0.
 4. The chunk-parallel input gradients in XLA: `common.chunk_backward` vmapped over (B, H, C), given the saved
    entering states and the state gradients of 3 (split-bf16 x3 products on GPU); XLA also sums the bonus gradient.
-   As for WKV-7, this is the part to move into a Mosaic GPU kernel if it dominates.
+   It dominates: at K1 (8, 4096, 32, 64) on an H100, forward 2.83 ms, forward+backward 25.77 ms (fla's
+   chunk_rwkv6: 2.25 / 7.45 ms; docs/benchmarks.md, 2026-11-26, third session). As for WKV-7
+   (`pallas_kernels.wkv7.gpu_bwd`), it is the part to move into a Mosaic GPU kernel.
 
 The chunk decay dec = e^{Λ(chunk)} (0 for chunks with a segment start) is computed by XLA (a [B, H, C, N] sum).
 Resets: `segment_ids` -> the per-token segment index inside each chunk (float32 [B, T]); masks as in `common`.
 WKV-5 broadcasts its [H, N] decay over [B, T] and runs the WKV-6 kernels.
 `interpret=True` runs the three Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).
-Not yet run on a GPU (written and checked in interpret mode and by lowering to Mosaic GPU on CPU).
+On an H100 (2026-11-26, bf16 inputs): against a float64 reference, wkv6 at N = 64 with and without resets, all
+outputs and gradients <= 3.3e-3 (tests/ops/wkv56_pallas_test.py); the forward against float32 (o, final state):
+wkv6 N = 128 with a reset and wkv5 N = 64 with and without resets <= 4.4e-3. The 0/1 block-triangular matrices of
+the exponent sums go through SMEM (M0, M1): built in registers and used as the register lhs of the products, they
+gave a wrong forward at N = 128 (relative error 0.57). One float64 test run of wkv5 with resets gave NaN outputs
+(seed 1883794506, before that change, after the N = 128 failure in the same process); not reproduced since.
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ def _prep(r, k, v, w, u, seg, *, interpret=False):
   C = Tp // L
   LN, LL = (L, N), (L, L)
 
-  def body(r_ref, k_ref, v_ref, w_ref, u_ref, s_ref, qo_ref, ob_ref, kb_ref, v_s, W0, W1, Q0, Q1, *rest):
+  def body(r_ref, k_ref, v_ref, w_ref, u_ref, s_ref, qo_ref, ob_ref, kb_ref, v_s, W0, W1, Q0, Q1, M0, M1, *rest):
     bar = rest[-1]
     stage = None
     if interpret:
@@ -100,9 +107,10 @@ def _prep(r, k, v, w, u, seg, *, interpret=False):
 
     def exponents(shift):  # (E, F) [L, N]: in-block exclusive prefix / suffix sums of w over blocks of 2^shift
       blk = (ri >> shift) == (ci >> shift)
-      lower = jnp.where(blk & (ci < ri), 1.0, 0.0).astype(BF16)
-      upper = jnp.where(blk & (ci > ri), 1.0, 0.0).astype(BF16)
-      return mm(LN, [(lower, W0), (lower, W1)]), mm(LN, [(upper, W0), (upper, W1)])
+      M0[...] = jnp.where(blk & (ci < ri), 1.0, 0.0).astype(BF16)  # lower
+      M1[...] = jnp.where(blk & (ci > ri), 1.0, 0.0).astype(BF16)  # upper
+      plgpu.commit_smem()
+      return mm(LN, [(M0, W0), (M0, W1)]), mm(LN, [(M1, W0), (M1, W1)])
 
     bonus = jnp.sum(rv * cols(load(u_ref.at[h], COL), LN) * kv, axis=1)  # r_t . u . k_t (ROW layout)
     A = jnp.where(ri == ci, rows(bonus, LL), 0.0)
@@ -123,7 +131,7 @@ def _prep(r, k, v, w, u, seg, *, interpret=False):
     a_hi, a_lo = split(A)
     ob_ref.at[bi, h, tok][...] = mm(LN, [(a_hi, v_s), (a_lo, v_s)]).astype(BF16)
 
-  scratch = [swizzled(LN) for _ in range(5)]
+  scratch = [swizzled(LN) for _ in range(5)] + [swizzled(LL) for _ in range(2)]
   if interpret:
     scratch += [swizzled(LN) for _ in range(2)] + ([] if N == L else [swizzled(LL) for _ in range(2)])
   scratch += [plgpu.Barrier(num_arrivals=1)]
