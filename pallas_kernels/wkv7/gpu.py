@@ -47,6 +47,7 @@ from pallas_kernels.mosaic_gpu_tiles import (
   swizzled, x3,
 )
 from pallas_kernels.wkv7 import common as cm
+from pallas_kernels.wkv7 import gpu_bwd
 
 F32 = jnp.float32
 BF16 = jnp.bfloat16
@@ -352,16 +353,21 @@ def _wkv7_bwd(interpret, res, cts):
   bv = block_v(B, H, N)
   d_o_p = pad_time(d_o.astype(BF16), Tp)
   d_states, ds0 = _state_bwd(ww, qo, bb, d_o_p, dec, d_final.astype(F32), bv=bv, interpret=interpret)
-  # chunk-parallel input gradients (XLA): the VJP of each chunk given its entering state and dS after it
-  xs = [to_chunks(x.astype(BF16).astype(F32) if i != 1 else x.astype(F32), L)
-        for i, x in enumerate((r, w, k, v, a, b))]
+  inputs = (r, w, k, v, a, b)
+  if N in gpu_bwd.SUPPORTED_HEAD_DIMS:  # the chunk-parallel input gradients: one Mosaic GPU kernel
+    g_pad, _, seg_flat = _prologue(w, seg)
+    xs = [pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
+    grads = gpu_bwd.chunk_grads(*xs, g_pad, seg_flat, dec, states, d_o_p, d_states, [x.dtype for x in inputs],
+                                interpret=interpret)
+    return tuple(g[:, :T] for g in grads) + (ds0, None)
+  # N = 128: in XLA, the VJP of each chunk given its entering state and dS after it
+  xs = [to_chunks(x.astype(BF16).astype(F32) if i != 1 else x.astype(F32), L) for i, x in enumerate(inputs)]
   seg_col = jnp.broadcast_to(seg[:, None, :, :, None], (B, H, C, L, 1))
   seg_row = jnp.broadcast_to(seg[:, None, :, None, :], (B, H, C, 1, L))
   d_oc = to_chunks(d_o_p.astype(F32), L)
-  ops = x3_on_gpu()
-  bwd = vmap_chunks(functools.partial(cm.chunk_backward, ops=ops))
+  bwd = vmap_chunks(functools.partial(cm.chunk_backward, ops=x3_on_gpu()))
   grads = bwd(*xs, seg_col, seg_row, states, d_oc, d_states)
-  out = tuple(from_chunks(g, T).astype(x.dtype) for g, x in zip(grads[:6], (r, w, k, v, a, b)))
+  out = tuple(from_chunks(g, T).astype(x.dtype) for g, x in zip(grads[:6], inputs))
   return out + (ds0, None)
 
 

@@ -189,7 +189,7 @@ def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch):
   args = (spec, jax.ShapeDtypeStruct((B, T, H, N), jnp.float32), spec, spec, spec, spec,
           jax.ShapeDtypeStruct((B, H, N, N), jnp.float32), jax.ShapeDtypeStruct((B, T), jnp.int32))
   text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-  for name in ("wkv7_prep", "wkv7_state_fwd", "wkv7_state_bwd"):
+  for name in ("wkv7_prep", "wkv7_state_fwd", "wkv7_state_bwd", "wkv7_chunk_grads"):
     assert name in text
 
 
