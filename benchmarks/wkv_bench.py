@@ -323,14 +323,15 @@ def bench_shape(label, shape, impls, repeats, log, op="wkv7"):
 
 def pieces(label, shape, repeats, log):
   """Times the parts of pallas_gpu separately (median of `repeats`): XLA prologue, prep kernel, forward state
-  kernel (saving states), backward state kernel, XLA chunk-parallel gradients."""
+  kernel (saving states), backward state kernel, the chunk-parallel gradients kernel (N = 64; `gpu_bwd`) and, for
+  comparison, the same gradients in XLA (the N = 128 path)."""
   import functools  # noqa: PLC0415
 
   from pallas_kernels.chunking import segment_index, to_chunks, vmap_chunks  # noqa: PLC0415
   from pallas_kernels.matops import x3_on_gpu  # noqa: PLC0415
   from pallas_kernels.mosaic_gpu_tiles import block_v  # noqa: PLC0415
   from pallas_kernels.wkv7 import common as cm  # noqa: PLC0415
-  from pallas_kernels.wkv7 import gpu  # noqa: PLC0415
+  from pallas_kernels.wkv7 import gpu, gpu_bwd  # noqa: PLC0415
 
   B, T, H, N = shape
   r, w, k, v, a, b, do, ds = make_inputs(1, *shape)
@@ -366,6 +367,9 @@ def pieces(label, shape, repeats, log):
     "state_bwd": lambda: sb(ww, qo, bb, dob, dec, ds),
     "xla_chunk_grads": lambda: b1j(rb, w, kb_, vb_, ab, bb_, seg, states, dob, dst),
   }
+  if N in gpu_bwd.SUPPORTED_HEAD_DIMS:
+    cg = jax.jit(functools.partial(gpu_bwd.chunk_grads, out_dtypes=[jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 4))
+    calls["chunk_grads"] = lambda: cg(rb, kb_, vb_, ab, bb_, g_pad, seg_flat, dec, states, dob, dst)
   out = {}
   for name, f in calls.items():
     jax.block_until_ready(f())

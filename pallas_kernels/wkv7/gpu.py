@@ -16,16 +16,19 @@ sections 2.2-2.4), four pieces:
    [B, T, H, N]), the final state and, for the backward, the state entering every chunk (fp32).
 3. `_state_bwd` (Mosaic GPU, same grid, chunks in reverse): the state gradient dS [K, bv] in registers,
    dU = Bbar dS, dS <- diag(d) dS + W^T dU + Qo^T dO; writes dS after every chunk (fp32) and dS0.
-4. The chunk-parallel input gradients in XLA: `common.chunk_backward` vmapped over (B, H, C), given the saved
-   entering states and the state gradients of 3 (split-bf16 x3 products on GPU). *This is the part still to move
-   into a Mosaic GPU kernel*: at K1 (8, 4096, 32, 64) on the H100 it took 24.2 of the 25.5 ms forward+backward
-   (forward 3.6 ms: prep + state kernels; docs/benchmarks.md, 2026-11-26).
+4. `gpu_bwd.chunk_grads` (Mosaic GPU, chunk-parallel, one warpgroup per CTA, grid (C, H, B)): the chunk-parallel
+   input gradients, the math of `common.chunk_backward` per chunk given the saved entering states and the state
+   gradients of 3 (recomputing the chunk's forward terms; split-bf16 x3 products). N = 64 only: for N = 128 (its
+   SMEM plan does not fit) the backward runs `common.chunk_backward` vmapped over (B, H, C) in XLA instead. At K1
+   (8, 4096, 32, 64) on the H100 the XLA version took 24.2 of the 25.5 ms forward+backward (forward 3.6 ms: prep +
+   state kernels; docs/benchmarks.md, 2026-11-26); the kernel has not been timed yet.
 
 Verified on an H100 against a float64 reference (bf16 inputs, resets, T % 64 != 0, N = 64 and 128): max relative
-error 5.2e-3 (the bf16 output), <= 3.3e-3 for the final state and all gradients (tests/ops/wkv7_pallas_test.py).
+error 5.2e-3 (the bf16 output), <= 3.3e-3 for the final state and all gradients (tests/ops/wkv7_pallas_test.py),
+with the input gradients of 4 still in XLA; `gpu_bwd` is checked in the interpreter and by lowering only.
 
 Resets: `segment_ids` -> the per-token segment index inside each chunk (float32 [B, T]); masks as in `common`.
-`interpret=True` runs the three Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).
+`interpret=True` runs the Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).
 Tile helpers (layouts, swizzled SMEM, split bf16, tensor-core products) are in `pallas_kernels.mosaic_gpu_tiles`.
 """
 

@@ -99,25 +99,40 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
     def Gm():  # exclusive
       return jnp.where(rN == 0, 0.0, load(g_ref.at[bi, pl.ds(c * L, L), h]))
 
-    mid = cols(load(g_ref.at[bi, c * L + (L - 1) // 2 + 1, h], COL), LN)
-    gl = cols(load(g_ref.at[bi, c * L + L, h], COL), LN)
-    seg_i = load(s_ref.at[bi, tok], ROW)
-    seg_j = load(s_ref.at[bi, tok], COL)
-    seg_last = s_ref[bi, c * L + L - 1]
-    first = rows(seg_i, LN) == 0.0
-    last = rows(seg_i, LN) == seg_last
+    # masks and broadcast rows are rebuilt where they are used (cheap loads and iotas) rather than kept live
+    def mid():  # the centring row m
+      return cols(load(g_ref.at[bi, c * L + (L - 1) // 2 + 1, h], COL), LN)
+
+    def gl():  # the chunk's last row
+      return cols(load(g_ref.at[bi, c * L + L, h], COL), LN)
+
+    def seg_rows(shape):
+      return rows(load(s_ref.at[bi, tok], ROW), shape)
+
+    def first():  # rows that see the entering state
+      return seg_rows(LN) == 0.0
+
+    def last():  # rows of the chunk's last segment
+      return seg_rows(LN) == s_ref[bi, c * L + L - 1]
+
     ri, ci = iota(LL, 0), iota(LL, 1)
-    same = rows(seg_i, LL) == cols(seg_j, LL)
-    strict = same & (ri > ci)
-    incl = same & (ri >= ci)
+
+    def same():
+      return seg_rows(LL) == cols(load(s_ref.at[bi, tok], COL), LL)
+
+    def strict():
+      return same() & (ri > ci)
+
+    def incl():
+      return same() & (ri >= ci)
 
     # --- forward recompute: factors (QT, AT, KH, BH), T (M1), A_ak (M2), A_qb (M3), A_qk (M4), u (U)
-    put(inp(k_ref) * jnp.exp(mid - G()), KH)
-    put(inp(b_ref) * jnp.exp(mid - G()), BH)
-    put(inp(a_ref) * jnp.exp(Gm() - mid), AT)
-    put(inp(r_ref) * jnp.exp(G() - mid), QT)
+    put(inp(k_ref) * jnp.exp(mid() - G()), KH)
+    put(inp(b_ref) * jnp.exp(mid() - G()), BH)
+    put(inp(a_ref) * jnp.exp(Gm() - mid()), AT)
+    put(inp(r_ref) * jnp.exp(G() - mid()), QT)
     plgpu.commit_smem()
-    A_ab = jnp.where(strict, mm(LL, _x3(AT, _t(BH))), 0.0)
+    A_ab = jnp.where(strict(), mm(LL, _x3(AT, _t(BH))), 0.0)
     # T = (I - A_ab)^{-1} by block doubling (`common.unit_lower_inverse`): D <- D + (D A_off) D; M2..M4 as scratch
     D = jnp.where(ri == ci, 1.0, 0.0) + jnp.where(((ri >> 1) == (ci >> 1)) & (ri != ci), A_ab, 0.0)
     for shift in range(1, levels):
@@ -129,11 +144,11 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
       plgpu.commit_smem()
       D = D + mm(LL, _x3(M4, M3))
     put(D, M1)
-    put(jnp.where(strict, mm(LL, _x3(AT, _t(KH))), 0.0), M2)
-    put(jnp.where(incl, mm(LL, _x3(QT, _t(BH))), 0.0), M3)
-    put(jnp.where(incl, mm(LL, _x3(QT, _t(KH))), 0.0), M4)
+    put(jnp.where(strict(), mm(LL, _x3(AT, _t(KH))), 0.0), M2)
+    put(jnp.where(incl(), mm(LL, _x3(QT, _t(BH))), 0.0), M3)
+    put(jnp.where(incl(), mm(LL, _x3(QT, _t(KH))), 0.0), M4)
     put(load(st_ref.at[bi, h, c]), S)
-    put(jnp.where(first, inp(a_ref) * jnp.exp(Gm()), 0.0), DS)  # A0 (DS is free until dS' arrives)
+    put(jnp.where(first(), inp(a_ref) * jnp.exp(Gm()), 0.0), DS)  # A0 (DS is free until dS' arrives)
     plgpu.commit_smem()
     plgpu.barrier_wait(bar)  # v and dO are in SMEM
     R = mm(LN, _x3(DS, S) + _x2(M2, v_s))  # A0 S + A_ak V
@@ -144,10 +159,10 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
     dS_next = load(dst_ref.at[bi, h, c])
     d_dec = jnp.sum(load(st_ref.at[bi, h, c]) * dS_next, axis=1) * load(dec_ref.at[bi, h, c], ROW)  # [N] (ROW)
     put(dS_next, DS)
-    put(jnp.where(last, inp(b_ref) * jnp.exp(gl - G()), 0.0), X)  # Bbar
+    put(jnp.where(last(), inp(b_ref) * jnp.exp(gl() - G()), 0.0), X)  # Bbar
     plgpu.commit_smem()
     du = mm(LN, _x3(X, DS) + _x2(_t(M3), do_s))  # Bbar dS' + A_qb^T dO
-    put(jnp.where(last, inp(k_ref) * jnp.exp(gl - G()), 0.0), X)  # Kbar
+    put(jnp.where(last(), inp(k_ref) * jnp.exp(gl() - G()), 0.0), X)  # Kbar
     plgpu.commit_smem()
     dv = mm(LN, _x3(X, DS) + _x2(_t(M4), do_s))  # Kbar dS' + A_qk^T dO
     put(du, X)
@@ -156,41 +171,41 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
     plgpu.commit_smem()
     out(dv_ref, dv + mm(LN, _x3(_t(M2), X)))  # + A_ak^T dR
     # --- the four intra-chunk matrix gradients: dA_ab (M1), dA_ak (M2), dA_qb (M3), dA_qk (M4)
-    put(jnp.where(strict, mm(LL, _x3(X, _t(U))), 0.0), M1)
-    put(jnp.where(strict, mm(LL, _x2(X, v_s.T)), 0.0), M2)
-    put(jnp.where(incl, mm(LL, _x2(do_s, _t(U))), 0.0), M3)
-    put(jnp.where(incl, mm(LL, [(do_s, v_s.T)]), 0.0), M4)
+    put(jnp.where(strict(), mm(LL, _x3(X, _t(U))), 0.0), M1)
+    put(jnp.where(strict(), mm(LL, _x2(X, v_s.T)), 0.0), M2)
+    put(jnp.where(incl(), mm(LL, _x2(do_s, _t(U))), 0.0), M3)
+    put(jnp.where(incl(), mm(LL, [(do_s, v_s.T)]), 0.0), M4)
     plgpu.commit_smem()
     # dk, db (with the Kbar / Bbar terms), P and Q
-    e_out, to_end = jnp.exp(mid - G()), jnp.exp(gl - G())
+    e_out, to_end = jnp.exp(mid() - G()), jnp.exp(gl() - G())
     kv = inp(k_ref)
     d_kh = mm(LN, _x3(_t(M2), AT) + _x3(_t(M4), QT))
-    d_kbar = jnp.where(last, mm(LN, _x2(v_s, _t(DS))), 0.0)
+    d_kbar = jnp.where(last(), mm(LN, _x2(v_s, _t(DS))), 0.0)
     out(dk_ref, d_kh * e_out + d_kbar * to_end)
     P = -(kv * e_out) * d_kh
-    Q = jnp.where(last, kv * to_end, 0.0) * d_kbar
-    e_out, to_end = jnp.exp(mid - G()), jnp.exp(gl - G())
+    Q = jnp.where(last(), kv * to_end, 0.0) * d_kbar
+    e_out, to_end = jnp.exp(mid() - G()), jnp.exp(gl() - G())
     bv = inp(b_ref)
     d_bh = mm(LN, _x3(_t(M1), AT) + _x3(_t(M3), QT))
-    d_bbar = jnp.where(last, mm(LN, _x3(U, _t(DS))), 0.0)
+    d_bbar = jnp.where(last(), mm(LN, _x3(U, _t(DS))), 0.0)
     out(db_ref, d_bh * e_out + d_bbar * to_end)
     P = P - (bv * e_out) * d_bh
-    put(Q + jnp.where(last, bv * to_end, 0.0) * d_bbar, DS)  # Q (dS' is dead)
+    put(Q + jnp.where(last(), bv * to_end, 0.0) * d_bbar, DS)  # Q (dS' is dead)
     # dr, da and dgm
     Gv = G()
-    e_q, eq0 = jnp.exp(Gv - mid), jnp.exp(Gv)
+    e_q, eq0 = jnp.exp(Gv - mid()), jnp.exp(Gv)
     rv = inp(r_ref)
     d_qt = mm(LN, _x3(M3, BH) + _x3(M4, KH))
-    dq0 = jnp.where(first, mm(LN, _x2(do_s, _t(S))), 0.0)
+    dq0 = jnp.where(first(), mm(LN, _x2(do_s, _t(S))), 0.0)
     out(dr_ref, d_qt * e_q + dq0 * eq0)
-    put(P + (rv * e_q) * d_qt + jnp.where(first, rv * eq0, 0.0) * dq0, U)  # P (u is dead)
+    put(P + (rv * e_q) * d_qt + jnp.where(first(), rv * eq0, 0.0) * dq0, U)  # P (u is dead)
     Gv = Gm()
-    e_a, ea0 = jnp.exp(Gv - mid), jnp.exp(Gv)
+    e_a, ea0 = jnp.exp(Gv - mid()), jnp.exp(Gv)
     av = inp(a_ref)
     d_at = mm(LN, _x3(M1, BH) + _x3(M2, KH))
-    da0 = jnp.where(first, mm(LN, _x3(X, _t(S))), 0.0)
+    da0 = jnp.where(first(), mm(LN, _x3(X, _t(S))), 0.0)
     out(da_ref, d_at * e_a + da0 * ea0)
-    put((av * e_a) * d_at + jnp.where(first, av * ea0, 0.0) * da0, X)  # dgm (dR is dead)
+    put((av * e_a) * d_at + jnp.where(first(), av * ea0, 0.0) * da0, X)  # dgm (dR is dead)
     # dw = M_>= P + M_> dgm + M_< Q + ones diag(dec * d_dec)
     put(jnp.where(ri == ci, rows(d_dec, LL), 0.0), QT)
     for mat, dst in (((ci >= ri), M1[0]), ((ci > ri), M1[1]), ((ci < ri), M2[0]), (ci >= 0, M2[1])):

@@ -116,15 +116,16 @@ def test_tpu_interpret_through_public_api():
 
 
 @pytest.mark.parametrize(
-  "B,T,H,starts,kind,dtype",
+  "B,T,H,N,starts,kind,dtype",
   [
-    (1, 150, 1, [5, 64, 100], "rwkv7", jnp.bfloat16),  # 3 chunks, T % 64 != 0, resets incl. a chunk boundary
-    (1, 64, 2, None, "aligned", jnp.float32),  # float32 inputs (rounded to bf16 by the kernels)
+    (1, 150, 1, 64, [5, 64, 100], "rwkv7", jnp.bfloat16),  # 3 chunks, T % 64 != 0, resets incl. a chunk boundary
+    (2, 64, 2, 64, None, "aligned", jnp.float32),  # float32 inputs (rounded to bf16 by the kernels); B, H > 1
+    (1, 40, 1, 128, [9], "rwkv7", jnp.bfloat16),  # N = 128: the input gradients in XLA (gpu_bwd is N = 64 only)
   ],
 )
-def test_gpu_interpret_matches_reference(B, T, H, starts, kind, dtype):
+def test_gpu_interpret_matches_reference(B, T, H, N, starts, kind, dtype):
   seed = secrets.randbelow(2**31)
-  inputs = make_inputs(seed, B, T, H, 64, kind)
+  inputs = make_inputs(seed, B, T, H, N, kind)
   inputs = tuple(x.astype(jnp.bfloat16).astype(jnp.float32) if i in (0, 2, 3, 4, 5) else x
                  for i, x in enumerate(inputs))  # the kernels' bf16 inputs, so the reference sees the same values
   segment_ids = None if starts is None else segments_from_starts(B, T, starts)
