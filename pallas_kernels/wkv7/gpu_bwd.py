@@ -115,16 +115,14 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
     def last():  # rows of the chunk's last segment
       return seg_rows(LN) == s_ref[bi, c * L + L - 1]
 
-    ri, ci = iota(LL, 0), iota(LL, 1)
-
     def same():
       return seg_rows(LL) == cols(load(s_ref.at[bi, tok], COL), LL)
 
     def strict():
-      return same() & (ri > ci)
+      return same() & (iota(LL, 0) > iota(LL, 1))
 
     def incl():
-      return same() & (ri >= ci)
+      return same() & (iota(LL, 0) >= iota(LL, 1))
 
     # --- forward recompute: factors (QT, AT, KH, BH), T (M1), A_ak (M2), A_qb (M3), A_qk (M4), u (U)
     put(inp(k_ref) * jnp.exp(mid() - G()), KH)
@@ -133,6 +131,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
     put(inp(r_ref) * jnp.exp(G() - mid()), QT)
     plgpu.commit_smem()
     A_ab = jnp.where(strict(), mm(LL, _x3(AT, _t(BH))), 0.0)
+    ri, ci = iota(LL, 0), iota(LL, 1)
     # T = (I - A_ab)^{-1} by block doubling (`common.unit_lower_inverse`): D <- D + (D A_off) D; M2..M4 as scratch
     D = jnp.where(ri == ci, 1.0, 0.0) + jnp.where(((ri >> 1) == (ci >> 1)) & (ri != ci), A_ab, 0.0)
     for shift in range(1, levels):
@@ -207,6 +206,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
     out(da_ref, d_at * e_a + da0 * ea0)
     put((av * e_a) * d_at + jnp.where(first(), av * ea0, 0.0) * da0, X)  # dgm (dR is dead)
     # dw = M_>= P + M_> dgm + M_< Q + ones diag(dec * d_dec)
+    ri, ci = iota(LL, 0), iota(LL, 1)
     put(jnp.where(ri == ci, rows(d_dec, LL), 0.0), QT)
     for mat, dst in (((ci >= ri), M1[0]), ((ci > ri), M1[1]), ((ci < ri), M2[0]), (ci >= 0, M2[1])):
       dst[...] = jnp.where(mat, 1.0, 0.0).astype(BF16)
