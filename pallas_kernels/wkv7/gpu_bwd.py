@@ -8,9 +8,15 @@ intra-chunk matrices, T = (I - A_ab)^{-1} by block doubling, u = T (A0 S + A_ak 
 bf16 tensor-core products with fp32 accumulation, "split-bf16 x3" (hi hi + hi lo + lo hi) where neither operand is
 exact bf16, two passes (hi, lo) where one operand is exact bf16 (v, dO, 0/1 matrices).
 
-Grid (C, H, B), one warpgroup per CTA, head dim N = L = 64 only (every tile is 64 x 64; see `SUPPORTED_HEAD_DIMS`).
-All tensor-core operands are SMEM tiles (bf16, 128-byte swizzle), 26 tiles of 8 KiB = 208 KiB per CTA, so one CTA
-per SM; the tiles are reused as their values die (the slot plan is written at each step of `body`).
+Grid (C, H, B), one warpgroup per CTA, head dim N = L = 64 only: every tile is 64 x 64 and the slot plan reuses
+[N, N] and [L, L] tiles for [L, N] values; at N = 128 the same plan would need 416 KiB of SMEM, so `gpu` keeps the
+XLA gradients (`common.chunk_backward` vmapped) for N = 128.
+All tensor-core operands are SMEM tiles (bf16, 128-byte swizzle), 26 tiles of 8 KiB = 208 KiB per CTA (Mosaic GPU's
+lowering checks it against the 227 KiB limit), so one CTA per SM; the tiles are reused as their values die (the slot
+plan is written at each step of `body`). Registers: a 64 x 64 fp32 value is 32 per thread; at most about seven are
+live at once (the dk / db steps), masks and broadcast rows are rebuilt where used; not yet measured
+(MOSAIC_GPU_DUMP_PTXAS=1 on a GPU). About 116 tensor-core products of 64 x 64 x 64 per chunk (x3 counted as 3),
+30 of them in the recomputed inverse T.
 
 The log-decay gradient is assembled as in `chunk_backward`, regrouped so that the last-segment terms cancel exactly:
     dw = M_>= P + M_> dgm + M_< Q + dec * diag(dS' S^T)      (M_op[i, j] = [j op i], 0/1 bf16 tiles)
@@ -35,7 +41,7 @@ from pallas_kernels.mosaic_gpu_tiles import (
 F32 = jnp.float32
 BF16 = jnp.bfloat16
 L = 64  # tokens per chunk (= `gpu.L`)
-SUPPORTED_HEAD_DIMS = (64,)  # N = 128 would need 448 KiB of SMEM with this tile plan; `gpu` runs XLA for it
+SUPPORTED_HEAD_DIMS = (64,)  # N = 128 would need 416 KiB of SMEM with this tile plan; `gpu` runs XLA for it
 
 __all__ = ["chunk_grads", "SUPPORTED_HEAD_DIMS"]
 
