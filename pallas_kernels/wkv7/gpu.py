@@ -344,11 +344,12 @@ def _wkv7_fwd(r, w, k, v, a, b, s0, seg, interpret, save=True):
   o, final = outs[0][:, :T], outs[1]
   if not save:
     return (o.astype(r.dtype), final), None
-  return (o.astype(r.dtype), final), (r, w, k, v, a, b, seg, outs[2], ww, qo, bb, dec)
+  w_or_g = g_pad if N in gpu_bwd.SUPPORTED_HEAD_DIMS else w  # the gradient kernel reads g_pad, the XLA gradients w
+  return (o.astype(r.dtype), final), (r, w_or_g, k, v, a, b, seg, outs[2], ww, qo, bb, dec)
 
 
 def _wkv7_bwd(interpret, res, cts):
-  r, w, k, v, a, b, seg, states, ww, qo, bb, dec = res
+  r, w_or_g, k, v, a, b, seg, states, ww, qo, bb, dec = res
   d_o, d_final = cts
   B, T, H, N = r.shape
   C = seg.shape[1]
@@ -356,14 +357,14 @@ def _wkv7_bwd(interpret, res, cts):
   bv = block_v(B, H, N)
   d_o_p = pad_time(d_o.astype(BF16), Tp)
   d_states, ds0 = _state_bwd(ww, qo, bb, d_o_p, dec, d_final.astype(F32), bv=bv, interpret=interpret)
-  inputs = (r, w, k, v, a, b)
   if N in gpu_bwd.SUPPORTED_HEAD_DIMS:  # the chunk-parallel input gradients: one Mosaic GPU kernel
-    g_pad, _, seg_flat = _prologue(w, seg)
     xs = [pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
-    grads = gpu_bwd.chunk_grads(*xs, g_pad, seg_flat, dec, states, d_o_p, d_states, [x.dtype for x in inputs],
+    dtypes = [r.dtype, F32, k.dtype, v.dtype, a.dtype, b.dtype]  # w is float32 here (`wkv7_pallas_gpu`)
+    grads = gpu_bwd.chunk_grads(*xs, w_or_g, seg.reshape(B, Tp), dec, states, d_o_p, d_states, dtypes,
                                 interpret=interpret)
     return tuple(g[:, :T] for g in grads) + (ds0, None)
   # N = 128: in XLA, the VJP of each chunk given its entering state and dS after it
+  inputs = (r, w_or_g, k, v, a, b)
   xs = [to_chunks(x.astype(BF16).astype(F32) if i != 1 else x.astype(F32), L) for i, x in enumerate(inputs)]
   seg_col = jnp.broadcast_to(seg[:, None, :, :, None], (B, H, C, L, 1))
   seg_row = jnp.broadcast_to(seg[:, None, :, None, :], (B, H, C, 1, L))
@@ -406,4 +407,4 @@ def wkv7_pallas_gpu(r, w, k, v, a, b, initial_state, segment_ids, reset_state=No
   B, T, H, N = r.shape
   s0 = jnp.zeros((B, H, N, N), F32) if initial_state is None else initial_state.astype(F32)
   seg = segment_index(segment_ids, B, T, L)
-  return _wkv7(r, w, k, v, a, b, s0, seg, interpret)
+  return _wkv7(r, w.astype(F32), k, v, a, b, s0, seg, interpret)  # dw: float32, cast back by autodiff
