@@ -16,16 +16,15 @@ sections 2.2-2.4), four pieces:
    [B, T, H, N]), the final state and, for the backward, the state entering every chunk (fp32).
 3. `_state_bwd` (Mosaic GPU, same grid, chunks in reverse): the state gradient dS [K, bv] in registers,
    dU = Bbar dS, dS <- diag(d) dS + W^T dU + Qo^T dO; writes dS after every chunk (fp32) and dS0.
-4. `gpu_bwd.chunk_grads` (Mosaic GPU, chunk-parallel, one warpgroup per CTA, grid (C, H, B)): the chunk-parallel
-   input gradients, the math of `common.chunk_backward` per chunk given the saved entering states and the state
-   gradients of 3 (recomputing the chunk's forward terms; split-bf16 x3 products). N = 64 only: for N = 128 (its
-   SMEM plan does not fit) the backward runs `common.chunk_backward` vmapped over (B, H, C) in XLA instead. At K1
-   (8, 4096, 32, 64) on the H100 the XLA version took 24.2 of the 25.5 ms forward+backward (forward 3.6 ms: prep +
+4. `gpu_bwd.chunk_grads` (Mosaic GPU, chunk-parallel, one warpgroup per CTA, grid (C, H, B)): the input gradients,
+   the math of `common.chunk_backward` per chunk given the saved entering states and the state gradients of 3
+   (recomputing the chunk's forward terms; split-bf16 x3 products). It replaced `common.chunk_backward` vmapped in
+   XLA, which at K1 (8, 4096, 32, 64) on the H100 took 24.2 of the 25.5 ms forward+backward (forward 3.6 ms: prep +
    state kernels; docs/benchmarks.md, 2026-11-26); the kernel has not been timed yet.
 
 Verified on an H100 against a float64 reference (bf16 inputs, resets, T % 64 != 0, N = 64 and 128): max relative
 error 5.2e-3 (the bf16 output), <= 3.3e-3 for the final state and all gradients (tests/ops/wkv7_pallas_test.py),
-with the input gradients of 4 still in XLA; `gpu_bwd` is checked in the interpreter and by lowering only.
+with the input gradients of 4 still in XLA then; `gpu_bwd` is checked in the interpreter and by lowering only.
 
 Resets: `segment_ids` -> the per-token segment index inside each chunk (float32 [B, T]); masks as in `common`.
 `interpret=True` runs the Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).
@@ -43,13 +42,11 @@ import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels.chunking import from_chunks, pad_time, segment_index, to_chunks, vmap_chunks
-from pallas_kernels.matops import x3_on_gpu
+from pallas_kernels.chunking import pad_time, segment_index
 from pallas_kernels.mosaic_gpu_tiles import (
   COL, ROW, Mma, block_v, cols, compiler_params, interpret_params, iota, is_hopper, load, rows, split, store_split,
   swizzled, x3,
 )
-from pallas_kernels.wkv7 import common as cm
 from pallas_kernels.wkv7 import gpu_bwd
 
 F32 = jnp.float32
@@ -344,12 +341,11 @@ def _wkv7_fwd(r, w, k, v, a, b, s0, seg, interpret, save=True):
   o, final = outs[0][:, :T], outs[1]
   if not save:
     return (o.astype(r.dtype), final), None
-  w_or_g = g_pad if N in gpu_bwd.SUPPORTED_HEAD_DIMS else w  # the gradient kernel reads g_pad, the XLA gradients w
-  return (o.astype(r.dtype), final), (r, w_or_g, k, v, a, b, seg, outs[2], ww, qo, bb, dec)
+  return (o.astype(r.dtype), final), (r, g_pad, k, v, a, b, seg, outs[2], ww, qo, bb, dec)
 
 
 def _wkv7_bwd(interpret, res, cts):
-  r, w_or_g, k, v, a, b, seg, states, ww, qo, bb, dec = res
+  r, g_pad, k, v, a, b, seg, states, ww, qo, bb, dec = res
   d_o, d_final = cts
   B, T, H, N = r.shape
   C = seg.shape[1]
@@ -357,22 +353,11 @@ def _wkv7_bwd(interpret, res, cts):
   bv = block_v(B, H, N)
   d_o_p = pad_time(d_o.astype(BF16), Tp)
   d_states, ds0 = _state_bwd(ww, qo, bb, d_o_p, dec, d_final.astype(F32), bv=bv, interpret=interpret)
-  if N in gpu_bwd.SUPPORTED_HEAD_DIMS:  # the chunk-parallel input gradients: one Mosaic GPU kernel
-    xs = [pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
-    dtypes = [r.dtype, F32, k.dtype, v.dtype, a.dtype, b.dtype]  # w is float32 here (`wkv7_pallas_gpu`)
-    grads = gpu_bwd.chunk_grads(*xs, w_or_g, seg.reshape(B, Tp), dec, states, d_o_p, d_states, dtypes,
-                                interpret=interpret)
-    return tuple(g[:, :T] for g in grads) + (ds0, None)
-  # N = 128: in XLA, the VJP of each chunk given its entering state and dS after it
-  inputs = (r, w_or_g, k, v, a, b)
-  xs = [to_chunks(x.astype(BF16).astype(F32) if i != 1 else x.astype(F32), L) for i, x in enumerate(inputs)]
-  seg_col = jnp.broadcast_to(seg[:, None, :, :, None], (B, H, C, L, 1))
-  seg_row = jnp.broadcast_to(seg[:, None, :, None, :], (B, H, C, 1, L))
-  d_oc = to_chunks(d_o_p.astype(F32), L)
-  bwd = vmap_chunks(functools.partial(cm.chunk_backward, ops=x3_on_gpu()))
-  grads = bwd(*xs, seg_col, seg_row, states, d_oc, d_states)
-  out = tuple(from_chunks(g, T).astype(x.dtype) for g, x in zip(grads[:6], inputs))
-  return out + (ds0, None)
+  xs = [pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
+  dtypes = [r.dtype, F32, k.dtype, v.dtype, a.dtype, b.dtype]  # w is float32 here (`wkv7_pallas_gpu`)
+  grads = gpu_bwd.chunk_grads(*xs, g_pad, seg.reshape(B, Tp), dec, states, d_o_p, d_states, dtypes,
+                              interpret=interpret)
+  return tuple(g[:, :T] for g in grads) + (ds0, None)
 
 
 _wkv7.defvjp(_wkv7_fwd, _wkv7_bwd)
