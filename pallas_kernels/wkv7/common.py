@@ -20,10 +20,11 @@ A chunk of L tokens (L a power of two, 16..64) with entering state S is, with g 
 `chunk_forward` and `chunk_backward` write this for ONE chunk on 2-D [L, N] float32 values, with nothing but 2-D
 matmuls, elementwise ops, iota masks and sublane sums, so that the same Python code runs inside the Pallas TPU
 kernel body and, under `jax.vmap`, as batched XLA (the oracle of the GPU kernels, whose `gpu_bwd.chunk_grads` is
-`chunk_backward` as a Mosaic GPU kernel, and the comparison in `benchmarks/wkv_bench.py --pieces`). `chunk_backward` is the hand-written VJP of `chunk_forward` with the entering
-state treated as an input (its gradient is returned too): given dO and dS' of a chunk it returns the gradients of
-the chunk's six inputs and of S. The 2-D building blocks (MatOps, row and diagonal helpers) are in
-`pallas_kernels.matops`; chunk layout and segment indices of the XLA glue in `pallas_kernels.chunking`.
+`chunk_backward` as a Mosaic GPU kernel, and the comparison in `benchmarks/wkv_bench.py --pieces`). `chunk_backward`
+is the hand-written VJP of `chunk_forward` with the entering state treated as an input (its gradient is returned
+too): given dO and dS' of a chunk it returns the gradients of the chunk's six inputs and of S. The 2-D building
+blocks (MatOps, row and diagonal helpers) are in `pallas_kernels.matops`; chunk layout and segment indices of the
+XLA glue in `pallas_kernels.chunking`.
 """
 
 from __future__ import annotations
