@@ -321,6 +321,20 @@ def bench_shape(label, shape, impls, repeats, log, op="wkv7"):
   return {"shape": shape, "results": res, "errors": errors, "check": check}
 
 
+def _median_ms(calls, repeats):
+  """{name: median ms of `repeats` timed calls of f (after one warm-up call)} for the zero-argument calls {name: f}."""
+  out = {}
+  for name, f in calls.items():
+    jax.block_until_ready(f())
+    ts = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      jax.block_until_ready(f())
+      ts.append(time.perf_counter() - t0)
+    out[name] = statistics.median(ts) * 1e3
+  return out
+
+
 def pieces(label, shape, repeats, log):
   """Times the parts of pallas_gpu separately (median of `repeats`): XLA prologue, prep kernel, forward state
   kernel (saving states), backward state kernel, the chunk-parallel gradients kernel (`gpu_bwd`) and, for
@@ -369,15 +383,7 @@ def pieces(label, shape, repeats, log):
     "chunk_grads": lambda: cg(rb, kb_, vb_, ab, bb_, g_pad, seg_flat, dec, states, dob, dst),
     "xla_chunk_grads": lambda: b1j(rb, w, kb_, vb_, ab, bb_, seg, states, dob, dst),
   }
-  out = {}
-  for name, f in calls.items():
-    jax.block_until_ready(f())
-    ts = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      jax.block_until_ready(f())
-      ts.append(time.perf_counter() - t0)
-    out[name] = statistics.median(ts) * 1e3
+  out = _median_ms(calls, repeats)
   log(f"  pieces {label} (bv={bv}): " + ", ".join(f"{n} {t:.2f} ms" for n, t in out.items()))
   return out
 
@@ -416,15 +422,7 @@ def pieces_v56(label, shape, repeats, log, op):
     "state_bwd": lambda: sb(qo, dob, dec, ds),
     "xla_chunk_grads": lambda: grads(rb, w, kb, vb, u, seg, states, dob, dst),
   }
-  out = {}
-  for name, f in calls.items():
-    jax.block_until_ready(f())
-    ts = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      jax.block_until_ready(f())
-      ts.append(time.perf_counter() - t0)
-    out[name] = statistics.median(ts) * 1e3
+  out = _median_ms(calls, repeats)
   log(f"  pieces {op} {label} (bv={bv}): " + ", ".join(f"{n} {t:.2f} ms" for n, t in out.items()))
   return out
 

@@ -1,8 +1,8 @@
 """`pallas_gpu`: WKV-6 (and WKV-5) on Pallas Mosaic GPU kernels (Hopper, sm_90), forward and backward.
 
 Chunk L = 64 tokens, head dims N = 64 and 128, bf16 inputs, fp32 decays and state. The split between Mosaic GPU
-kernels and XLA mirrors `pallas_kernels.wkv7.gpu` (both use `pallas_kernels.mosaic_gpu_tiles`), with the chunk
-algebra of `common`:
+kernels and XLA mirrors `pallas_kernels.wkv7.gpu` (both use `pallas_kernels.mosaic_gpu_tiles`, and
+`pallas_kernels.mosaic_gpu_state_pass` for the state passes 2 and 3), with the chunk algebra of `common`:
 
 1. `_prep` (Mosaic GPU, chunk-parallel, one warpgroup per CTA, grid (C, H, B)): per chunk, from r, k, v (bf16, read
    in the caller's [B, T, H, N] layout), w (float32) and u, the intra-chunk matrix A with exact decays over the
@@ -40,6 +40,7 @@ from jax import lax
 
 from pallas_kernels.chunking import from_chunks, pad_time, segment_index, to_chunks, vmap_chunks
 from pallas_kernels.matops import x3_on_gpu
+from pallas_kernels.mosaic_gpu_state_pass import state_pass
 from pallas_kernels.mosaic_gpu_tiles import (
   COL, ROW, Mma, block_v, cols, compiler_params, interpret_params, iota, is_hopper, load, rows, split, store_split,
   swizzled, x3,
@@ -142,64 +143,19 @@ def _state_fwd(qo, ob, kb, v, dec, h0, *, bv: int, save: bool, interpret=False):
   """o [B, Tp, H, N] bf16, final [B, H, N, N] f32 and (save) entering states [B, H, C, N, N] f32.
 
   qo, ob, kb: [B, H, Tp, N] bf16 (from `_prep`); v [B, Tp, H, N] bf16; dec [B, H, C, N] f32; h0 [B, H, N, N] f32."""
-  B, H, Tp, N = qo.shape
-  C = Tp // L
-  KV = (N, bv)
+  mm = Mma(None)  # every left operand is an SMEM tile
 
-  def body(qo_ref, ob_ref, kb_ref, v_ref, dec_ref, h0_ref, *refs):
-    if save:
-      o_ref, fin_ref, st_ref = refs[:3]
-      scratch = refs[3:]
-    else:
-      o_ref, fin_ref = refs[:2]
-      st_ref, scratch = None, refs[2:]
-    qo_s, kb_s, ob_s, v_s, dec_s, S_hi, S_lo, bars = scratch
-    mm = Mma(None)  # every left operand is an SMEM tile
-    vt, h, bi = lax.axis_index("v"), lax.axis_index("h"), lax.axis_index("b")
-    vcols = pl.ds(vt * bv, bv)
+  def transition(S, k, v, extra, emit):  # o = Qo S + Ob; S <- diag(d) S + Kbar^T V
+    (qo_s, kb_s), (ob_s, v_s), (S_hi, S_lo) = k, v, extra
+    store_split(S, S_hi, S_lo)
+    plgpu.commit_smem()
+    emit(load(ob_s).astype(F32) + mm((L, bv), [(qo_s, S_hi), (qo_s, S_lo)]))
+    return [(kb_s.T, v_s)]
 
-    def fetch(n, slot):
-      tok = pl.ds(n * L, L)
-      bar = bars.at[slot]
-      plgpu.copy_gmem_to_smem(qo_ref.at[bi, h, tok], qo_s.at[slot], bar)
-      plgpu.copy_gmem_to_smem(kb_ref.at[bi, h, tok], kb_s.at[slot], bar)
-      plgpu.copy_gmem_to_smem(ob_ref.at[bi, h, tok, vcols], ob_s.at[slot], bar)
-      plgpu.copy_gmem_to_smem(v_ref.at[bi, tok, h, vcols], v_s.at[slot], bar)
-      plgpu.copy_gmem_to_smem(dec_ref.at[bi, h, n], dec_s.at[slot], bar)
-
-    fetch(0, 0)
-    s0 = load(h0_ref.at[bi, h, :, vcols])
-
-    def step(n, S):
-      slot = lax.rem(n, 2)
-
-      @pl.when(n + 1 < C)
-      def _():
-        fetch(n + 1, 1 - slot)
-
-      plgpu.barrier_wait(bars.at[slot])
-      if save:
-        st_ref.at[bi, h, n, :, vcols][...] = S
-      store_split(S, S_hi, S_lo)
-      plgpu.commit_smem()
-      o = load(ob_s.at[slot]).astype(F32) + mm((L, bv), [(qo_s.at[slot], S_hi), (qo_s.at[slot], S_lo)])
-      o_ref.at[bi, pl.ds(n * L, L), h, vcols][...] = o.astype(o_ref.dtype)
-      d = rows(load(dec_s.at[slot], ROW), KV)
-      return S * d + mm(KV, [(kb_s.at[slot].T, v_s.at[slot])])
-
-    S = lax.fori_loop(0, C, step, s0)
-    fin_ref.at[bi, h, :, vcols][...] = S
-
-  sw = min(2 * bv, 128)  # the swizzle of a bv-wide bf16 row: the K-side tiles must match it
-  scratch = [swizzled((2, L, N), swizzle=sw) for _ in range(2)] + [swizzled((2, L, bv)) for _ in range(2)]
-  scratch += [plgpu.SMEM((2, N), F32), swizzled(KV), swizzled(KV), plgpu.Barrier(num_arrivals=5, num_barriers=2)]
-  out = [jax.ShapeDtypeStruct((B, Tp, H, N), BF16), jax.ShapeDtypeStruct((B, H, N, N), F32)]
-  if save:
-    out.append(jax.ShapeDtypeStruct((B, H, C, N, N), F32))
-  kern = plgpu.kernel(body, out_type=tuple(out), grid=(N // bv, H, B), grid_names=("v", "h", "b"),
-                      scratch_types=tuple(scratch), compiler_params=compiler_params(),
-                      interpret=interpret_params(interpret), kernel_name="wkv6_state_fwd")
-  return kern(qo, ob, kb, v, dec, h0)
+  N = qo.shape[-1]
+  return state_pass(transition, (qo, kb), (ob,), (v,), dec, h0, L=L, bv=bv, reverse=False, save=save,
+                    with_output=True, scratch=(swizzled((N, bv)), swizzled((N, bv))), name="wkv6_state_fwd",
+                    interpret=interpret)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -211,49 +167,14 @@ def _state_bwd(qo, d_o, dec, d_final, *, bv: int, interpret=False):
   """(dS after each chunk [B, H, C, N, N] f32, dS0 [B, H, N, N] f32).
 
   qo: [B, H, Tp, N] bf16; d_o [B, Tp, H, N] bf16; dec [B, H, C, N]; d_final [B, H, N, N] f32."""
-  B, H, Tp, N = qo.shape
-  C = Tp // L
-  KV = (N, bv)
 
-  def body(qo_ref, do_ref, dec_ref, dfin_ref, dst_ref, ds0_ref, qo_s, do_s, dec_s, bars):
-    mm = Mma(None)  # every left operand is an SMEM tile
-    vt, h, bi = lax.axis_index("v"), lax.axis_index("h"), lax.axis_index("b")
-    vcols = pl.ds(vt * bv, bv)
+  def transition(dS, k, v, extra, emit):  # dS <- diag(d) dS + Qo^T dO
+    (qo_s,), (do_s,) = k, v
+    return [(qo_s.T, do_s)]
 
-    def fetch(n, slot):
-      tok = pl.ds(n * L, L)
-      bar = bars.at[slot]
-      plgpu.copy_gmem_to_smem(qo_ref.at[bi, h, tok], qo_s.at[slot], bar)
-      plgpu.copy_gmem_to_smem(do_ref.at[bi, tok, h, vcols], do_s.at[slot], bar)
-      plgpu.copy_gmem_to_smem(dec_ref.at[bi, h, n], dec_s.at[slot], bar)
-
-    fetch(C - 1, 0)
-    ds = load(dfin_ref.at[bi, h, :, vcols])
-
-    def step(i, dS):
-      n = C - 1 - i
-      slot = lax.rem(i, 2)
-
-      @pl.when(i + 1 < C)
-      def _():
-        fetch(n - 1, 1 - slot)
-
-      plgpu.barrier_wait(bars.at[slot])
-      dst_ref.at[bi, h, n, :, vcols][...] = dS
-      d = rows(load(dec_s.at[slot], ROW), KV)
-      return dS * d + mm(KV, [(qo_s.at[slot].T, do_s.at[slot])])
-
-    dS = lax.fori_loop(0, C, step, ds)
-    ds0_ref.at[bi, h, :, vcols][...] = dS
-
-  sw = min(2 * bv, 128)
-  scratch = [swizzled((2, L, N), swizzle=sw), swizzled((2, L, bv)), plgpu.SMEM((2, N), F32),
-             plgpu.Barrier(num_arrivals=3, num_barriers=2)]
-  out = (jax.ShapeDtypeStruct((B, H, C, N, N), F32), jax.ShapeDtypeStruct((B, H, N, N), F32))
-  kern = plgpu.kernel(body, out_type=out, grid=(N // bv, H, B), grid_names=("v", "h", "b"),
-                      scratch_types=tuple(scratch), compiler_params=compiler_params(),
-                      interpret=interpret_params(interpret), kernel_name="wkv6_state_bwd")
-  return kern(qo, d_o, dec, d_final)
+  ds0, d_states = state_pass(transition, (qo,), (), (d_o,), dec, d_final, L=L, bv=bv, reverse=True, save=True,
+                             with_output=False, name="wkv6_state_bwd", interpret=interpret)
+  return d_states, ds0
 
 
 # ------------------------------------------------------------------------------------------------------------------

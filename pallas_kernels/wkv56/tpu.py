@@ -1,11 +1,12 @@
 """`pallas_tpu`: WKV-6 (and WKV-5) as Pallas Mosaic-TPU kernels, forward and backward (custom_vjp), chunked.
 
-The same tiling as `pallas_kernels.wkv7.tpu`. One program per (batch row, head, chunk); grid (B, H, C) with the
-chunk axis last and sequential ("arbitrary"), the two others parallel. The state S [K, V] float32 lives in a VMEM
-scratch buffer carried from chunk to chunk; each program loads its chunk's four [L, N] tiles (r, w, k, v) and the
-head's bonus u [1, N] and does the whole chunk (`common.chunk_forward`: the hierarchical exact-decay intra-chunk
-matrix, the readout of the entering state and the next state), all as 2-D float32 matmuls at Precision.HIGHEST.
-The forward also writes the state entering each chunk (float32 [B, H, C, K, V]) for the backward.
+The same tiling and calls as `pallas_kernels.wkv7.tpu` (`pallas_kernels.mosaic_tpu_calls`). One program per (batch
+row, head, chunk); grid (B, H, C) with the chunk axis last and sequential ("arbitrary"), the two others parallel.
+The state S [K, V] float32 lives in a VMEM scratch buffer carried from chunk to chunk; each program loads its
+chunk's four [L, N] tiles (r, w, k, v) and the head's bonus u [1, N] and does the whole chunk
+(`common.chunk_forward`: the hierarchical exact-decay intra-chunk matrix, the readout of the entering state and the
+next state), all as 2-D float32 matmuls at Precision.HIGHEST. The forward also writes the state entering each chunk
+(float32 [B, H, C, K, V]) for the backward.
 
 Backward: the same grid walked in reverse chunk order, the state gradient dS in VMEM scratch; each program
 recomputes its chunk's terms from the inputs and the saved entering state and applies `common.chunk_backward`,
@@ -28,125 +29,14 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.chunking import pad_time, segment_index
+from pallas_kernels.chunking import segment_index
+from pallas_kernels.mosaic_tpu_calls import backward_call, forward_call, head_major, time_major
 from pallas_kernels.wkv56 import common as cm
 from rwkvjax.ops.wkv5 import broadcast_decay
 
 F32 = jnp.float32
 DEFAULT_CHUNK = 64
-
-
-def _compiler_params():
-  return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
-
-
-def _specs(L: int, N: int, reverse: bool, C: int):
-  cix = (lambda c: C - 1 - c) if reverse else (lambda c: c)
-  tile = pl.BlockSpec((None, None, L, N), lambda b, h, c: (b, h, cix(c), 0))
-  bonus = pl.BlockSpec((None, 1, N), lambda b, h, c: (h, 0, 0))
-  seg_col = pl.BlockSpec((None, None, L, 1), lambda b, h, c: (b, cix(c), 0, 0))
-  seg_row = pl.BlockSpec((None, None, 1, L), lambda b, h, c: (b, cix(c), 0, 0))
-  state = pl.BlockSpec((None, None, N, N), lambda b, h, c: (b, h, 0, 0))
-  per_chunk_state = pl.BlockSpec((None, None, None, N, N), lambda b, h, c: (b, h, cix(c), 0, 0))
-  return tile, bonus, seg_col, seg_row, state, per_chunk_state
-
-
-def _forward_call(xs, u, seg_col, seg_row, s0, out_dtype, interpret):
-  """xs: r, w, k, v [B, H, Tp, N]; u [H, 1, N] float32; seg_col [B, C, L, 1]; seg_row [B, C, 1, L]; s0 [B, H, N, N].
-  Returns o [B, H, Tp, N] (out_dtype), final state [B, H, N, N], entering states [B, H, C, N, N] float32."""
-  B, H, Tp, N = xs[0].shape
-  C, L = seg_col.shape[1], seg_col.shape[2]
-  tile, bonus, scol, srow, state, pcs = _specs(L, N, False, C)
-
-  def kernel(r_ref, w_ref, k_ref, v_ref, u_ref, sc_ref, sr_ref, s0_ref, o_ref, fin_ref, st_ref, s_scr):
-    c = pl.program_id(2)
-
-    @pl.when(c == 0)
-    def _():
-      s_scr[...] = s0_ref[...]
-
-    S = s_scr[...]
-    st_ref[...] = S
-    vals = [ref[...].astype(F32) for ref in (r_ref, w_ref, k_ref, v_ref)]
-    o, S_next = cm.chunk_forward(*vals, u_ref[...], sc_ref[...], sr_ref[...], S)
-    o_ref[...] = o.astype(o_ref.dtype)
-    s_scr[...] = S_next
-
-    @pl.when(c == C - 1)
-    def _():
-      fin_ref[...] = S_next
-
-  return pl.pallas_call(
-    kernel,
-    grid=(B, H, C),
-    in_specs=[tile] * 4 + [bonus, scol, srow, state],
-    out_specs=[tile, state, pcs],
-    out_shape=[
-      jax.ShapeDtypeStruct((B, H, Tp, N), out_dtype),
-      jax.ShapeDtypeStruct((B, H, N, N), F32),
-      jax.ShapeDtypeStruct((B, H, C, N, N), F32),
-    ],
-    scratch_shapes=[pltpu.VMEM((N, N), F32)],
-    compiler_params=_compiler_params(),
-    interpret=interpret,
-    name="wkv6_tpu_fwd",
-  )(*xs, u, seg_col, seg_row, s0)
-
-
-def _backward_call(xs, u, seg_col, seg_row, states, d_o, d_final, grad_dtypes, interpret):
-  """Gradients of r, w, k, v [B, H, Tp, N] (grad_dtypes), of the initial state [B, H, N, N] float32 and of u summed
-  over each (batch row, head) [B, H, 1, N] float32."""
-  B, H, Tp, N = xs[0].shape
-  C, L = seg_col.shape[1], seg_col.shape[2]
-  tile, bonus, scol, srow, state, pcs = _specs(L, N, True, C)
-  per_head = pl.BlockSpec((None, None, 1, N), lambda b, h, c: (b, h, 0, 0))
-
-  def kernel(r_ref, w_ref, k_ref, v_ref, u_ref, sc_ref, sr_ref, st_ref, do_ref, dfin_ref,
-             dr_ref, dw_ref, dk_ref, dv_ref, ds0_ref, du_ref, ds_scr, du_scr):
-    c = pl.program_id(2)
-
-    @pl.when(c == 0)
-    def _():
-      ds_scr[...] = dfin_ref[...]
-      du_scr[...] = jnp.zeros_like(du_scr)
-
-    vals = [ref[...].astype(F32) for ref in (r_ref, w_ref, k_ref, v_ref)]
-    dr, dw, dk, dv, du, dS = cm.chunk_backward(*vals, u_ref[...], sc_ref[...], sr_ref[...], st_ref[...],
-                                               do_ref[...].astype(F32), ds_scr[...])
-    for ref, g in zip((dr_ref, dw_ref, dk_ref, dv_ref), (dr, dw, dk, dv)):
-      ref[...] = g.astype(ref.dtype)
-    ds_scr[...] = dS
-    du_scr[...] += du
-
-    @pl.when(c == C - 1)
-    def _():
-      ds0_ref[...] = dS
-      du_ref[...] = du_scr[...]
-
-  return pl.pallas_call(
-    kernel,
-    grid=(B, H, C),
-    in_specs=[tile] * 4 + [bonus, scol, srow, pcs, tile, state],
-    out_specs=[tile] * 4 + [state, per_head],
-    out_shape=[jax.ShapeDtypeStruct((B, H, Tp, N), dt) for dt in grad_dtypes]
-    + [jax.ShapeDtypeStruct((B, H, N, N), F32), jax.ShapeDtypeStruct((B, H, 1, N), F32)],
-    scratch_shapes=[pltpu.VMEM((N, N), F32), pltpu.VMEM((1, N), F32)],
-    compiler_params=_compiler_params(),
-    interpret=interpret,
-    name="wkv6_tpu_bwd",
-  )(*xs, u, seg_col, seg_row, states, d_o, d_final)
-
-
-def _head_major(x, Tp):
-  """[B, T, H, N] -> [B, H, Tp, N], zero-padded in time."""
-  return jnp.swapaxes(pad_time(x, Tp), 1, 2)
-
-
-def _time_major(x, T):
-  return jnp.swapaxes(x, 1, 2)[:, :T]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
@@ -157,20 +47,21 @@ def _wkv6(r, w, k, v, u, s0, seg, L, interpret):
 def _wkv6_fwd(r, w, k, v, u, s0, seg, L, interpret):
   T = r.shape[1]
   C = seg.shape[1]
-  xs = [_head_major(x, C * L) for x in (r, w, k, v)]
+  xs = [head_major(x, C * L) for x in (r, w, k, v)]
   u3 = u[:, None, :]
-  o, final, states = _forward_call(xs, u3, seg[..., None], seg[:, :, None, :], s0, r.dtype, interpret)
-  return (_time_major(o, T), final), (xs, u3, seg, states)
+  o, final, states = forward_call(cm.chunk_forward, xs, [u3], seg, s0, r.dtype, name="wkv6_tpu_fwd",
+                                  interpret=interpret)
+  return (time_major(o, T), final), (xs, u3, seg, states)
 
 
 def _wkv6_bwd(L, interpret, res, cts):
   xs, u3, seg, states = res
   d_o, d_final = cts
   T, Tp = d_o.shape[1], xs[0].shape[2]
-  d_o = _head_major(d_o.astype(F32), Tp)
-  *grads, ds0, du = _backward_call(xs, u3, seg[..., None], seg[:, :, None, :], states, d_o, d_final.astype(F32),
-                                   [x.dtype for x in xs], interpret)
-  return tuple(_time_major(g, T) for g in grads) + (du.sum(axis=(0, 2)), ds0, None)
+  d_o = head_major(d_o.astype(F32), Tp)
+  *grads, ds0, du = backward_call(cm.chunk_backward, xs, [u3], seg, states, d_o, d_final.astype(F32),
+                                  name="wkv6_tpu_bwd", interpret=interpret)
+  return tuple(time_major(g, T) for g in grads) + (du.sum(axis=(0, 2)), ds0, None)
 
 
 _wkv6.defvjp(_wkv6_fwd, _wkv6_bwd)

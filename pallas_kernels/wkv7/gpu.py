@@ -28,7 +28,8 @@ with the input gradients of 4 still in XLA then; `gpu_bwd` is checked in the int
 
 Resets: `segment_ids` -> the per-token segment index inside each chunk (float32 [B, T]); masks as in `common`.
 `interpret=True` runs the Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).
-Tile helpers (layouts, swizzled SMEM, split bf16, tensor-core products) are in `pallas_kernels.mosaic_gpu_tiles`.
+Tile helpers (layouts, swizzled SMEM, split bf16, tensor-core products) are in `pallas_kernels.mosaic_gpu_tiles`;
+the state passes 2 and 3 are `pallas_kernels.mosaic_gpu_state_pass.state_pass` with WKV-7's per-chunk transitions.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels.chunking import pad_time, segment_index
+from pallas_kernels.mosaic_gpu_state_pass import state_pass
 from pallas_kernels.mosaic_gpu_tiles import (
   COL, ROW, Mma, block_v, cols, compiler_params, interpret_params, iota, is_hopper, load, rows, split, store_split,
   swizzled, x3,
@@ -178,69 +180,22 @@ def _state_fwd(ww, wu, qo, ob, bb, kb, v, dec, h0, *, bv: int, save: bool, inter
 
   ww, wu, qo, ob, bb, kb: [B, H, Tp, N] bf16 (from `_prep`); v [B, Tp, H, N] bf16; dec [B, H, C, N] f32;
   h0 [B, H, N, N] f32."""
-  B, H, Tp, N = ww.shape
-  C = Tp // L
-  KV = (N, bv)
+  mm = Mma(None)  # every left operand is an SMEM tile
 
-  def body(ww_ref, wu_ref, qo_ref, ob_ref, bb_ref, kb_ref, v_ref, dec_ref, h0_ref, *refs):
-    if save:
-      o_ref, fin_ref, st_ref = refs[:3]
-      scratch = refs[3:]
-    else:
-      o_ref, fin_ref = refs[:2]
-      st_ref, scratch = None, refs[2:]
-    ww_s, qo_s, bb_s, kb_s, wu_s, ob_s, v_s, dec_s, S_hi, S_lo, U_hi, U_lo, bars = scratch
-    mm = Mma(None)  # every left operand is an SMEM tile
-    vt, h, bi = lax.axis_index("v"), lax.axis_index("h"), lax.axis_index("b")
-    vcols = pl.ds(vt * bv, bv)
+  def transition(S, k, v, extra, emit):  # u = W S + U_wy, o = Qo S + Ob; S <- diag(d) S + Bbar^T u + Kbar^T V
+    (ww_s, qo_s, bb_s, kb_s), (wu_s, ob_s, v_s), (S_hi, S_lo, U_hi, U_lo) = k, v, extra
+    store_split(S, S_hi, S_lo)
+    plgpu.commit_smem()
+    u = load(wu_s).astype(F32) + mm((L, bv), [(ww_s, S_hi), (ww_s, S_lo)])
+    emit(load(ob_s).astype(F32) + mm((L, bv), [(qo_s, S_hi), (qo_s, S_lo)]))
+    store_split(u, U_hi, U_lo)
+    plgpu.commit_smem()
+    return [(bb_s.T, U_hi), (bb_s.T, U_lo), (kb_s.T, v_s)]
 
-    def fetch(n, slot):
-      tok = pl.ds(n * L, L)
-      bar = bars.at[slot]
-      for src, dst in ((ww_ref, ww_s), (qo_ref, qo_s), (bb_ref, bb_s), (kb_ref, kb_s)):
-        plgpu.copy_gmem_to_smem(src.at[bi, h, tok], dst.at[slot], bar)
-      plgpu.copy_gmem_to_smem(wu_ref.at[bi, h, tok, vcols], wu_s.at[slot], bar)
-      plgpu.copy_gmem_to_smem(ob_ref.at[bi, h, tok, vcols], ob_s.at[slot], bar)
-      plgpu.copy_gmem_to_smem(v_ref.at[bi, tok, h, vcols], v_s.at[slot], bar)
-      plgpu.copy_gmem_to_smem(dec_ref.at[bi, h, n], dec_s.at[slot], bar)
-
-    fetch(0, 0)
-    s0 = load(h0_ref.at[bi, h, :, vcols])
-
-    def step(n, S):
-      slot = lax.rem(n, 2)
-
-      @pl.when(n + 1 < C)
-      def _():
-        fetch(n + 1, 1 - slot)
-
-      plgpu.barrier_wait(bars.at[slot])
-      if save:
-        st_ref.at[bi, h, n, :, vcols][...] = S
-      store_split(S, S_hi, S_lo)
-      plgpu.commit_smem()
-      u = load(wu_s.at[slot]).astype(F32) + mm((L, bv), [(ww_s.at[slot], S_hi), (ww_s.at[slot], S_lo)])
-      o = load(ob_s.at[slot]).astype(F32) + mm((L, bv), [(qo_s.at[slot], S_hi), (qo_s.at[slot], S_lo)])
-      o_ref.at[bi, pl.ds(n * L, L), h, vcols][...] = o.astype(o_ref.dtype)
-      store_split(u, U_hi, U_lo)
-      plgpu.commit_smem()
-      d = rows(load(dec_s.at[slot], ROW), KV)
-      return S * d + mm(KV, [(bb_s.at[slot].T, U_hi), (bb_s.at[slot].T, U_lo), (kb_s.at[slot].T, v_s.at[slot])])
-
-    S = lax.fori_loop(0, C, step, s0)
-    fin_ref.at[bi, h, :, vcols][...] = S
-
-  sw = min(2 * bv, 128)  # the swizzle of a bv-wide bf16 row: the K-side tiles must match it
-  scratch = [swizzled((2, L, N), swizzle=sw) for _ in range(4)] + [swizzled((2, L, bv)) for _ in range(3)]
-  scratch += [plgpu.SMEM((2, N), F32), swizzled(KV), swizzled(KV), swizzled((L, bv)), swizzled((L, bv)),
-              plgpu.Barrier(num_arrivals=8, num_barriers=2)]
-  out = [jax.ShapeDtypeStruct((B, Tp, H, N), BF16), jax.ShapeDtypeStruct((B, H, N, N), F32)]
-  if save:
-    out.append(jax.ShapeDtypeStruct((B, H, C, N, N), F32))
-  kern = plgpu.kernel(body, out_type=tuple(out), grid=(N // bv, H, B), grid_names=("v", "h", "b"),
-                      scratch_types=tuple(scratch), compiler_params=compiler_params(),
-                      interpret=interpret_params(interpret), kernel_name="wkv7_state_fwd")
-  return kern(ww, wu, qo, ob, bb, kb, v, dec, h0)
+  N = ww.shape[-1]
+  scratch = (swizzled((N, bv)), swizzled((N, bv)), swizzled((L, bv)), swizzled((L, bv)))
+  return state_pass(transition, (ww, qo, bb, kb), (wu, ob), (v,), dec, h0, L=L, bv=bv, reverse=False, save=save,
+                    with_output=True, scratch=scratch, name="wkv7_state_fwd", interpret=interpret)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -252,57 +207,23 @@ def _state_bwd(ww, qo, bb, d_o, dec, d_final, *, bv: int, interpret=False):
   """(dS after each chunk [B, H, C, N, N] f32, dS0 [B, H, N, N] f32).
 
   ww, qo, bb: [B, H, Tp, N] bf16; d_o [B, Tp, H, N] bf16; dec [B, H, C, N]; d_final [B, H, N, N] f32."""
-  B, H, Tp, N = ww.shape
-  C = Tp // L
-  KV = (N, bv)
+  mm = Mma(None)  # every left operand is an SMEM tile
 
-  def body(ww_ref, qo_ref, bb_ref, do_ref, dec_ref, dfin_ref, dst_ref, ds0_ref,
-           ww_s, qo_s, bb_s, do_s, dec_s, D_hi, D_lo, E_hi, E_lo, bars):
-    mm = Mma(None)  # every left operand is an SMEM tile
-    vt, h, bi = lax.axis_index("v"), lax.axis_index("h"), lax.axis_index("b")
-    vcols = pl.ds(vt * bv, bv)
+  def transition(dS, k, v, extra, emit):  # dU = Bbar dS; dS <- diag(d) dS + W^T dU + Qo^T dO
+    (ww_s, qo_s, bb_s), (do_s,), (D_hi, D_lo, E_hi, E_lo) = k, v, extra
+    store_split(dS, D_hi, D_lo)
+    plgpu.commit_smem()
+    dU = mm((L, bv), [(bb_s, D_hi), (bb_s, D_lo)])
+    store_split(dU, E_hi, E_lo)
+    plgpu.commit_smem()
+    return [(ww_s.T, E_hi), (ww_s.T, E_lo), (qo_s.T, do_s)]
 
-    def fetch(n, slot):
-      tok = pl.ds(n * L, L)
-      bar = bars.at[slot]
-      for src, dst in ((ww_ref, ww_s), (qo_ref, qo_s), (bb_ref, bb_s)):
-        plgpu.copy_gmem_to_smem(src.at[bi, h, tok], dst.at[slot], bar)
-      plgpu.copy_gmem_to_smem(do_ref.at[bi, tok, h, vcols], do_s.at[slot], bar)
-      plgpu.copy_gmem_to_smem(dec_ref.at[bi, h, n], dec_s.at[slot], bar)
-
-    fetch(C - 1, 0)
-    ds = load(dfin_ref.at[bi, h, :, vcols])
-
-    def step(i, dS):
-      n = C - 1 - i
-      slot = lax.rem(i, 2)
-
-      @pl.when(i + 1 < C)
-      def _():
-        fetch(n - 1, 1 - slot)
-
-      plgpu.barrier_wait(bars.at[slot])
-      dst_ref.at[bi, h, n, :, vcols][...] = dS
-      store_split(dS, D_hi, D_lo)
-      plgpu.commit_smem()
-      dU = mm((L, bv), [(bb_s.at[slot], D_hi), (bb_s.at[slot], D_lo)])
-      store_split(dU, E_hi, E_lo)
-      plgpu.commit_smem()
-      d = rows(load(dec_s.at[slot], ROW), KV)
-      return dS * d + mm(KV, [(ww_s.at[slot].T, E_hi), (ww_s.at[slot].T, E_lo), (qo_s.at[slot].T, do_s.at[slot])])
-
-    dS = lax.fori_loop(0, C, step, ds)
-    ds0_ref.at[bi, h, :, vcols][...] = dS
-
-  sw = min(2 * bv, 128)
-  scratch = [swizzled((2, L, N), swizzle=sw) for _ in range(3)] + [swizzled((2, L, bv))]
-  scratch += [plgpu.SMEM((2, N), F32), swizzled(KV), swizzled(KV), swizzled((L, bv)), swizzled((L, bv)),
-              plgpu.Barrier(num_arrivals=5, num_barriers=2)]
-  out = (jax.ShapeDtypeStruct((B, H, C, N, N), F32), jax.ShapeDtypeStruct((B, H, N, N), F32))
-  kern = plgpu.kernel(body, out_type=out, grid=(N // bv, H, B), grid_names=("v", "h", "b"),
-                      scratch_types=tuple(scratch), compiler_params=compiler_params(),
-                      interpret=interpret_params(interpret), kernel_name="wkv7_state_bwd")
-  return kern(ww, qo, bb, d_o, dec, d_final)
+  N = ww.shape[-1]
+  scratch = (swizzled((N, bv)), swizzled((N, bv)), swizzled((L, bv)), swizzled((L, bv)))
+  ds0, d_states = state_pass(transition, (ww, qo, bb), (), (d_o,), dec, d_final, L=L, bv=bv, reverse=True,
+                             save=True, with_output=False, scratch=scratch, name="wkv7_state_bwd",
+                             interpret=interpret)
+  return d_states, ds0
 
 
 # ------------------------------------------------------------------------------------------------------------------

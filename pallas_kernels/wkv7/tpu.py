@@ -1,11 +1,12 @@
 """`pallas_tpu`: WKV-7 as Pallas Mosaic-TPU kernels, forward and backward (custom_vjp), chunked.
 
-Tiling. One program per (batch row, head, chunk); grid (B, H, C) with the chunk axis last and sequential
-("arbitrary"), the two others parallel (megacore). The state S [K, V] float32 lives in a VMEM scratch buffer carried
-from chunk to chunk; each program loads its chunk's six [L, N] tiles, does the whole chunk (spec sections 2.2-2.4,
-`common.chunk_forward`): cumulative log-decay, the four intra-chunk matrices, the WY inverse by block doubling,
-the reads u, the outputs and the next state, all as 2-D float32 matmuls at Precision.HIGHEST. The forward also
-writes the state entering each chunk (float32 [B, H, C, K, V], N^2 * 4 / L bytes per token-head) for the backward.
+Tiling (the calls are `pallas_kernels.mosaic_tpu_calls`, shared with WKV-5/6). One program per (batch row, head,
+chunk); grid (B, H, C) with the chunk axis last and sequential ("arbitrary"), the two others parallel (megacore).
+The state S [K, V] float32 lives in a VMEM scratch buffer carried from chunk to chunk; each program loads its
+chunk's six [L, N] tiles, does the whole chunk (spec sections 2.2-2.4, `common.chunk_forward`): cumulative
+log-decay, the four intra-chunk matrices, the WY inverse by block doubling, the reads u, the outputs and the next
+state, all as 2-D float32 matmuls at Precision.HIGHEST. The forward also writes the state entering each chunk
+(float32 [B, H, C, K, V], N^2 * 4 / L bytes per token-head) for the backward.
 
 Backward: the same grid walked in reverse chunk order (the index maps read chunk C-1-c), the state gradient dS in
 VMEM scratch; each program recomputes its chunk's forward terms from the inputs and the saved entering state and
@@ -28,117 +29,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.chunking import pad_time, segment_index
+from pallas_kernels.chunking import segment_index
+from pallas_kernels.mosaic_tpu_calls import backward_call, forward_call, head_major, time_major
 from pallas_kernels.wkv7 import common as cm
 
 F32 = jnp.float32
 DEFAULT_CHUNK = 64
-
-
-def _compiler_params():
-  return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
-
-
-def _specs(L: int, N: int, reverse: bool, C: int):
-  cix = (lambda c: C - 1 - c) if reverse else (lambda c: c)
-  tile = pl.BlockSpec((None, None, L, N), lambda b, h, c: (b, h, cix(c), 0))
-  seg_col = pl.BlockSpec((None, None, L, 1), lambda b, h, c: (b, cix(c), 0, 0))
-  seg_row = pl.BlockSpec((None, None, 1, L), lambda b, h, c: (b, cix(c), 0, 0))
-  state = pl.BlockSpec((None, None, N, N), lambda b, h, c: (b, h, 0, 0))
-  per_chunk_state = pl.BlockSpec((None, None, None, N, N), lambda b, h, c: (b, h, cix(c), 0, 0))
-  return tile, seg_col, seg_row, state, per_chunk_state
-
-
-def _forward_call(xs, seg_col, seg_row, s0, out_dtype, interpret):
-  """xs: six [B, H, Tp, N]; seg_col [B, C, L, 1]; seg_row [B, C, 1, L]; s0 [B, H, N, N] float32.
-  Returns o [B, H, Tp, N] (out_dtype), final state [B, H, N, N], entering states [B, H, C, N, N] float32."""
-  B, H, Tp, N = xs[0].shape
-  C, L = seg_col.shape[1], seg_col.shape[2]
-  tile, scol, srow, state, pcs = _specs(L, N, False, C)
-
-  def kernel(r_ref, w_ref, k_ref, v_ref, a_ref, b_ref, sc_ref, sr_ref, s0_ref, o_ref, fin_ref, st_ref, s_scr):
-    c = pl.program_id(2)
-
-    @pl.when(c == 0)
-    def _():
-      s_scr[...] = s0_ref[...]
-
-    S = s_scr[...]
-    st_ref[...] = S
-    vals = [ref[...].astype(F32) for ref in (r_ref, w_ref, k_ref, v_ref, a_ref, b_ref)]
-    o, S_next = cm.chunk_forward(*vals, sc_ref[...], sr_ref[...], S)
-    o_ref[...] = o.astype(o_ref.dtype)
-    s_scr[...] = S_next
-
-    @pl.when(c == C - 1)
-    def _():
-      fin_ref[...] = S_next
-
-  return pl.pallas_call(
-    kernel,
-    grid=(B, H, C),
-    in_specs=[tile] * 6 + [scol, srow, state],
-    out_specs=[tile, state, pcs],
-    out_shape=[
-      jax.ShapeDtypeStruct((B, H, Tp, N), out_dtype),
-      jax.ShapeDtypeStruct((B, H, N, N), F32),
-      jax.ShapeDtypeStruct((B, H, C, N, N), F32),
-    ],
-    scratch_shapes=[pltpu.VMEM((N, N), F32)],
-    compiler_params=_compiler_params(),
-    interpret=interpret,
-    name="wkv7_tpu_fwd",
-  )(*xs, seg_col, seg_row, s0)
-
-
-def _backward_call(xs, seg_col, seg_row, states, d_o, d_final, grad_dtypes, interpret):
-  """Six gradients [B, H, Tp, N] (grad_dtypes) and the initial-state gradient [B, H, N, N] float32."""
-  B, H, Tp, N = xs[0].shape
-  C, L = seg_col.shape[1], seg_col.shape[2]
-  tile, scol, srow, state, pcs = _specs(L, N, True, C)
-
-  def kernel(r_ref, w_ref, k_ref, v_ref, a_ref, b_ref, sc_ref, sr_ref, st_ref, do_ref, dfin_ref,
-             dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref, ds0_ref, ds_scr):
-    c = pl.program_id(2)
-
-    @pl.when(c == 0)
-    def _():
-      ds_scr[...] = dfin_ref[...]
-
-    vals = [ref[...].astype(F32) for ref in (r_ref, w_ref, k_ref, v_ref, a_ref, b_ref)]
-    grads = cm.chunk_backward(*vals, sc_ref[...], sr_ref[...], st_ref[...], do_ref[...].astype(F32), ds_scr[...])
-    for ref, g in zip((dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref), grads[:6]):
-      ref[...] = g.astype(ref.dtype)
-    ds_scr[...] = grads[6]
-
-    @pl.when(c == C - 1)
-    def _():
-      ds0_ref[...] = grads[6]
-
-  return pl.pallas_call(
-    kernel,
-    grid=(B, H, C),
-    in_specs=[tile] * 6 + [scol, srow, pcs, tile, state],
-    out_specs=[tile] * 6 + [state],
-    out_shape=[jax.ShapeDtypeStruct((B, H, Tp, N), dt) for dt in grad_dtypes]
-    + [jax.ShapeDtypeStruct((B, H, N, N), F32)],
-    scratch_shapes=[pltpu.VMEM((N, N), F32)],
-    compiler_params=_compiler_params(),
-    interpret=interpret,
-    name="wkv7_tpu_bwd",
-  )(*xs, seg_col, seg_row, states, d_o, d_final)
-
-
-def _head_major(x, Tp):
-  """[B, T, H, N] -> [B, H, Tp, N], zero-padded in time."""
-  return jnp.swapaxes(pad_time(x, Tp), 1, 2)
-
-
-def _time_major(x, T):
-  return jnp.swapaxes(x, 1, 2)[:, :T]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
@@ -149,20 +46,19 @@ def _wkv7(r, w, k, v, a, b, s0, seg, L, interpret):
 def _wkv7_fwd(r, w, k, v, a, b, s0, seg, L, interpret):
   B, T, H, N = r.shape
   C = seg.shape[1]
-  xs = [_head_major(x, C * L) for x in (r, w, k, v, a, b)]
-  seg_col, seg_row = seg[..., None], seg[:, :, None, :]
-  o, final, states = _forward_call(xs, seg_col, seg_row, s0, r.dtype, interpret)
-  return (_time_major(o, T), final), (xs, seg, states)
+  xs = [head_major(x, C * L) for x in (r, w, k, v, a, b)]
+  o, final, states = forward_call(cm.chunk_forward, xs, [], seg, s0, r.dtype, name="wkv7_tpu_fwd", interpret=interpret)
+  return (time_major(o, T), final), (xs, seg, states)
 
 
 def _wkv7_bwd(L, interpret, res, cts):
   xs, seg, states = res
   d_o, d_final = cts
   T, Tp = d_o.shape[1], xs[0].shape[2]
-  d_o = _head_major(d_o.astype(F32), Tp)
-  grads = _backward_call(xs, seg[..., None], seg[:, :, None, :], states, d_o, d_final.astype(F32),
-                         [x.dtype for x in xs], interpret)
-  return tuple(_time_major(g, T) for g in grads[:6]) + (grads[6], None)
+  d_o = head_major(d_o.astype(F32), Tp)
+  grads = backward_call(cm.chunk_backward, xs, [], seg, states, d_o, d_final.astype(F32), name="wkv7_tpu_bwd",
+                        interpret=interpret)
+  return tuple(time_major(g, T) for g in grads[:6]) + (grads[6], None)
 
 
 _wkv7.defvjp(_wkv7_fwd, _wkv7_bwd)

@@ -9,7 +9,7 @@ from rwkvjax.config.model import ModelConfig
 from rwkvjax.config.transformer import TransformerConfig
 
 SAMPLERS = ("magic_prime", "shuffle")
-DATA_TYPES = ("binidx", "packed")
+DATA_TYPES = ("binidx", "packed", "padded")
 NAN_POLICIES = ("stop", "skip")
 REMAT_POLICIES = ("none", "block", "block_save_dots")
 
@@ -25,7 +25,9 @@ class DataConfig:
   Attributes:
     data_type: "binidx" (a token stream read in windows of ctx_len + 1, RWKV-LM pretraining) or "packed"
       (jsonl / arrow / parquet records tokenised with loss masks and packed into rows, for fine-tuning:
-      {"text": ...} records are trained on whole, {"prompt": ..., "response": ...} on the response only).
+      {"text": ...} records are trained on whole, {"prompt": ..., "response": ...} on the response only), or
+      "padded" (the same records, one document per row, cut to ctx_len and padded with EOD under loss mask 0:
+      RWKV-PEFT's `--dataload pad`).
     data_file: binidx prefix (`path/name` for name.bin + name.idx) or records path; "" uses the embedded
       default corpus (the Python standard library's sources, built on first use; see docs/data.md).
     val_file: held-out data of the same type for evaluation; "" uses the corpus's held-out split when
@@ -47,8 +49,8 @@ class DataConfig:
   def __post_init__(self):
     if self.data_type not in DATA_TYPES:
       _bad("data", "data_type", self.data_type, f"one of {DATA_TYPES}")
-    if self.data_type == "packed" and not self.data_file:
-      _bad("data", "data_file", self.data_file, "a records file for data_type='packed'")
+    if self.data_type in ("packed", "padded") and not self.data_file:
+      _bad("data", "data_file", self.data_file, f"a records file for data_type={self.data_type!r}")
     if self.sampler not in SAMPLERS:
       _bad("data", "sampler", self.sampler, f"one of {SAMPLERS}")
     if self.magic_prime < 0 or self.corpus_max_bytes < 0:

@@ -198,17 +198,34 @@ def _packed_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
+class _PadToRow(grain.transforms.Map):
+  """One document -> one row of ctx_len: cut to ctx_len, padded with EOD tokens that carry no loss;
+  segment_ids 1 on the document, 0 on the padding (the packed layout with one document per row)."""
+
+  def __init__(self, ctx_len: int):
+    self._ctx_len = ctx_len
+
+  def map(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    n = min(len(features["input_ids"]), self._ctx_len)
+    pad = self._ctx_len - n
+    out = {k: np.pad(features[k][:n], (0, pad), constant_values=EOD_ID if k != "loss_mask" else 0)
+           for k in _FEATURES}
+    out["segment_ids"] = np.pad(np.ones(n, np.int32), (0, pad))
+    return out
+
+
 def make_packed_dataset(
     records, *, ctx_len: int, micro_bsz: int, world_size: int = 1,
     tokenizer: WorldTokenizer | None = None, text_field: str = "text",
     prompt_field: str = "prompt", response_field: str = "response", shuffle: bool = True,
     seed: int = 0, num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1,
-    read_threads: int = 2, prefetch_records: int = 64) -> grain.IterDataset:
+    read_threads: int = 2, prefetch_records: int = 64, pad: bool = False) -> grain.IterDataset:
   """Fine-tuning batches: documents tokenised with loss masks and packed into rows.
 
   Documents (see `TokenizedRecords`) are concatenated and cut into rows of ctx_len
   (grain's `ConcatThenSplitIterDataset`); a document longer than the rest of a row continues in
-  the next row. Process `shard_index` reads records shard_index, shard_index + shard_count, ...
+  the next row. With pad=True each row holds one document instead (RWKV-PEFT's `--dataload pad`):
+  cut to ctx_len and padded with EOD tokens under loss mask 0. Process `shard_index` reads records shard_index, shard_index + shard_count, ...
   of each epoch's order.
 
   Args:
@@ -246,8 +263,12 @@ def make_packed_dataset(
   if shuffle:
     ds = ds.shuffle(seed)
   ds = ds.repeat(num_epochs)[shard_index::shard_count]
+  if pad:
+    ds = ds.map(_PadToRow(ctx_len))
   it = ds.to_iter_dataset(
       grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_records))
+  if pad:
+    return it.batch(rows, drop_remainder=True)
   it = grain_experimental.ConcatThenSplitIterDataset(
       it, length_struct={k: ctx_len for k in _FEATURES})
   return it.batch(rows, drop_remainder=True).map(_packed_batch)

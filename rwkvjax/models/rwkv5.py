@@ -1,8 +1,9 @@
 """RWKV-5.2 "Eagle" (x052) as pure functions over a parameter tree (§3 of specs/rwkv_architecture.md).
 
 Parameter names are RWKV-LM's state-dict keys (see `param_specs`); per-block tensors are stacked on a
-leading layer axis and the blocks run under `lax.scan`. The pieces shared with RWKV-6 (init helpers, the
-block loop, the state) live here and `rwkvjax.models.rwkv6` reuses them.
+leading layer axis and the blocks run under `lax.scan` (`rwkvjax.models.rwkv_stack`, shared with RWKV-6 and
+RWKV-7). The pieces shared with RWKV-6 (init helpers, the x052/x060 block loop) live here and
+`rwkvjax.models.rwkv6` reuses them.
 
 Recurrent state (`init_state`), per layer, all float32:
   att_x_prev [L, B, C]       ln1 output of the previous token (time-mix token shift)
@@ -15,23 +16,20 @@ x * mu + x_prev * (1 - mu); x060/x070 use x + (x_prev - x) * mu.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
 from rwkvjax.config.model import ModelConfig
-from rwkvjax.models import layers
+from rwkvjax.models import layers, rwkv_stack
 from rwkvjax.models.params import ParamSpec, init_params
 from rwkvjax.models.rwkv_init import ddd, emb_init, head_gain, ln_x_weight_init, ones, orthogonal, ratios, zeros
+from rwkvjax.models.rwkv_stack import Params, State
 from rwkvjax.ops import wkv5
-from rwkvjax.ops.reference import segment_starts
 from rwkvjax.training.sharding import constrain
 
 LN_X_EPS = 1e-5  # RWKV-LM: GroupNorm(eps=1e-5) of y / head_size_divisor  ==  GroupNorm(eps=1e-5 * divisor**2) of y
 
-Params = dict[str, Any]
-State = dict[str, jax.Array]
+init_state = rwkv_stack.init_state
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -158,16 +156,6 @@ def init(cfg: ModelConfig, key: jax.Array) -> Params:
   return init_params(param_specs(cfg), cfg, key)
 
 
-def init_state(cfg: ModelConfig, batch: int) -> State:
-  """The zero recurrent state (a fresh sequence)."""
-  L, C, H, N = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_size
-  return {
-      "att_x_prev": jnp.zeros((L, batch, C), jnp.float32),
-      "wkv": jnp.zeros((L, batch, H, N, N), jnp.float32),
-      "ffn_x_prev": jnp.zeros((L, batch, C), jnp.float32),
-  }
-
-
 # ----------------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------------
@@ -225,67 +213,22 @@ def ffn_out(p, xk, xr):
   return constrain(r * layers.linear(hidden, p["value"]["weight"]), ("batch", None, "act_embed"))
 
 
-REMAT_POLICIES = {"block": None, "block_save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
-
-
 def run_blocks(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None, segment_ids, reset_state,
                impl, remat, time_mix_fn, channel_mix_fn) -> tuple[jax.Array, State]:
-  """The x052/x060 model skeleton (§2): emb, ln0, the scanned blocks, ln_out, head."""
-  if tokens.ndim != 2:
-    raise ValueError(f"forward: tokens has shape {tokens.shape}; expected [B, T]")
-  layers.check_reset_state(reset_state, cfg.n_layer)
-  B, T = tokens.shape
-  cdt = jnp.dtype(cfg.compute_dtype)
-  if state is None:
-    state = init_state(cfg, B)
-  starts = segment_starts(segment_ids, B, T) if segment_ids is not None else None
+  """The x052/x060 forward: `rwkv_stack.forward` with time_mix_fn(p, cfg, h, x_prev, wkv_state, starts, segment_ids,
+  impl, reset) -> (out, wkv_state) (no value carried through the layers) and channel_mix_fn(p, h2, x_prev, starts)."""
+  def mix(p, h, x_prev, wkv_state, starts, reset, carry, layer):
+    return *time_mix_fn(p, cfg, h, x_prev, wkv_state, starts, segment_ids, impl, reset), carry
 
-  x = jnp.take(jnp.asarray(params["emb"]["weight"], cdt), tokens, axis=0)
-  x = layers.layer_norm(x, params["ln0"]["weight"], params["ln0"]["bias"])
-  x = constrain(x, ("batch", None, "act_embed"))
-
-  def block(x, inputs):
-    x = constrain(x, ("batch", None, "act_embed"))
-    p, att_x_prev, wkv_state, ffn_x_prev, reset = inputs
-    h = layers.layer_norm(x, p["ln1"]["weight"], p["ln1"]["bias"])
-    att, wkv_state = time_mix_fn(p["att"], cfg, h, att_x_prev, wkv_state, starts, segment_ids, impl, reset)
-    x = x + att
-    h2 = layers.layer_norm(x, p["ln2"]["weight"], p["ln2"]["bias"])
-    x = x + channel_mix_fn(p["ffn"], h2, ffn_x_prev, starts)
-    return x, (h[:, -1].astype(jnp.float32), wkv_state, h2[:, -1].astype(jnp.float32))
-
-  if remat != "none":
-    if remat not in REMAT_POLICIES:
-      raise ValueError(f"forward: remat={remat!r}; expected 'none' or one of {sorted(REMAT_POLICIES)}")
-    block = jax.checkpoint(block, policy=REMAT_POLICIES[remat])
-  xs = (params["blocks"], state["att_x_prev"], state["wkv"], state["ffn_x_prev"], reset_state)
-  x, (att_x_prev, wkv_state, ffn_x_prev) = jax.lax.scan(block, x, xs)
-
-  x = layers.layer_norm(x, params["ln_out"]["weight"], params["ln_out"]["bias"])
-  logits = layers.head_logits(x, params["head"]["weight"].astype(cdt))
-  logits = constrain(logits, ("batch", None, "act_vocab"))
-  return logits, {"att_x_prev": att_x_prev, "wkv": wkv_state, "ffn_x_prev": ffn_x_prev}
+  return rwkv_stack.forward(params, cfg, tokens, state, segment_ids=segment_ids, reset_state=reset_state,
+                            remat=remat, time_mix=mix, channel_mix=channel_mix_fn)
 
 
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None = None, *,
             segment_ids: jax.Array | None = None, reset_state: jax.Array | None = None, impl: str = "auto",
             remat: str = "none") -> tuple[jax.Array, State]:
-  """Runs the model over a sequence.
-
-  Args:
-    params: the parameter tree (float32 or any float dtype; cast to cfg.compute_dtype for compute).
-    tokens: [B, T] int token ids.
-    state: the recurrent state before tokens[:, 0] (`init_state`); None means a fresh sequence.
-    segment_ids: optional [B, T] ints; where the id changes, token shift and WKV state restart (packed
-      documents): the token shift from zero, the WKV state from `reset_state` (zero if None). Position 0
-      continues from `state`.
-    reset_state: optional [L, B, H, K, V] float32, or [L, 1, H, K, V] for every row: per layer, the WKV state
-      (the op's [K, V] layout) that documents after the first restart from. Needs segment_ids.
-    impl: WKV backend (see rwkvjax.ops.wkv5).
-    remat: "none", or recompute each block in the backward pass: "block" (save nothing inside the block)
-      or "block_save_dots" (save matmul outputs).
-  Returns:
-    logits [B, T, V] float32, and the state after the last token.
+  """Runs the model over a sequence: `rwkv_stack.forward` (arguments, state and returns) with the x052 blocks.
+  impl: the WKV backend (see rwkvjax.ops.wkv5).
   """
   return run_blocks(params, cfg, tokens, state, segment_ids, reset_state, impl, remat, time_mix, channel_mix)
 

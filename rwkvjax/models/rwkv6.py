@@ -155,22 +155,8 @@ def channel_mix(p, x, x_prev, starts):
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None = None, *,
             segment_ids: jax.Array | None = None, reset_state: jax.Array | None = None, impl: str = "auto",
             remat: str = "none") -> tuple[jax.Array, State]:
-  """Runs the model over a sequence.
-
-  Args:
-    params: the parameter tree (float32 or any float dtype; cast to cfg.compute_dtype for compute).
-    tokens: [B, T] int token ids.
-    state: the recurrent state before tokens[:, 0] (`init_state`); None means a fresh sequence.
-    segment_ids: optional [B, T] ints; where the id changes, token shift and WKV state restart (packed
-      documents): the token shift from zero, the WKV state from `reset_state` (zero if None). Position 0
-      continues from `state`.
-    reset_state: optional [L, B, H, K, V] float32, or [L, 1, H, K, V] for every row: per layer, the WKV state
-      (the op's [K, V] layout) that documents after the first restart from. Needs segment_ids.
-    impl: WKV backend (see rwkvjax.ops.wkv6).
-    remat: "none", or recompute each block in the backward pass: "block" (save nothing inside the block)
-      or "block_save_dots" (save matmul outputs).
-  Returns:
-    logits [B, T, V] float32, and the state after the last token.
+  """Runs the model over a sequence: `rwkv_stack.forward` (arguments, state and returns) with the x060 blocks.
+  impl: the WKV backend (see rwkvjax.ops.wkv6).
   """
   return run_blocks(params, cfg, tokens, state, segment_ids, reset_state, impl, remat, time_mix, channel_mix)
 

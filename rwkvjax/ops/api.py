@@ -21,6 +21,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from rwkvjax.ops.partition import run_sharded
+
 Backend = Callable[..., tuple[jax.Array, jax.Array]]
 
 # (op, backend name) -> fn(r, w, k, v, a, b, initial_state, segment_ids) -> (o, final_state)
@@ -76,9 +78,11 @@ def resolve_impl(impl: str, op: str = "wkv7", *, reset_state: bool = False) -> s
 
 def dispatch(op: str, impl: str, *args, reset_state=None):
   """Runs the backend of `op` that `impl` names on `args` (the op's arrays, initial_state, segment_ids); a
-  reset_state goes to it as a keyword, only when given (and "auto" then picks a backend that supports one)."""
+  reset_state goes to it as a keyword, only when given (and "auto" then picks a backend that supports one).
+  Under a mesh the backend runs per shard of batch rows and heads (`rwkvjax.ops.partition`)."""
   backend = _BACKENDS[(op, resolve_impl(impl, op, reset_state=reset_state is not None))]
-  return backend(*args) if reset_state is None else backend(*args, reset_state=reset_state)
+  *arrays, initial_state, segment_ids = args
+  return run_sharded(backend, tuple(arrays), initial_state, segment_ids, reset_state)
 
 
 def check_reset_state(op: str, reset_state, segment_ids, shape: tuple[int, int, int, int]) -> None:

@@ -67,8 +67,8 @@ def make_dataset(cfg: TrainConfig, path: str, world_size: int, *, evaluation: bo
   common = dict(ctx_len=cfg.ctx_len, micro_bsz=cfg.micro_bsz, world_size=world_size,
                 shard_index=jax.process_index(), shard_count=jax.process_count())
   seed = 0 if evaluation else cfg.data.seed
-  if cfg.data.data_type == "packed":
-    return make_packed_dataset(path, seed=seed, **common), None
+  if cfg.data.data_type in ("packed", "padded"):
+    return make_packed_dataset(path, seed=seed, pad=cfg.data.data_type == "padded", **common), None
   data = BinIdx(path)
   sampler = "shuffle" if evaluation else cfg.data.sampler
   magic_prime = None if evaluation else cfg.data.magic_prime or None
@@ -126,7 +126,7 @@ class RunSetup:
   def abstract_batch(self, cfg: TrainConfig) -> dict[str, jax.ShapeDtypeStruct]:
     shape = (cfg.grad_accum, self.world_size * cfg.micro_bsz, cfg.ctx_len)
     fields = {"input_ids": jnp.int32, "targets": jnp.int32, "loss_mask": jnp.float32}
-    if cfg.data.data_type == "packed":
+    if cfg.data.data_type in ("packed", "padded"):
       fields["segment_ids"] = jnp.int32
     return {k: jax.ShapeDtypeStruct(shape, dt, sharding=self.batch_sharding) for k, dt in fields.items()}
 

@@ -161,6 +161,23 @@ def test_packed_layout_and_masks(sft_jsonl):
   assert rows["segment_ids"][0, 0] == 1  # segments count documents within each row
 
 
+def test_padded_rows_hold_one_document_each(sft_jsonl):
+  tok = default_tokenizer()
+  ctx_len = 12  # shorter than some documents: those are cut
+  ds = make_packed_dataset(sft_jsonl, ctx_len=ctx_len, micro_bsz=4, shuffle=False, num_epochs=1, pad=True)
+  rows = {k: np.concatenate([b[k] for b in ds]) for k in ("input_ids", "targets", "loss_mask", "segment_ids")}
+  assert rows["input_ids"].shape == (len(SFT), ctx_len)
+  for i, r in enumerate(SFT):
+    prompt = tok.encode(r["prompt"]) if "prompt" in r else []
+    body = tok.encode(r["response"]) if "response" in r else tok.encode(r["text"])
+    n = min(len(prompt) + len(body) + 1, ctx_len)
+    np.testing.assert_array_equal(rows["input_ids"][i], ([0] + prompt + body)[:n] + [0] * (ctx_len - n))
+    np.testing.assert_array_equal(rows["targets"][i], (prompt + body + [0])[:n] + [0] * (ctx_len - n))
+    mask = ([0.0] * len(prompt) + [1.0] * (len(body) + 1))[:n] + [0.0] * (ctx_len - n)
+    np.testing.assert_array_equal(rows["loss_mask"][i], mask)
+    np.testing.assert_array_equal(rows["segment_ids"][i], [1] * n + [0] * (ctx_len - n))
+
+
 def test_packed_resume_is_exact(sft_jsonl):
   kwargs = dict(ctx_len=48, micro_bsz=2, world_size=2, seed=5)
   unbroken = take(iter(make_packed_dataset(sft_jsonl, **kwargs)), 14)  # beyond one epoch

@@ -32,6 +32,7 @@ from pallas_kernels.wkv56.gpu import wkv5_pallas_gpu, wkv6_pallas_gpu
 from pallas_kernels.wkv56.tpu import wkv5_pallas_tpu, wkv6_pallas_tpu
 from rwkvjax.ops.wkv5 import wkv5_reference
 from rwkvjax.ops.wkv6 import wkv6_reference
+from tests.ops import pallas_checks
 from tests.ops.wkv7_chunked_test import rel_err, segments_from_starts
 
 TPU_TOL = 2e-3
@@ -58,39 +59,10 @@ def make_inputs(seed, B, T, H, N, op="wkv6", decays="rwkv6"):
       f(B, H, N, N)
 
 
-def _run(fn, primals, segment_ids, cotangent):
-  def f(*p):  # primals: r, w, k, v, u and, if given, the initial state (else None: a zero state)
-    return fn(*p[:5], p[5] if len(p) > 5 else None, segment_ids)
-
-  out, vjp = jax.vjp(f, *primals)
-  return out, vjp(cotangent)
-
-
 def compare(seed, op, fn, inputs, segment_ids, tol, dtype=jnp.float32, label="", use_s0=True):
-  """Asserts that outputs, final state and all gradients match the float32 reference of `op` on the same (rounded)
-  inputs; use_s0=False passes initial_state=None."""
-  r, w, k, v, u, s0 = inputs
-  r, k, v = (x.astype(dtype) for x in (r, k, v))
-  B, T, H, N = r.shape
-  key_o, key_s = jax.random.split(jax.random.PRNGKey(seed + 1))
-  cot = (jax.random.normal(key_o, (B, T, H, N)).astype(dtype), jax.random.normal(key_s, (B, H, N, N)))
-  extra = (s0,) if use_s0 else ()
-  (o, s), g = jax.jit(functools.partial(_run, fn))((r, w, k, v, u) + extra, segment_ids, cot)
-  up = lambda x: x.astype(jnp.float32)  # noqa: E731
-  ref_primals = tuple(up(x) for x in (r, w, k, v, u)) + extra
-  (o_ref, s_ref), g_ref = jax.jit(functools.partial(_run, REFERENCE[op]))(ref_primals, segment_ids,
-                                                                         (up(cot[0]), cot[1]))
-  assert o.shape == (B, T, H, N) and o.dtype == r.dtype
-  assert s.shape == (B, H, N, N) and s.dtype == jnp.float32
-  assert all(x.shape == y.shape and x.dtype == y.dtype for x, y in zip(g, (r, w, k, v, u) + extra))
-  results = (o, s) + tuple(g)
-  assert all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in results), f"seed={seed} {label}: non-finite"
-  errors = dict(zip(NAMES, [rel_err(o, o_ref), rel_err(s, s_ref)] + [rel_err(x, y) for x, y in zip(g, g_ref)]))
-  # a bf16 result also carries its own rounding (half an ulp, 2^-9 of the largest magnitude)
-  tols = {name: tol + (2.0**-8 if x.dtype == jnp.bfloat16 else 0.0) for name, x in zip(NAMES, results)}
-  bad = {name: err for name, err in errors.items() if not err <= tols[name]}
-  assert not bad, f"seed={seed} {label}: relative errors above {tol}: {bad}; all: {errors}"
-  return errors
+  """`pallas_checks.compare` against the float32 reference of `op` (r, k, v given to fn in dtype)."""
+  return pallas_checks.compare(seed, fn, REFERENCE[op], inputs, segment_ids, tol, names=NAMES, cast=(0, 2, 3),
+                               dtype=dtype, label=label, use_s0=use_s0)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -223,32 +195,14 @@ def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch, N):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _reference_f64(primals, segment_ids, cotangent):
-  """(o, final_state) and the VJP of r, w, k, v, u, s0 of the WKV-6 recurrence in float64 (numpy in, numpy out)."""
-  with jax.enable_x64(True):
-    p64 = tuple(jnp.asarray(np.asarray(x, np.float64)) for x in primals)
-    c64 = tuple(jnp.asarray(np.asarray(x, np.float64)) for x in cotangent)
-    B, T = p64[0].shape[:2]
-    starts = np.zeros((B, T), bool)
-    if segment_ids is not None:
-      seg = np.asarray(segment_ids)
-      starts[:, 1:] = seg[:, 1:] != seg[:, :-1]
+def _reference_f64(r, w, k, v, u, s0, segment_ids):
+  """(o, final_state) of the WKV-6 recurrence (w [B, T, H, N], or WKV-5's [H, N]), in the dtype of the inputs."""
 
-    def f(r, w, k, v, u, s0):
-      xs = tuple(jnp.moveaxis(x, 1, 0) for x in (r, jnp.broadcast_to(w, r.shape), k, v))
-      xs += (jnp.moveaxis(jnp.asarray(starts), 1, 0),)
+  def step(S, r_t, w_t, k_t, v_t):
+    o_t = jnp.einsum("bhk,bhkv->bhv", r_t, S) + (r_t * u * k_t).sum(-1, keepdims=True) * v_t
+    return jnp.exp(w_t)[..., None] * S + k_t[..., None] * v_t[..., None, :], o_t
 
-      def step(S, inp):
-        r_t, w_t, k_t, v_t, st = inp
-        S = jnp.where(st[:, None, None, None], 0.0, S)
-        o_t = jnp.einsum("bhk,bhkv->bhv", r_t, S) + (r_t * u * k_t).sum(-1, keepdims=True) * v_t
-        return jnp.exp(w_t)[..., None] * S + k_t[..., None] * v_t[..., None, :], o_t
-
-      S, o = jax.lax.scan(step, s0, xs)
-      return jnp.moveaxis(o, 0, 1), S
-
-    out, vjp = jax.vjp(f, *p64)
-    return tuple(np.asarray(x) for x in out), tuple(np.asarray(x) for x in vjp(c64))
+  return pallas_checks.scan_recurrence(step, s0, (r, jnp.broadcast_to(w, r.shape), k, v), segment_ids)
 
 
 @pytest.mark.skipif(not gpu.is_hopper(), reason="needs a Hopper (sm_90) GPU")
@@ -262,15 +216,6 @@ def test_gpu_matches_float64_reference(op, B, T, H, N, starts):
   r, w, k, v, u, s0 = make_inputs(seed, B, T, H, N, op)
   r, k, v = (x.astype(jnp.bfloat16) for x in (r, k, v))
   segment_ids = None if starts is None else segments_from_starts(B, T, starts)
-  key_o, key_s = jax.random.split(jax.random.PRNGKey(seed + 1))
-  cot = (jax.random.normal(key_o, (B, T, H, N)).astype(jnp.bfloat16), jax.random.normal(key_s, (B, H, N, N)))
-  primals = (r, w, k, v, u, s0)
   backend = wkv5_pallas_gpu if op == "wkv5" else wkv6_pallas_gpu
-  (o, s), g = jax.jit(functools.partial(_run, backend))(primals, segment_ids, cot)
-  (o_ref, s_ref), g_ref = _reference_f64(tuple(np.asarray(x.astype(jnp.float32)) for x in primals), segment_ids,
-                                         (np.asarray(cot[0].astype(jnp.float32)), np.asarray(cot[1])))
-  errors = dict(zip(NAMES, [rel_err(o, o_ref), rel_err(s, s_ref)] + [rel_err(x, y) for x, y in zip(g, g_ref)]))
-  print(f"{op} pallas_gpu vs float64 B={B} T={T} H={H} N={N} resets={starts}:",
-        " ".join(f"{name}={e:.1e}" for name, e in errors.items()))
-  bad = {name: err for name, err in errors.items() if not err <= GPU_TOL}
-  assert not bad, f"seed={seed}: relative errors above {GPU_TOL}: {bad}; all: {errors}"
+  pallas_checks.compare_float64(seed, backend, _reference_f64, (r, w, k, v, u, s0), segment_ids, GPU_TOL, names=NAMES,
+                                label=f"{op} pallas_gpu vs float64 B={B} T={T} H={H} N={N} resets={starts}")

@@ -30,6 +30,7 @@ from pallas_kernels.wkv7 import gpu, tpu
 from pallas_kernels.wkv7.gpu import wkv7_pallas_gpu
 from pallas_kernels.wkv7.tpu import wkv7_pallas_tpu
 from rwkvjax.ops.reference import wkv7_reference
+from tests.ops import pallas_checks
 from tests.ops.wkv7_chunked_test import make_inputs, rel_err, segments_from_starts
 
 TPU_TOL = 2e-3
@@ -37,37 +38,10 @@ GPU_TOL = 1e-2
 NAMES = ("o", "final_state", "dr", "dw", "dk", "dv", "da", "db", "dinitial_state")
 
 
-def _run(fn, primals, segment_ids, cotangent):
-  def f(*p):  # primals: the six inputs and, if given, the initial state (else None: a zero state)
-    return fn(*p[:6], p[6] if len(p) > 6 else None, segment_ids)
-
-  out, vjp = jax.vjp(f, *primals)
-  return out, vjp(cotangent)
-
-
 def compare(seed, fn, inputs, segment_ids, tol, dtype=jnp.float32, label="", use_s0=True):
-  """Asserts that outputs, final state and all gradients match the float32 reference on the same (rounded) inputs;
-  use_s0=False passes initial_state=None."""
-  r, w, k, v, a, b, s0 = inputs
-  r, k, v, a, b = (x.astype(dtype) for x in (r, k, v, a, b))
-  B, T, H, N = r.shape
-  key_o, key_s = jax.random.split(jax.random.PRNGKey(seed + 1))
-  cot = (jax.random.normal(key_o, (B, T, H, N)).astype(dtype), jax.random.normal(key_s, (B, H, N, N)))
-  extra = (s0,) if use_s0 else ()
-  (o, s), g = jax.jit(functools.partial(_run, fn))((r, w, k, v, a, b) + extra, segment_ids, cot)
-  up = lambda x: x.astype(jnp.float32)  # noqa: E731
-  ref_primals = tuple(up(x) for x in (r, w, k, v, a, b)) + extra
-  (o_ref, s_ref), g_ref = jax.jit(functools.partial(_run, wkv7_reference))(ref_primals, segment_ids,
-                                                                          (up(cot[0]), cot[1]))
-  assert o.shape == (B, T, H, N) and o.dtype == r.dtype
-  assert s.shape == (B, H, N, N) and s.dtype == jnp.float32
-  assert all(x.shape == y.shape and x.dtype == y.dtype for x, y in zip(g, (r, w, k, v, a, b) + extra))
-  errors = dict(zip(NAMES, [rel_err(o, o_ref), rel_err(s, s_ref)] + [rel_err(x, y) for x, y in zip(g, g_ref)]))
-  # a bf16 result also carries its own rounding (half an ulp, 2^-9 of the largest magnitude)
-  tols = {name: tol + (2.0**-8 if x.dtype == jnp.bfloat16 else 0.0) for name, x in zip(NAMES, (o, s) + tuple(g))}
-  bad = {name: err for name, err in errors.items() if not err <= tols[name]}
-  assert not bad, f"seed={seed} {label}: relative errors above {tol}: {bad}; all: {errors}"
-  return errors
+  """`pallas_checks.compare` against the float32 reference (r, k, v, a, b given to fn in dtype)."""
+  return pallas_checks.compare(seed, fn, wkv7_reference, inputs, segment_ids, tol, names=NAMES, cast=(0, 2, 3, 4, 5),
+                               dtype=dtype, label=label, use_s0=use_s0)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -217,30 +191,15 @@ def test_gpu_chunk_grads_fits_two_ctas_per_sm():
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _reference_f64(primals, segment_ids, cotangent):
-  with jax.enable_x64(True):
-    p64 = tuple(jnp.asarray(np.asarray(x, np.float64)) for x in primals)
-    c64 = tuple(jnp.asarray(np.asarray(x, np.float64)) for x in cotangent)
+def _reference_f64(r, w, k, v, a, b, s0, segment_ids):
+  """(o, final_state) of the WKV-7 recurrence, in the dtype of the inputs."""
 
-    def f(*p):
-      B, T, H, N = p[0].shape
-      state = p[6]
-      starts = np.zeros((B, T), bool) if segment_ids is None else np.asarray(
-        np.concatenate([np.zeros((B, 1), bool), np.asarray(segment_ids)[:, 1:] != np.asarray(segment_ids)[:, :-1]], 1))
-      xs = tuple(jnp.moveaxis(x, 1, 0) for x in p[:6]) + (jnp.moveaxis(jnp.asarray(starts), 1, 0),)
+  def step(S, r_t, w_t, k_t, v_t, a_t, b_t):
+    sa = jnp.einsum("bhk,bhkv->bhv", a_t, S)
+    S = jnp.exp(w_t)[..., None] * S + b_t[..., None] * sa[..., None, :] + k_t[..., None] * v_t[..., None, :]
+    return S, jnp.einsum("bhk,bhkv->bhv", r_t, S)
 
-      def step(S, inp):
-        r_t, w_t, k_t, v_t, a_t, b_t, st = inp
-        S = jnp.where(st[:, None, None, None], 0.0, S)
-        sa = jnp.einsum("bhk,bhkv->bhv", a_t, S)
-        S = jnp.exp(w_t)[..., None] * S + b_t[..., None] * sa[..., None, :] + k_t[..., None] * v_t[..., None, :]
-        return S, jnp.einsum("bhk,bhkv->bhv", r_t, S)
-
-      S, o = jax.lax.scan(step, state, xs)
-      return jnp.moveaxis(o, 0, 1), S
-
-    out, vjp = jax.vjp(f, *p64)
-    return tuple(np.asarray(x) for x in out), tuple(np.asarray(x) for x in vjp(c64))
+  return pallas_checks.scan_recurrence(step, s0, (r, w, k, v, a, b), segment_ids)
 
 
 @pytest.mark.skipif(not gpu.is_hopper(), reason="needs a Hopper (sm_90) GPU")
@@ -253,14 +212,5 @@ def test_gpu_matches_float64_reference(B, T, H, N, starts):
   r, w, k, v, a, b, s0 = make_inputs(seed, B, T, H, N)
   r, k, v, a, b = (x.astype(jnp.bfloat16) for x in (r, k, v, a, b))
   segment_ids = None if starts is None else segments_from_starts(B, T, starts)
-  key_o, key_s = jax.random.split(jax.random.PRNGKey(seed + 1))
-  cot = (jax.random.normal(key_o, (B, T, H, N)).astype(jnp.bfloat16), jax.random.normal(key_s, (B, H, N, N)))
-  primals = (r, w, k, v, a, b, s0)
-  (o, s), g = jax.jit(functools.partial(_run, wkv7_pallas_gpu))(primals, segment_ids, cot)
-  (o_ref, s_ref), g_ref = _reference_f64(tuple(np.asarray(x.astype(jnp.float32)) for x in primals), segment_ids,
-                                         (np.asarray(cot[0].astype(jnp.float32)), np.asarray(cot[1])))
-  errors = dict(zip(NAMES, [rel_err(o, o_ref), rel_err(s, s_ref)] + [rel_err(x, y) for x, y in zip(g, g_ref)]))
-  print(f"pallas_gpu vs float64 B={B} T={T} H={H} N={N} resets={starts}:",
-        " ".join(f"{k}={e:.1e}" for k, e in errors.items()))
-  bad = {name: err for name, err in errors.items() if not err <= GPU_TOL}
-  assert not bad, f"seed={seed}: relative errors above {GPU_TOL}: {bad}; all: {errors}"
+  pallas_checks.compare_float64(seed, wkv7_pallas_gpu, _reference_f64, (r, w, k, v, a, b, s0), segment_ids, GPU_TOL,
+                                names=NAMES, label=f"pallas_gpu vs float64 B={B} T={T} H={H} N={N} resets={starts}")

@@ -105,8 +105,9 @@ def test_llama_baseline_trains_with_the_same_trainer(tmp_path, tiny_data):
   np.testing.assert_allclose(params["lm_head"]["weight"], result.params["lm_head"]["weight"], atol=1e-2)
 
 
-def test_packed_records_train_on_responses_only(tmp_path, tiny_data):
-  """data_type="packed": jsonl prompt/response records, World-tokenised, loss only on responses."""
+@pytest.mark.parametrize("data_type", ["packed", "padded"])
+def test_packed_records_train_on_responses_only(tmp_path, tiny_data, data_type):
+  """data_type="packed" / "padded": jsonl prompt/response records, World-tokenised, loss only on responses."""
   from rwkvjax.config.train import DataConfig
   from rwkvjax.config.model import ModelConfig
   records = tmp_path / "sft.jsonl"
@@ -115,7 +116,7 @@ def test_packed_records_train_on_responses_only(tmp_path, tiny_data):
       f.write(json.dumps({"prompt": f"Q: what is {i} plus one?\n", "response": f"A: {i + 1}\n"}) + "\n")
   cfg = tiny_config(tiny_data, model=ModelConfig(n_layer=2, n_embd=64, vocab_size=65536, head_size=32,
                                                  compute_dtype="float32"),
-                    data=DataConfig(data_type="packed", data_file=str(records), val_file=str(records)),
+                    data=DataConfig(data_type=data_type, data_file=str(records), val_file=str(records)),
                     my_exit_tokens=32 * 4 * 10, epoch_save=0, eval_batches=1)
   result = trainer.train(cfg, str(tmp_path / "run"))
   metrics = read_metrics(tmp_path / "run")
