@@ -5,7 +5,8 @@
 
 Multi-host: pass --coordinator_address/--num_processes/--process_id (or set JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID; SLURM variables are detected by jax.distributed). A run in a workdir that
-holds checkpoints resumes from the newest one.
+holds checkpoints resumes from the newest one. Library INFO logs (orbax's per-save lines) are off unless
+--verbosity is given (e.g. --verbosity 0); the trainer's own progress lines are printed regardless.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 
 import fiddle as fdl
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from fiddle import absl_flags as fdl_flags
 from fiddle import printing
 from fiddle.experimental import serialization
@@ -41,6 +42,8 @@ def initialize_distributed() -> None:
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
   buildable = _CONFIG.value
   if _DRY_RUN.value:
     print(printing.as_str_flattened(buildable))

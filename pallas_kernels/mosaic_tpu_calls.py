@@ -8,6 +8,11 @@ row, and applies the op's chunk function (`common.chunk_forward` / `common.chunk
 chunks in reverse (the index maps read chunk C-1-c), carries dS and sums the parameter gradients over the chunks of
 its (batch row, head).
 
+A reset state R ([B or 1, H, N, N] float32, the state segments restart from; optional) is one more [N, N] block per
+(batch row, head), passed to the chunk functions as `reset=`; the backward sums its per-chunk gradients in a VMEM
+scratch buffer per (batch row, head) and returns them [B, H, N, N] (the caller sums the rows of a [1, ...] one).
+Without one the kernels are the reset-free ones (no extra input, output or work).
+
 Inputs are head-major [B, H, T, N] (Mosaic's block rule: the last two block dims must be (8, 128)-aligned or
 whole, which a [L, 1, N] tile of [B, T, H, N] is not); `head_major` / `time_major` convert.
 """
@@ -45,20 +50,33 @@ def _specs(L: int, N: int, reverse: bool, C: int):
   return tile, param, seg_col, seg_row, state, per_chunk_state
 
 
-def forward_call(chunk_forward: Callable, xs, params, seg, s0, out_dtype, *, name: str, interpret: bool):
+def _reset_spec(reset, N: int):
+  """([the BlockSpec of the reset state], [reset]): a [B, H, N, N] one is read at (b, h), a [1, H, N, N] one at (0, h);
+  both lists empty when reset is None."""
+  if reset is None:
+    return [], []
+  if reset.shape[0] == 1:
+    return [pl.BlockSpec((None, None, N, N), lambda b, h, c: (0, h, 0, 0))], [reset]
+  return [pl.BlockSpec((None, None, N, N), lambda b, h, c: (b, h, 0, 0))], [reset]
+
+
+def forward_call(chunk_forward: Callable, xs, params, seg, s0, out_dtype, *, name: str, interpret: bool, reset=None):
   """The forward kernel over all chunks.
 
-  chunk_forward(*tiles, *params, seg_col, seg_row, S) -> (o [L, V], S' [K, V]), all float32;
+  chunk_forward(*tiles, *params, seg_col, seg_row, S[, reset=R]) -> (o [L, V], S' [K, V]), all float32;
   xs: the op's inputs [B, H, Tp, N] (Tp = C * L); params: [H, 1, N] float32; seg [B, C, L] float32 segment index;
-  s0 [B, H, N, N] float32. Returns o [B, H, Tp, N] (out_dtype), the final state [B, H, N, N] and the entering states
-  [B, H, C, N, N] float32."""
+  s0 [B, H, N, N] float32; reset: None or [B or 1, H, N, N] float32. Returns o [B, H, Tp, N] (out_dtype), the final
+  state [B, H, N, N] and the entering states [B, H, C, N, N] float32."""
   B, H, Tp, N = xs[0].shape
   C, L = seg.shape[1], seg.shape[2]
   tile, param, scol, srow, state, pcs = _specs(L, N, False, C)
   nx, n_in = len(xs), len(xs) + len(params)
+  reset_specs, resets = _reset_spec(reset, N)
 
   def kernel(*refs):
-    sc_ref, sr_ref, s0_ref, o_ref, fin_ref, st_ref, s_scr = refs[n_in:]
+    sc_ref, sr_ref, s0_ref, *rs_ref = refs[n_in:n_in + 3 + len(resets)]
+    o_ref, fin_ref, st_ref, s_scr = refs[n_in + 3 + len(resets):]
+    kw = {"reset": rs_ref[0][...]} if rs_ref else {}
     c = pl.program_id(2)
 
     @pl.when(c == 0)
@@ -68,7 +86,7 @@ def forward_call(chunk_forward: Callable, xs, params, seg, s0, out_dtype, *, nam
     S = s_scr[...]
     st_ref[...] = S
     vals = [ref[...].astype(F32) for ref in refs[:nx]] + [ref[...] for ref in refs[nx:n_in]]
-    o, S_next = chunk_forward(*vals, sc_ref[...], sr_ref[...], S)
+    o, S_next = chunk_forward(*vals, sc_ref[...], sr_ref[...], S, **kw)
     o_ref[...] = o.astype(o_ref.dtype)
     s_scr[...] = S_next
 
@@ -79,7 +97,7 @@ def forward_call(chunk_forward: Callable, xs, params, seg, s0, out_dtype, *, nam
   return pl.pallas_call(
     kernel,
     grid=(B, H, C),
-    in_specs=[tile] * nx + [param] * len(params) + [scol, srow, state],
+    in_specs=[tile] * nx + [param] * len(params) + [scol, srow, state] + reset_specs,
     out_specs=[tile, state, pcs],
     out_shape=[
       jax.ShapeDtypeStruct((B, H, Tp, N), out_dtype),
@@ -90,27 +108,34 @@ def forward_call(chunk_forward: Callable, xs, params, seg, s0, out_dtype, *, nam
     compiler_params=_compiler_params(),
     interpret=interpret,
     name=name,
-  )(*xs, *params, seg[..., None], seg[:, :, None, :], s0)
+  )(*xs, *params, seg[..., None], seg[:, :, None, :], s0, *resets)
 
 
-def backward_call(chunk_backward: Callable, xs, params, seg, states, d_o, d_final, *, name: str, interpret: bool):
+def backward_call(chunk_backward: Callable, xs, params, seg, states, d_o, d_final, *, name: str, interpret: bool,
+                  reset=None):
   """The backward kernel over all chunks, in reverse.
 
-  chunk_backward(*tiles, *params, seg_col, seg_row, S, dO, dS') -> (*tile grads, *param grads [1, N], dS), all
-  float32; xs, params, seg as in `forward_call`; states [B, H, C, N, N] float32 (from it); d_o [B, H, Tp, N];
-  d_final [B, H, N, N] float32. Returns the gradients of xs [B, H, Tp, N] (in their dtypes), of the initial state
-  [B, H, N, N] float32 and of each param summed over the chunks of each (batch row, head) [B, H, 1, N] float32."""
+  chunk_backward(*tiles, *params, seg_col, seg_row, S, dO, dS'[, reset=R]) -> (*tile grads, *param grads [1, N], dS
+  [, dR]), all float32; xs, params, seg, reset as in `forward_call`; states [B, H, C, N, N] float32 (from it); d_o
+  [B, H, Tp, N]; d_final [B, H, N, N] float32. Returns the gradients of xs [B, H, Tp, N] (in their dtypes), of the
+  initial state [B, H, N, N] float32, of each param summed over the chunks of each (batch row, head) [B, H, 1, N]
+  float32 and, with a reset, of it summed likewise [B, H, N, N] float32 (not yet over the rows of a [1, ...] one)."""
   B, H, Tp, N = xs[0].shape
   C, L = seg.shape[1], seg.shape[2]
   tile, param, scol, srow, state, pcs = _specs(L, N, True, C)
   per_head = pl.BlockSpec((None, None, 1, N), lambda b, h, c: (b, h, 0, 0))
   nx, n_in, npar = len(xs), len(xs) + len(params), len(params)
+  reset_specs, resets = _reset_spec(reset, N)
+  nr = len(resets)
+  n_out = nx + 1 + npar + nr
 
   def kernel(*refs):
     sc_ref, sr_ref, st_ref, do_ref, dfin_ref = refs[n_in:n_in + 5]
-    outs = refs[n_in + 5:n_in + 5 + nx + 1 + npar]
-    grad_refs, ds0_ref, dp_refs = outs[:nx], outs[nx], outs[nx + 1:]
-    ds_scr, *dp_scr = refs[n_in + 5 + nx + 1 + npar:]
+    rs_ref = refs[n_in + 5:n_in + 5 + nr]
+    outs = refs[n_in + 5 + nr:n_in + 5 + nr + n_out]
+    grad_refs, ds0_ref, dp_refs = outs[:nx], outs[nx], outs[nx + 1:]  # dp_refs: the params', then the reset's
+    ds_scr, *dp_scr = refs[n_in + 5 + nr + n_out:]
+    kw = {"reset": rs_ref[0][...]} if rs_ref else {}
     c = pl.program_id(2)
 
     @pl.when(c == 0)
@@ -120,12 +145,12 @@ def backward_call(chunk_backward: Callable, xs, params, seg, states, d_o, d_fina
         scr[...] = jnp.zeros_like(scr)
 
     vals = [ref[...].astype(F32) for ref in refs[:nx]] + [ref[...] for ref in refs[nx:n_in]]
-    grads = chunk_backward(*vals, sc_ref[...], sr_ref[...], st_ref[...], do_ref[...].astype(F32), ds_scr[...])
+    grads = chunk_backward(*vals, sc_ref[...], sr_ref[...], st_ref[...], do_ref[...].astype(F32), ds_scr[...], **kw)
     for ref, g in zip(grad_refs, grads[:nx]):
       ref[...] = g.astype(ref.dtype)
     dS = grads[nx + npar]
     ds_scr[...] = dS
-    for scr, g in zip(dp_scr, grads[nx:nx + npar]):
+    for scr, g in zip(dp_scr, grads[nx:nx + npar] + grads[nx + npar + 1:]):
       scr[...] += g
 
     @pl.when(c == C - 1)
@@ -137,15 +162,15 @@ def backward_call(chunk_backward: Callable, xs, params, seg, states, d_o, d_fina
   return pl.pallas_call(
     kernel,
     grid=(B, H, C),
-    in_specs=[tile] * nx + [param] * npar + [scol, srow, pcs, tile, state],
-    out_specs=[tile] * nx + [state] + [per_head] * npar,
+    in_specs=[tile] * nx + [param] * npar + [scol, srow, pcs, tile, state] + reset_specs,
+    out_specs=[tile] * nx + [state] + [per_head] * npar + [state] * nr,
     out_shape=[jax.ShapeDtypeStruct((B, H, Tp, N), x.dtype) for x in xs] + [jax.ShapeDtypeStruct((B, H, N, N), F32)]
-    + [jax.ShapeDtypeStruct((B, H, 1, N), F32)] * npar,
-    scratch_shapes=[pltpu.VMEM((N, N), F32)] + [pltpu.VMEM((1, N), F32)] * npar,
+    + [jax.ShapeDtypeStruct((B, H, 1, N), F32)] * npar + [jax.ShapeDtypeStruct((B, H, N, N), F32)] * nr,
+    scratch_shapes=[pltpu.VMEM((N, N), F32)] + [pltpu.VMEM((1, N), F32)] * npar + [pltpu.VMEM((N, N), F32)] * nr,
     compiler_params=_compiler_params(),
     interpret=interpret,
     name=name,
-  )(*xs, *params, seg[..., None], seg[:, :, None, :], states, d_o, d_final)
+  )(*xs, *params, seg[..., None], seg[:, :, None, :], states, d_o, d_final, *resets)
 
 
 def head_major(x, Tp: int):

@@ -10,7 +10,8 @@ One kernel set serves both ops: WKV-5 is WKV-6 with a decay constant over time, 
   pallas_tpu_interpret  the TPU kernels in Pallas interpret mode (any platform; never picked by "auto").
   pallas_gpu_interpret  the Mosaic GPU kernels in the Mosaic GPU interpreter (any platform; never picked by "auto").
 
-None of them supports `reset_state` (NotImplementedError unless it is None). The chunk algebra (`common.py`) uses
+The TPU backends support `reset_state` (segments restart from a given state); the GPU ones raise
+NotImplementedError for one. The chunk algebra (`common.py`) uses
 exact pairwise decays over a binary hierarchy of blocks (spec wkv_kernels.md section 2.4), so RWKV-6's unbounded
 decays cannot overflow. Tests: tests/ops/wkv56_pallas_test.py.
 """
@@ -25,9 +26,9 @@ from pallas_kernels.wkv56.gpu import wkv5_pallas_gpu, wkv6_pallas_gpu
 from pallas_kernels.wkv56.tpu import wkv5_pallas_tpu, wkv6_pallas_tpu
 
 for _op, _tpu, _gpu in (("wkv5", wkv5_pallas_tpu, wkv5_pallas_gpu), ("wkv6", wkv6_pallas_tpu, wkv6_pallas_gpu)):
-  register_backend("pallas_tpu", _tpu, auto_platforms=("tpu",), op=_op)
+  register_backend("pallas_tpu", _tpu, auto_platforms=("tpu",), op=_op, supports_reset_state=True)
   register_backend("pallas_gpu", _gpu, op=_op)  # not "auto" on GPU until checked on hardware
-  register_backend("pallas_tpu_interpret", functools.partial(_tpu, interpret=True), op=_op)
+  register_backend("pallas_tpu_interpret", functools.partial(_tpu, interpret=True), op=_op, supports_reset_state=True)
   register_backend("pallas_gpu_interpret", functools.partial(_gpu, interpret=True), op=_op)
 
 __all__ = ["wkv5_pallas_gpu", "wkv5_pallas_tpu", "wkv6_pallas_gpu", "wkv6_pallas_tpu"]

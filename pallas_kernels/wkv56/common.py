@@ -26,7 +26,9 @@ to 0 is the exact limit. The chunk level uses E_L and F_L. log2(L) pair levels c
 
 Resets: seg = the number of segment starts inside the chunk up to each token (`chunking.segment_index`); pairs of
 different seg are masked out of A, rows with seg > 0 do not read S, Kbar keeps the last segment's rows and dec is 0
-when the chunk holds a start (exact for resets anywhere, including chunk boundaries).
+when the chunk holds a start (exact for resets anywhere, including chunk boundaries). With a reset state R (`reset=`
+of the chunk functions) rows of a segment starting at p read it as o += (r e^{Λ(p..t-1)}) R, and a chunk whose last
+segment starts inside it leaves S' += diag(e^{Λ(last segment)}) R (both exponents masked same-segment sums, <= 0).
 
 `chunk_terms`, `chunk_forward` and `chunk_backward` are written for ONE chunk on 2-D [L, N] float32 values with
 nothing but 2-D matmuls, elementwise ops, iota masks and axis sums, so that the same code runs inside the Pallas TPU
@@ -124,16 +126,38 @@ def chunk_terms(r, w, k, v, u, seg_col, seg_row, ops: MatOps = MatOps()):
   return qo, ops.mm(A, v), kbar, dec
 
 
-def chunk_forward(r, w, k, v, u, seg_col, seg_row, S, ops: MatOps = MatOps()):
-  """(o [L, V], S' [K, V]) of one chunk entered with state S [K, V] float32; other arguments as in `chunk_terms`."""
+def _reset_terms(r, w, seg_col, seg_row, ops):
+  """The readout of the reset state R by the rows of later segments (seg > 0), q_r = r e^{Λ(p..t-1)} [L, K] from the
+  row's segment start p, its factor e^{Λ(p..t-1)} [L, N] (both summed directly over the segment's tokens, <= 0), the
+  strict same-segment mask [L, L] float32 that sums them, and the chunk's leaving factor of R, e^{Λ(last segment)}
+  [1, K] (0 unless a segment starts in the chunk)."""
+  same, first, last, carry = _masks(seg_col, seg_row)
+  n = r.shape[0]
+  before = jnp.where(same & (_iota(n, 0) > _iota(n, 1)), 1.0, 0.0)
+  e_r = jnp.exp(ops.mm(before, w))
+  dec_r = jnp.where(carry, 0.0, jnp.exp(jnp.sum(jnp.where(last, w, 0.0), axis=0, keepdims=True)))
+  return jnp.where(first, 0.0, r * e_r), e_r, before, dec_r
+
+
+def chunk_forward(r, w, k, v, u, seg_col, seg_row, S, ops: MatOps = MatOps(), reset=None):
+  """(o [L, V], S' [K, V]) of one chunk entered with state S [K, V] float32; other arguments as in `chunk_terms`.
+
+  reset: None (segments starting in the chunk start from zero) or R [K, V] float32, the state they start from: rows
+  of a later segment read it decayed from their segment's start, and a chunk whose last segment starts inside it
+  leaves e^{Λ(last segment)} R on top."""
   qo, ob, kbar, dec = chunk_terms(r, w, k, v, u, seg_col, seg_row, ops)
-  return ops.mm(qo, S) + ob, ops.mm(diag_matrix(dec), S) + ops.tn(kbar, v)
+  o, S_next = ops.mm(qo, S) + ob, ops.mm(diag_matrix(dec), S) + ops.tn(kbar, v)
+  if reset is not None:
+    q_r, _, _, dec_r = _reset_terms(r, w, seg_col, seg_row, ops)
+    o, S_next = o + ops.mm(q_r, reset), S_next + ops.mm(diag_matrix(dec_r), reset)
+  return o, S_next
 
 
-def chunk_backward(r, w, k, v, u, seg_col, seg_row, S, dO, dS_next, ops: MatOps = MatOps()):
+def chunk_backward(r, w, k, v, u, seg_col, seg_row, S, dO, dS_next, ops: MatOps = MatOps(), reset=None):
   """Gradients of one chunk given dO [L, V] and dS' [K, V]: the VJP of `chunk_forward`, recomputing its terms.
 
-  Returns dr, dw, dk, dv [L, N], du [1, N] (this chunk's share) and dS [K, V] (the entering state's gradient).
+  Returns dr, dw, dk, dv [L, N], du [1, N] (this chunk's share) and dS [K, V] (the entering state's gradient), and
+  with a `reset` R [K, V] (as in `chunk_forward`) then this chunk's share of R's gradient dR [K, V].
   """
   n = r.shape[0]
   same, first, last, carry = _masks(seg_col, seg_row)
@@ -167,4 +191,12 @@ def chunk_backward(r, w, k, v, u, seg_col, seg_row, S, dO, dS_next, ops: MatOps 
     if shift:
       lower, upper = block_triangles(n, shift)
       dw = dw + ops.mm(upper, dP * P) + ops.mm(lower, dQ * Q)
-  return dr, dw, dk, dv, du, dS
+  if reset is None:
+    return dr, dw, dk, dv, du, dS
+  # the reset state's terms: o += q_r R, S' += diag(dec_r) R (q_r = r e^{before w}, dec_r = e^{sum of last w})
+  q_r, e_r, before, dec_r = _reset_terms(r, w, seg_col, seg_row, ops)
+  d_qr = jnp.where(first, 0.0, ops.nt(dO, reset))
+  d_dec_r = diag_row(ops.nt(dS_next, reset))
+  dr = dr + d_qr * e_r
+  dw = dw + ops.tn(before, d_qr * q_r) + jnp.where(last, dec_r * d_dec_r, 0.0)
+  return dr, dw, dk, dv, du, dS, ops.tn(q_r, dO) + ops.mm(diag_matrix(dec_r), dS_next)

@@ -17,7 +17,11 @@ that sum (XLA adds the batch rows).
 Inputs are transposed to head-major [B, H, T, N] (Mosaic's block rule) and the tail is zero-padded to whole chunks
 (w = 0 and zero inputs are an identity transition with zero outputs). Inputs may be float32 or bfloat16 (computed
 in float32). Resets: `segment_ids` become a per-token segment index inside each chunk, passed as a [L, 1] column
-and a [1, L] row. WKV-5 broadcasts its [H, N] decay over [B, T] and runs the WKV-6 kernels.
+and a [1, L] row. A `reset_state` R (the state segments restart from) is one more [K, V] block per (batch row,
+head): rows of a segment starting inside a chunk read it decayed from their segment's start
+(`common.chunk_forward(..., reset=R)`), and the backward sums its gradient per (batch row, head) in VMEM scratch as
+it does u's (XLA sums the rows of a [1, H, K, V] one); without one the reset-free kernels run. WKV-5 broadcasts its
+[H, N] decay over [B, T] and runs the WKV-6 kernels.
 
 `interpret=True` runs the same kernels in Pallas' interpreter (any platform; CI runs it on CPU).
 Not measured on TPU hardware (none here); see `lower_for_tpu` and `aot_lower` for the ahead-of-time lowering.
@@ -39,37 +43,34 @@ F32 = jnp.float32
 DEFAULT_CHUNK = 64
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def _wkv6(r, w, k, v, u, s0, seg, L, interpret):
-  return _wkv6_fwd(r, w, k, v, u, s0, seg, L, interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
+def _wkv6(r, w, k, v, u, s0, seg, reset, L, interpret):
+  return _wkv6_fwd(r, w, k, v, u, s0, seg, reset, L, interpret)[0]
 
 
-def _wkv6_fwd(r, w, k, v, u, s0, seg, L, interpret):
+def _wkv6_fwd(r, w, k, v, u, s0, seg, reset, L, interpret):
   T = r.shape[1]
   C = seg.shape[1]
   xs = [head_major(x, C * L) for x in (r, w, k, v)]
   u3 = u[:, None, :]
   o, final, states = forward_call(cm.chunk_forward, xs, [u3], seg, s0, r.dtype, name="wkv6_tpu_fwd",
-                                  interpret=interpret)
-  return (time_major(o, T), final), (xs, u3, seg, states)
+                                  interpret=interpret, reset=reset)
+  return (time_major(o, T), final), (xs, u3, seg, states, reset)
 
 
 def _wkv6_bwd(L, interpret, res, cts):
-  xs, u3, seg, states = res
+  xs, u3, seg, states, reset = res
   d_o, d_final = cts
   T, Tp = d_o.shape[1], xs[0].shape[2]
   d_o = head_major(d_o.astype(F32), Tp)
-  *grads, ds0, du = backward_call(cm.chunk_backward, xs, [u3], seg, states, d_o, d_final.astype(F32),
-                                  name="wkv6_tpu_bwd", interpret=interpret)
-  return tuple(time_major(g, T) for g in grads) + (du.sum(axis=(0, 2)), ds0, None)
+  grads = backward_call(cm.chunk_backward, xs, [u3], seg, states, d_o, d_final.astype(F32), name="wkv6_tpu_bwd",
+                        interpret=interpret, reset=reset)
+  ds0, du = grads[4], grads[5]
+  d_reset = None if reset is None else (grads[6].sum(axis=0, keepdims=True) if reset.shape[0] == 1 else grads[6])
+  return tuple(time_major(g, T) for g in grads[:4]) + (du.sum(axis=(0, 2)), ds0, None, d_reset)
 
 
 _wkv6.defvjp(_wkv6_fwd, _wkv6_bwd)
-
-
-def _no_reset_state(reset_state):
-  if reset_state is not None:
-    raise NotImplementedError("pallas_tpu does not support reset_state; use impl='chunked' (or 'auto')")
 
 
 def wkv6_pallas_tpu(r, w, k, v, u, initial_state, segment_ids, reset_state=None, *,
@@ -79,9 +80,9 @@ def wkv6_pallas_tpu(r, w, k, v, u, initial_state, segment_ids, reset_state=None,
   chunk_size: tokens per chunk L, a power of two in [8, 128]; T < L uses one chunk of the next power of two.
   interpret: run the kernels in Pallas interpret mode (any platform, e.g. CPU tests).
   Inputs r, k, v (and w) float32 or bfloat16; u, state and arithmetic float32; o in the dtype of r.
-  reset_state: not supported (segments restart from zero); a non-None one raises NotImplementedError.
+  reset_state: None (segments restart from zero) or [B or 1, H, K, V], the state they restart from (a separate
+    kernel variant; its gradient is summed over the batch rows for a [1, ...] one).
   """
-  _no_reset_state(reset_state)
   B, T, H, N = r.shape
   if chunk_size & (chunk_size - 1) or not 8 <= chunk_size <= 128:
     raise ValueError(f"pallas_tpu: chunk_size must be a power of two in [8, 128], got {chunk_size}")
@@ -93,41 +94,45 @@ def wkv6_pallas_tpu(r, w, k, v, u, initial_state, segment_ids, reset_state=None,
     w = w.astype(F32)
   s0 = jnp.zeros((B, H, N, N), F32) if initial_state is None else initial_state.astype(F32)
   seg = segment_index(segment_ids, B, T, L)
-  return _wkv6(r, w, k, v, u.astype(F32), s0, seg, L, interpret)
+  reset = None if reset_state is None else reset_state.astype(F32)
+  return _wkv6(r, w, k, v, u.astype(F32), s0, seg, reset, L, interpret)
 
 
 def wkv5_pallas_tpu(r, w, k, v, u, initial_state, segment_ids, reset_state=None, *,
                     chunk_size: int = DEFAULT_CHUNK, interpret: bool = False):
   """The `pallas_tpu` backend of wkv5 (w: [H, N]): the WKV-6 kernels with the decay broadcast over [B, T]."""
-  _no_reset_state(reset_state)
-  return wkv6_pallas_tpu(r, broadcast_decay(w, r), k, v, u, initial_state, segment_ids, chunk_size=chunk_size,
-                         interpret=interpret)
+  return wkv6_pallas_tpu(r, broadcast_decay(w, r), k, v, u, initial_state, segment_ids, reset_state,
+                         chunk_size=chunk_size, interpret=interpret)
 
 
-def _grad_fn(op: str, chunk_size: int):
-  """jit(grad) of a scalar loss of (o, final_state) w.r.t. r, w, k, v, u and the initial state."""
+def _grad_fn(op: str, chunk_size: int, with_reset: bool = False):
+  """jit(grad) of a scalar loss of (o, final_state) w.r.t. r, w, k, v, u, the initial state (and the reset state)."""
   fn = wkv5_pallas_tpu if op == "wkv5" else wkv6_pallas_tpu
 
-  def loss(r, w, k, v, u, s0, seg):
-    o, s = fn(r, w, k, v, u, s0, seg, chunk_size=chunk_size)
+  def loss(r, w, k, v, u, s0, seg, *reset):
+    o, s = fn(r, w, k, v, u, s0, seg, *reset, chunk_size=chunk_size)
     return jnp.sum(o.astype(F32)) + jnp.sum(s)
 
-  return jax.jit(jax.grad(loss, argnums=tuple(range(6))))
+  return jax.jit(jax.grad(loss, argnums=tuple(range(6)) + ((7,) if with_reset else ())))
 
 
-def _arg_specs(op: str, shape, dtype, sharding=None):
+def _arg_specs(op: str, shape, dtype, sharding=None, reset_batch: int | None = None):
   B, T, H, N = shape
   spec = lambda s, dt: jax.ShapeDtypeStruct(s, dt, sharding=sharding)  # noqa: E731
   w_shape = (H, N) if op == "wkv5" else shape
+  reset = () if reset_batch is None else (spec((reset_batch, H, N, N), F32),)
   return (spec(shape, dtype), spec(w_shape, F32), spec(shape, dtype), spec(shape, dtype), spec((H, N), F32),
-          spec((B, H, N, N), F32), spec((B, T), jnp.int32))
+          spec((B, H, N, N), F32), spec((B, T), jnp.int32)) + reset
 
 
-def lower_for_tpu(op: str = "wkv6", shape=(2, 256, 4, 64), dtype=jnp.bfloat16, chunk_size: int = DEFAULT_CHUNK):
+def lower_for_tpu(op: str = "wkv6", shape=(2, 256, 4, 64), dtype=jnp.bfloat16, chunk_size: int = DEFAULT_CHUNK,
+                  reset_batch: int | None = None):
   """Cross-platform lowering for TPU (no TPU plugin needed): traces forward+backward of `op` ("wkv5" or "wkv6")
-  and runs the Pallas -> Mosaic lowering of both kernels; returns the StableHLO text (with the Mosaic modules)."""
-  fn = _grad_fn(op, chunk_size)
-  return fn.trace(*_arg_specs(op, shape, dtype)).lower(lowering_platforms=("tpu",)).as_text()
+  and runs the Pallas -> Mosaic lowering of both kernels; returns the StableHLO text (with the Mosaic modules).
+  reset_batch: None, or 1 or B to lower the reset_state variant (a [reset_batch, H, K, V] reset state)."""
+  fn = _grad_fn(op, chunk_size, reset_batch is not None)
+  args = _arg_specs(op, shape, dtype, reset_batch=reset_batch)
+  return fn.trace(*args).lower(lowering_platforms=("tpu",)).as_text()
 
 
 def aot_lower(topology: str = "v5e:2x2", op: str = "wkv6", shape=(2, 256, 4, 64), dtype=jnp.bfloat16,

@@ -17,6 +17,11 @@ A chunk of L tokens (L a power of two, 16..64) with entering state S is, with g 
     S' = diag(d) S + Bbar^T u + Kbar^T V,   Bbar = b e^{gL-g}, Kbar = k e^{gL-g} (last segment), d = e^{gL}
                                                                    (0 if the chunk contains a segment start)
 
+With a reset state R (segments restart from it, not from zero), the rows of a segment starting at p inside the chunk
+read R exactly as the first segment's rows read S, with decays counted from p: A0_R = a e^{Λ(p..t-1)},
+Q0_R = r e^{Λ(p..t)} (masked same-segment row sums of w, <= 0), u = T (A0 S + A0_R R + A_ak V), o += Q0_R R, and
+S' += diag(e^{Λ(last segment)}) R when the chunk's last segment starts inside it (`reset=` of the chunk functions).
+
 `chunk_forward` and `chunk_backward` write this for ONE chunk on 2-D [L, N] float32 values, with nothing but 2-D
 matmuls, elementwise ops, iota masks and sublane sums, so that the same Python code runs inside the Pallas TPU
 kernel body and, under `jax.vmap`, as batched XLA (the oracle of the GPU kernels, whose `gpu_bwd.chunk_grads` is
@@ -98,8 +103,22 @@ def _factors(r, w, k, a, b, ops: MatOps):
   return g, gm, gl, e_q, e_a, e_out, to_end
 
 
-def chunk_forward(r, w, k, v, a, b, seg_col, seg_row, S, ops: MatOps = MatOps()):
-  """(o [L, V], S' [K, V]) of one chunk; inputs [L, N] float32, S [K, V] float32, seg_* as in `_masks`."""
+def _reset_factors(w, strict, incl, first, last, carry, ops: MatOps):
+  """The exponentials through which the rows of later segments (seg > 0) read the reset state R: e^{Λ(p..t-1)}
+  (for a) and e^{Λ(p..t)} (for r) [L, N] from the row's segment start p, summed directly over the segment's tokens
+  (<= 0), and the chunk's leaving factor of R, e^{Λ(last segment)} [1, N] (0 unless a segment starts in the chunk)."""
+  e_ra = jnp.exp(ops.mm(jnp.where(strict, 1.0, 0.0), w))
+  e_rq = jnp.exp(ops.mm(jnp.where(incl, 1.0, 0.0), w))
+  dec_r = jnp.where(carry, 0.0, jnp.exp(jnp.sum(jnp.where(last, w, 0.0), axis=0, keepdims=True)))
+  return ~first, e_ra, e_rq, dec_r
+
+
+def chunk_forward(r, w, k, v, a, b, seg_col, seg_row, S, ops: MatOps = MatOps(), reset=None):
+  """(o [L, V], S' [K, V]) of one chunk; inputs [L, N] float32, S [K, V] float32, seg_* as in `_masks`.
+
+  reset: None (segments starting in the chunk start from zero) or R [K, V] float32, the state they start from: the
+  rows of a later segment read R as the first segment's read S (A0, Q0 with decays from the segment's start), and a
+  chunk whose last segment starts inside it leaves e^{Λ(last segment)} R on top."""
   strict, incl, first, last, carry = _masks(seg_col, seg_row)
   g, gm, gl, e_q, e_a, e_out, to_end = _factors(r, w, k, a, b, ops)
   qt, at, kh, bh = r * e_q, a * e_a, k * e_out, b * e_out
@@ -110,12 +129,20 @@ def chunk_forward(r, w, k, v, a, b, seg_col, seg_row, S, ops: MatOps = MatOps())
   a0 = jnp.where(first, a * jnp.exp(gm), 0.0)
   q0 = jnp.where(first, r * jnp.exp(g), 0.0)
   T = unit_lower_inverse(A_ab, ops)
-  u = ops.mm(T, ops.mm(a0, S) + ops.mm(A_ak, v))
+  rhs = ops.mm(a0, S) + ops.mm(A_ak, v)
+  if reset is not None:
+    later, e_ra, e_rq, dec_r = _reset_factors(w, strict, incl, first, last, carry, ops)
+    rhs = rhs + ops.mm(jnp.where(later, a * e_ra, 0.0), reset)
+  u = ops.mm(T, rhs)
   o = ops.mm(q0, S) + ops.mm(A_qb, u) + ops.mm(A_qk, v)
+  if reset is not None:
+    o = o + ops.mm(jnp.where(later, r * e_rq, 0.0), reset)
   bbar = jnp.where(last, b * to_end, 0.0)
   kbar = jnp.where(last, k * to_end, 0.0)
   dec = jnp.where(carry, jnp.exp(gl), 0.0)
   S_next = ops.mm(diag_matrix(dec), S) + ops.tn(bbar, u) + ops.tn(kbar, v)
+  if reset is not None:
+    S_next = S_next + ops.mm(diag_matrix(dec_r), reset)
   return o, S_next
 
 
@@ -146,9 +173,10 @@ def chunk_prep(r, w, k, v, a, b, seg_col, seg_row, ops: MatOps = MatOps()):
   return wy_w, wy_u, qo, ob, bbar, kbar, dec
 
 
-def chunk_backward(r, w, k, v, a, b, seg_col, seg_row, S, dO, dS_next, ops: MatOps = MatOps()):
+def chunk_backward(r, w, k, v, a, b, seg_col, seg_row, S, dO, dS_next, ops: MatOps = MatOps(), reset=None):
   """Gradients (dr, dw, dk, dv, da, db [L, N], dS [K, V]) of one chunk given dO [L, V] and dS' [K, V]: the VJP of
-  `chunk_forward` (spec section 2.3), recomputing the forward terms."""
+  `chunk_forward` (spec section 2.3), recomputing the forward terms. With a `reset` R [K, V] (as in
+  `chunk_forward`) the gradient of R from this chunk, dR [K, V], follows dS."""
   strict, incl, first, last, carry = _masks(seg_col, seg_row)
   g, gm, gl, e_q, e_a, e_out, to_end = _factors(r, w, k, a, b, ops)
   qt, at, kh, bh = r * e_q, a * e_a, k * e_out, b * e_out
@@ -160,7 +188,12 @@ def chunk_backward(r, w, k, v, a, b, seg_col, seg_row, S, dO, dS_next, ops: MatO
   a0 = jnp.where(first, a * ea0, 0.0)
   q0 = jnp.where(first, r * eq0, 0.0)
   T = unit_lower_inverse(A_ab, ops)
-  u = ops.mm(T, ops.mm(a0, S) + ops.mm(A_ak, v))
+  rhs = ops.mm(a0, S) + ops.mm(A_ak, v)
+  if reset is not None:
+    later, e_ra, e_rq, dec_r = _reset_factors(w, strict, incl, first, last, carry, ops)
+    a0r, q0r = jnp.where(later, a * e_ra, 0.0), jnp.where(later, r * e_rq, 0.0)
+    rhs = rhs + ops.mm(a0r, reset)
+  u = ops.mm(T, rhs)
   bbar = jnp.where(last, b * to_end, 0.0)
   kbar = jnp.where(last, k * to_end, 0.0)
   dec = jnp.where(carry, jnp.exp(gl), 0.0)
@@ -200,4 +233,15 @@ def chunk_backward(r, w, k, v, a, b, seg_col, seg_row, S, dO, dS_next, ops: MatO
   dgm = at * d_at + a0 * da0
   dgl = jnp.sum(kbar * d_kbar + bbar * d_bbar, axis=0, keepdims=True) + dec * d_dec
   dw = cumsum_rows(dg + dgm, ops, reverse=True) - dgm + dgl
-  return dr, dw, dk, dv, da, db, dS
+  if reset is None:
+    return dr, dw, dk, dv, da, db, dS
+  # the reset state's terms: S' += diag(dec_r) R, o += q0r R, rhs += a0r R (exponents: masked row sums of w)
+  d_dec_r = diag_row(ops.nt(dS_next, reset))
+  dq0r = jnp.where(later, ops.nt(dO, reset), 0.0)
+  da0r = jnp.where(later, ops.nt(dR, reset), 0.0)
+  d_reset = ops.mm(diag_matrix(dec_r), dS_next) + ops.tn(q0r, dO) + ops.tn(a0r, dR)
+  dr = dr + dq0r * e_rq
+  da = da + da0r * e_ra
+  dw = dw + ops.tn(jnp.where(incl, 1.0, 0.0), q0r * dq0r) + ops.tn(jnp.where(strict, 1.0, 0.0), a0r * da0r)
+  dw = dw + jnp.where(last, dec_r * d_dec_r, 0.0)
+  return dr, dw, dk, dv, da, db, dS, d_reset

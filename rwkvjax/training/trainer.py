@@ -303,7 +303,8 @@ def train(cfg: TrainConfig, workdir: str, *, config_json: dict | None = None) ->
     final_paths = task.export(host_params, workdir, "final", cfg.export_dtype)
     if eval_loss is not None:
       logger.log({"step": step, "eval_loss": eval_loss})
-    print(f"finished: {step} steps, {step * tokens_per_step:,} tokens, loss {last_loss}"
+    loss_text = f"loss {last_loss:.4f}" if last_loss is not None else "no steps left to run"
+    print(f"finished: {step} steps, {step * tokens_per_step:,} tokens, {loss_text}"
           + (f", held-out loss {eval_loss:.4f}" if eval_loss is not None else "")
           + f"; wrote {', '.join(final_paths)}", flush=True)
   checkpointer.close()

@@ -13,11 +13,13 @@ import numpy as np
 from tests.ops.wkv7_chunked_test import rel_err
 
 
-def run_vjp(fn, n_inputs, primals, segment_ids, cotangent):
+def run_vjp(fn, n_inputs, primals, segment_ids, cotangent, with_reset=False):
   """(fn's (o, final_state), the VJP of cotangent) with primals = the op's n_inputs inputs and, if given, the
-  initial state (else None: a zero state)."""
+  initial state (else None: a zero state), then (with_reset) the reset state, given to fn as `reset_state=`."""
   def f(*p):
-    return fn(*p[:n_inputs], p[n_inputs] if len(p) > n_inputs else None, segment_ids)
+    kw = {"reset_state": p[-1]} if with_reset else {}
+    p = p[:-1] if with_reset else p
+    return fn(*p[:n_inputs], p[n_inputs] if len(p) > n_inputs else None, segment_ids, **kw)
 
   out, vjp = jax.vjp(f, *primals)
   return out, vjp(cotangent)
@@ -42,22 +44,25 @@ def _assert_within(seed, label, errors, tols):
 
 
 def compare(seed, fn, reference, inputs, segment_ids, tol, *, names, cast, dtype=jnp.float32, label="",
-            use_s0=True):
+            use_s0=True, reset_state=None):
   """Asserts that outputs, final state and all gradients of `fn` match those of `reference` (float32) on the same
   (rounded) inputs.
 
   inputs: the op's inputs, then the initial state; the ones at the indices `cast` are given to fn in `dtype` (and to
-  the reference as float32); use_s0=False passes initial_state=None. names: of o, the final state and the gradients.
-  A bf16 result is allowed its own rounding on top of tol. Returns the relative errors by name."""
+  the reference as float32); use_s0=False passes initial_state=None. reset_state: None, or [B or 1, H, K, V] given
+  to both as `reset_state=` (its gradient is checked as "dreset_state"). names: of o, the final state and the
+  gradients of the inputs and the initial state. A bf16 result is allowed its own rounding on top of tol. Returns
+  the relative errors by name."""
   *xs, s0 = inputs
   xs = tuple(x.astype(dtype) if i in cast else x for i, x in enumerate(xs))
   B, T, H, N = xs[0].shape
   cot = cotangents(seed, B, T, H, N, dtype)
-  extra = (s0,) if use_s0 else ()
-  (o, s), g = jax.jit(functools.partial(run_vjp, fn, len(xs)))(xs + extra, segment_ids, cot)
+  extra = ((s0,) if use_s0 else ()) + (() if reset_state is None else (reset_state,))
+  names = tuple(names)[:2 + len(xs) + int(use_s0)] + (() if reset_state is None else ("dreset_state",))
+  vjp_of = lambda f: jax.jit(functools.partial(run_vjp, f, len(xs), with_reset=reset_state is not None))  # noqa: E731
+  (o, s), g = vjp_of(fn)(xs + extra, segment_ids, cot)
   up = lambda x: x.astype(jnp.float32)  # noqa: E731
-  (o_ref, s_ref), g_ref = jax.jit(functools.partial(run_vjp, reference, len(xs)))(
-    tuple(up(x) for x in xs) + extra, segment_ids, (up(cot[0]), cot[1]))
+  (o_ref, s_ref), g_ref = vjp_of(reference)(tuple(up(x) for x in xs) + extra, segment_ids, (up(cot[0]), cot[1]))
   assert o.shape == (B, T, H, N) and o.dtype == xs[0].dtype
   assert s.shape == (B, H, N, N) and s.dtype == jnp.float32
   assert all(x.shape == y.shape and x.dtype == y.dtype for x, y in zip(g, xs + extra))

@@ -1,6 +1,6 @@
 """The Pallas WKV-5 / WKV-6 backends (`pallas_tpu`, `pallas_gpu`) against the float32 reference: outputs, final state
-and the gradients of r, w, k, v, u and the initial state, with resets and T not a multiple of the chunk, fresh random
-inputs every run (the seed is in the failure message).
+and the gradients of r, w, k, v, u and the initial state (and of a reset_state, for `pallas_tpu`), with resets and T
+not a multiple of the chunk, fresh random inputs every run (the seed is in the failure message).
 
 On CPU (CI) the kernels run in Pallas interpret mode (`interpret=True`; the backends `pallas_tpu_interpret` and
 `pallas_gpu_interpret`), which checks their logic:
@@ -59,10 +59,10 @@ def make_inputs(seed, B, T, H, N, op="wkv6", decays="rwkv6"):
       f(B, H, N, N)
 
 
-def compare(seed, op, fn, inputs, segment_ids, tol, dtype=jnp.float32, label="", use_s0=True):
+def compare(seed, op, fn, inputs, segment_ids, tol, dtype=jnp.float32, label="", use_s0=True, reset_state=None):
   """`pallas_checks.compare` against the float32 reference of `op` (r, k, v given to fn in dtype)."""
   return pallas_checks.compare(seed, fn, REFERENCE[op], inputs, segment_ids, tol, names=NAMES, cast=(0, 2, 3),
-                               dtype=dtype, label=label, use_s0=use_s0)
+                               dtype=dtype, label=label, use_s0=use_s0, reset_state=reset_state)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -95,6 +95,30 @@ def test_tpu_interpret_bfloat16_and_random_resets():
   fn = functools.partial(wkv6_pallas_tpu, chunk_size=16, interpret=True)
   compare(seed, "wkv6", fn, make_inputs(seed, 2, 40, 1, 16), segment_ids, TPU_TOL, dtype=jnp.bfloat16,
           label="pallas_tpu bf16")
+
+
+@pytest.mark.parametrize(
+  "op,T,chunk,starts,reset_batch,use_s0,decays",
+  [
+    # per row: inside chunks, on a boundary (16), adjacent (16, 17 / 31, 32), the last token; T % chunk != 0
+    ("wkv6", 37, 16, ([5, 16, 17, 36], [15, 31, 32]), 2, True, "rwkv6"),
+    # one reset state for every row; a row without resets; no initial state; decays 1 .. e^-3000
+    ("wkv6", 45, 32, ([3, 9, 32, 40], []), 1, False, "extreme"),
+    ("wkv5", 37, 16, ([1, 16, 30], [8, 9]), 1, True, "rwkv6"),  # time-constant decay
+  ],
+)
+def test_tpu_interpret_reset_state(op, T, chunk, starts, reset_batch, use_s0, decays):
+  """Segments restart from reset_state: outputs, final state and all gradients, reset_state's included."""
+  seed = secrets.randbelow(2**31)
+  inputs = make_inputs(seed, len(starts), T, 2, 16, op, decays)
+  reset_state = jax.random.normal(jax.random.PRNGKey(seed + 2), (reset_batch, 2, 16, 16))
+  change = np.zeros((len(starts), T), np.int32)
+  for i, row in enumerate(starts):
+    change[i, row] = 1
+  backend = wkv5_pallas_tpu if op == "wkv5" else wkv6_pallas_tpu
+  fn = functools.partial(backend, chunk_size=chunk, interpret=True)
+  compare(seed, op, fn, inputs, jnp.asarray(np.cumsum(change, axis=1)), TPU_TOL, use_s0=use_s0,
+          label=f"{op} pallas_tpu reset_state [{reset_batch}, ...] {decays}", reset_state=reset_state)
 
 
 @pytest.mark.parametrize("op", ["wkv5", "wkv6"])
@@ -144,11 +168,15 @@ def test_backends_registered(op):
     assert ops.resolve_impl("auto", op) == "chunked"  # interpret variants are never picked by "auto"
 
 
-@pytest.mark.parametrize("backend", [wkv5_pallas_tpu, wkv6_pallas_tpu, wkv5_pallas_gpu, wkv6_pallas_gpu])
-def test_reset_state_is_not_supported(backend):
-  r, w, k, v, u, s0 = make_inputs(0, 1, 8, 1, 16, "wkv5" if "wkv5" in backend.__name__ else "wkv6")
+@pytest.mark.parametrize("op", ["wkv5", "wkv6"])
+def test_reset_state_support(op):
+  """The TPU kernels support a reset_state; the GPU ones raise NotImplementedError for one."""
+  assert {"pallas_tpu", "pallas_tpu_interpret"} <= set(ops.backends(op, reset_state=True))
+  assert not {"pallas_gpu", "pallas_gpu_interpret"} & set(ops.backends(op, reset_state=True))
+  r, w, k, v, u, s0 = make_inputs(0, 1, 8, 1, 16, op)
   with pytest.raises(NotImplementedError, match="does not support reset_state"):
-    backend(r, w, k, v, u, s0, segments_from_starts(1, 8, [4]), s0, interpret=True)
+    (wkv5_pallas_gpu if op == "wkv5" else wkv6_pallas_gpu)(r, w, k, v, u, s0, segments_from_starts(1, 8, [4]), s0,
+                                                           interpret=True)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -156,9 +184,12 @@ def test_reset_state_is_not_supported(backend):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("op,dtype,chunk", [("wkv6", jnp.bfloat16, 64), ("wkv5", jnp.float32, 32)])
-def test_tpu_kernels_lower_to_mosaic(op, dtype, chunk):
-  text = tpu.lower_for_tpu(op, shape=(1, 128, 2, 64), dtype=dtype, chunk_size=chunk)
+@pytest.mark.parametrize("op,dtype,chunk,reset_batch", [
+  ("wkv6", jnp.bfloat16, 64, None), ("wkv5", jnp.float32, 32, None), ("wkv6", jnp.bfloat16, 64, 2),
+  ("wkv5", jnp.float32, 32, 1),
+])
+def test_tpu_kernels_lower_to_mosaic(op, dtype, chunk, reset_batch):
+  text = tpu.lower_for_tpu(op, shape=(2, 128, 2, 64), dtype=dtype, chunk_size=chunk, reset_batch=reset_batch)
   assert "wkv6_tpu_fwd" in text and "wkv6_tpu_bwd" in text
 
 

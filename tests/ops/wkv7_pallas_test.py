@@ -1,6 +1,6 @@
 """The Pallas WKV-7 backends (`pallas_tpu`, `pallas_gpu`) against the float32 reference: outputs, final state and the
-gradients of all six inputs and the initial state, with resets and T not a multiple of the chunk, fresh random inputs
-every run (the seed is in the failure message).
+gradients of all six inputs and the initial state (and of a reset_state, for `pallas_tpu`), with resets and T not a
+multiple of the chunk, fresh random inputs every run (the seed is in the failure message).
 
 On CPU (CI) the kernels run in Pallas interpret mode (`interpret=True`; the backends `pallas_tpu_interpret` and
 `pallas_gpu_interpret`), which checks their logic:
@@ -38,10 +38,18 @@ GPU_TOL = 1e-2
 NAMES = ("o", "final_state", "dr", "dw", "dk", "dv", "da", "db", "dinitial_state")
 
 
-def compare(seed, fn, inputs, segment_ids, tol, dtype=jnp.float32, label="", use_s0=True):
+def compare(seed, fn, inputs, segment_ids, tol, dtype=jnp.float32, label="", use_s0=True, reset_state=None):
   """`pallas_checks.compare` against the float32 reference (r, k, v, a, b given to fn in dtype)."""
   return pallas_checks.compare(seed, fn, wkv7_reference, inputs, segment_ids, tol, names=NAMES, cast=(0, 2, 3, 4, 5),
-                               dtype=dtype, label=label, use_s0=use_s0)
+                               dtype=dtype, label=label, use_s0=use_s0, reset_state=reset_state)
+
+
+def row_segments(T, *starts_per_row):
+  """[B, T] int32 segment ids, row i changing exactly at starts_per_row[i]."""
+  change = np.zeros((len(starts_per_row), T), np.int32)
+  for i, starts in enumerate(starts_per_row):
+    change[i, list(starts)] = 1
+  return jnp.asarray(np.cumsum(change, axis=1))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -73,6 +81,25 @@ def test_tpu_interpret_bfloat16_and_random_resets():
   fn = functools.partial(wkv7_pallas_tpu, chunk_size=16, interpret=True)
   compare(seed, fn, make_inputs(seed, 2, 40, 1, 16), segment_ids, TPU_TOL, dtype=jnp.bfloat16,
           label="pallas_tpu bf16")
+
+
+@pytest.mark.parametrize(
+  "T,chunk,starts,reset_batch,use_s0,kind",
+  [
+    # per row: inside chunks, on a boundary (16), adjacent (16, 17 / 31, 32), the last token; T % chunk != 0
+    (37, 16, ([5, 16, 17, 36], [15, 31, 32]), 2, True, "rwkv7"),
+    # one reset state for every row; a row without resets; no initial state; several resets in one chunk
+    (45, 32, ([3, 9, 32, 40], []), 1, False, "generic"),
+  ],
+)
+def test_tpu_interpret_reset_state(T, chunk, starts, reset_batch, use_s0, kind):
+  """Segments restart from reset_state: outputs, final state and all gradients, reset_state's included."""
+  seed = secrets.randbelow(2**31)
+  inputs = make_inputs(seed, len(starts), T, 2, 16, kind)
+  reset_state = jax.random.normal(jax.random.PRNGKey(seed + 2), (reset_batch, 2, 16, 16))
+  fn = functools.partial(wkv7_pallas_tpu, chunk_size=chunk, interpret=True)
+  compare(seed, fn, inputs, row_segments(T, *starts), TPU_TOL, label=f"pallas_tpu reset_state [{reset_batch}, ...]",
+          use_s0=use_s0, reset_state=reset_state)
 
 
 def test_tpu_interpret_through_public_api():
@@ -115,18 +142,18 @@ def test_backends_registered():
     assert ops.resolve_impl("auto") == "chunked"  # interpret variants are never picked by "auto"
 
 
-def test_reset_state_is_not_supported_yet():
-  """The kernels restart segments from zero only: a reset_state raises NotImplementedError, through the op and
-  when a kernel function is called directly, and "auto" never picks them for one."""
+def test_reset_state_support():
+  """The TPU kernels support a reset_state; the GPU ones restart segments from zero only: a reset_state raises
+  NotImplementedError for them, through the op and when the kernel function is called directly."""
   r, w, k, v, a, b, s0 = make_inputs(secrets.randbelow(2**31), 1, 16, 1, 64)
   seg, reset = segments_from_starts(1, 16, [8]), jax.random.normal(jax.random.PRNGKey(0), (1, 1, 64, 64))
-  assert not {"pallas_tpu", "pallas_gpu"} & set(ops.backends(reset_state=True))
-  for impl in ("pallas_tpu", "pallas_gpu", "pallas_tpu_interpret", "pallas_gpu_interpret"):
+  assert {"pallas_tpu", "pallas_tpu_interpret"} <= set(ops.backends(reset_state=True))
+  assert not {"pallas_gpu", "pallas_gpu_interpret"} & set(ops.backends(reset_state=True))
+  for impl in ("pallas_gpu", "pallas_gpu_interpret"):
     with pytest.raises(NotImplementedError, match="does not support reset_state"):
       ops.wkv7(r, w, k, v, a, b, s0, segment_ids=seg, reset_state=reset, impl=impl)
-  for fn in (wkv7_pallas_tpu, wkv7_pallas_gpu):
-    with pytest.raises(NotImplementedError, match="does not support reset_state"):
-      fn(r, w, k, v, a, b, s0, seg, reset, interpret=True)
+  with pytest.raises(NotImplementedError, match="does not support reset_state"):
+    wkv7_pallas_gpu(r, w, k, v, a, b, s0, seg, reset, interpret=True)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -134,8 +161,9 @@ def test_reset_state_is_not_supported_yet():
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def test_tpu_kernels_lower_to_mosaic():
-  text = tpu.lower_for_tpu(shape=(1, 128, 2, 64), dtype=jnp.bfloat16, chunk_size=64)
+@pytest.mark.parametrize("reset_batch", [None, 1, 2])
+def test_tpu_kernels_lower_to_mosaic(reset_batch):
+  text = tpu.lower_for_tpu(shape=(2, 128, 2, 64), dtype=jnp.bfloat16, chunk_size=64, reset_batch=reset_batch)
   assert text.count("tpu_custom_call") >= 2  # forward and backward kernels
 
 
