@@ -14,22 +14,10 @@ PYTHON=${PYTHON:-python}
 deadline=${1:-0}
 read -r -a flags <<< "${DISTILL_FLAGS:-}"
 
-stage() {  # stage <workdir name> <experiment> <export that marks it done>
-  local dir=$ROOT/$1
-  if [ -e "$dir/$3" ]; then echo "== $1: done ($dir/$3)"; return 0; fi
-  local limit=()
-  if [ "$deadline" -gt 0 ]; then
-    local left=$((deadline - SECONDS))
-    if [ "$left" -lt 60 ]; then echo "== $1: not started, deadline reached; run again to go on"; exit 3; fi
-    limit=(timeout --signal=TERM --kill-after=120 "$left")
-  fi
-  echo "== $1: config:$2 -> $dir ($(date -u +%H:%M:%S))"
-  "${limit[@]}" "$PYTHON" -m launch.train --config "config:$2" "${flags[@]}" --workdir "$dir" || true
-  if [ ! -e "$dir/$3" ]; then echo "== $1: stopped before its export; run again to resume"; exit 3; fi
-}
+source benchmarks/resumable_train.sh
 
-stage teacher distill_teacher hf-final/config.json
-stage stage1 distill_stage1 student-final/config.json
-stage stage2 distill_stage2 student-final/config.json
-stage stage3 distill_stage3 student-final/config.json
+train_step $ROOT/teacher hf-final/config.json --config config:distill_teacher "${flags[@]}"
+train_step $ROOT/stage1 student-final/config.json --config config:distill_stage1 "${flags[@]}"
+train_step $ROOT/stage2 student-final/config.json --config config:distill_stage2 "${flags[@]}"
+train_step $ROOT/stage3 student-final/config.json --config config:distill_stage3 "${flags[@]}"
 "$PYTHON" benchmarks/distill_report.py --root "$ROOT" --append docs/distill.md

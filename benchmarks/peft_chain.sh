@@ -20,23 +20,10 @@ RUNS=${RUNS:-none state lora4 bone64 pissa32 lora32}
 read -r -a flags <<< "${PEFT_FLAGS:-}"
 deadline=${1:-0}
 
-train() {  # train <name> <marker file> <trainer flags...>
-  local name=$1 marker=$ROOT/$1/$2
-  shift 2
-  if [ -e "$marker" ]; then echo "== $name: done ($marker)"; return 0; fi
-  local limit=()
-  if [ "$deadline" -gt 0 ]; then
-    local left=$((deadline - SECONDS))
-    if [ "$left" -lt 60 ]; then echo "== $name: not started, deadline reached; run again to go on"; exit 3; fi
-    limit=(timeout --signal=TERM --kill-after=120 "$left")
-  fi
-  echo "== $name ($(date -u +%H:%M:%S))"
-  "${limit[@]}" "$PYTHON" -m launch.train "$@" --workdir "$ROOT/$name" || true
-  if [ ! -e "$marker" ]; then echo "== $name: stopped before $marker; run again to resume"; exit 3; fi
-}
+source benchmarks/resumable_train.sh
 
 # 1. the base model: L12-D768 on the embedded corpus (Python's standard library), 16k-token steps
-train base rwkv-final.pth --config config:pretrain --config set:ctx_len=512 --config set:micro_bsz=32 \
+train_step $ROOT/base rwkv-final.pth --config config:pretrain --config set:ctx_len=512 --config set:micro_bsz=32 \
     --config set:world_size=1 --config "set:my_exit_tokens=$BASE_TOKENS" --config set:optim.lr_init=6e-4 \
     --config set:optim.lr_final=6e-5 --config set:optim.warmup_steps=100 --config set:epoch_save=0 \
     --config set:save_every_steps=500 --config set:log_every_steps=50
@@ -52,8 +39,9 @@ fi
 for run in $RUNS; do
   extra=()
   if [ "$run" = none ]; then extra=(--config set:my_exit_tokens=409600); fi
-  train "$run" sample.txt --config "config:peft_cmp_$run" --config "set:load_model='$ROOT/base/rwkv-final.pth'" \
-      --config "set:data.data_file='${TASK}_train.jsonl'" --config "set:data.val_file='${TASK}_val.jsonl'" \
+  train_step "$ROOT/$run" sample.txt --config "config:peft_cmp_$run" \
+      --config "set:load_model='$ROOT/base/rwkv-final.pth'" --config "set:data.data_file='${TASK}_train.jsonl'" \
+      --config "set:data.val_file='${TASK}_val.jsonl'" \
       "${flags[@]}" "${extra[@]}"
 done
 
