@@ -233,11 +233,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | 
   return run_blocks(params, cfg, tokens, state, segment_ids, reset_state, impl, remat, time_mix, channel_mix)
 
 
-def step(params: Params, cfg: ModelConfig, token: jax.Array, state: State, *, impl: str = "auto"
-         ) -> tuple[jax.Array, State]:
-  """One recurrent step: token [B] ints -> logits [B, V] float32 and the next state."""
-  logits, state = forward(params, cfg, token[:, None], state, impl=impl)
-  return logits[:, 0], state
+step = rwkv_stack.one_token_step(forward)
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

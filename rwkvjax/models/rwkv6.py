@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from rwkvjax.config.model import ModelConfig
-from rwkvjax.models import layers
+from rwkvjax.models import layers, rwkv_stack
 from rwkvjax.models.params import ParamSpec, init_params
 from rwkvjax.models.rwkv5 import (SpecTable, block_flops_per_token, decay_speed, ffn_out, init_state, ln_x,
                                   official_state, run_blocks, time_faaaa_init)
@@ -161,11 +161,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | 
   return run_blocks(params, cfg, tokens, state, segment_ids, reset_state, impl, remat, time_mix, channel_mix)
 
 
-def step(params: Params, cfg: ModelConfig, token: jax.Array, state: State, *, impl: str = "auto"
-         ) -> tuple[jax.Array, State]:
-  """One recurrent step: token [B] ints -> logits [B, V] float32 and the next state."""
-  logits, state = forward(params, cfg, token[:, None], state, impl=impl)
-  return logits[:, 0], state
+step = rwkv_stack.one_token_step(forward)
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

@@ -226,11 +226,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | 
                             remat=remat, time_mix=mix, channel_mix=channel_mix, carry_init=jnp.zeros_like)
 
 
-def step(params: Params, cfg: ModelConfig, token: jax.Array, state: State, *, impl: str = "auto"
-         ) -> tuple[jax.Array, State]:
-  """One recurrent step: token [B] ints -> logits [B, V] float32 and the next state."""
-  logits, state = forward(params, cfg, token[:, None], state, impl=impl)
-  return logits[:, 0], state
+step = rwkv_stack.one_token_step(forward)
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

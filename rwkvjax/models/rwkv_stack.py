@@ -26,7 +26,7 @@ State = dict[str, jax.Array]
 
 REMAT_POLICIES = {"block": None, "block_save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
-__all__ = ["init_state", "forward", "REMAT_POLICIES"]
+__all__ = ["init_state", "forward", "one_token_step", "REMAT_POLICIES"]
 
 
 def init_state(cfg: ModelConfig, batch: int) -> State:
@@ -99,3 +99,14 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | 
   logits = constrain(logits, ("batch", None, "act_vocab"))
   return logits, {"att_x_prev": att_x_prev, "wkv": wkv_state, "ffn_x_prev": ffn_x_prev}
 
+
+
+def one_token_step(forward: Callable) -> Callable:
+  """The recurrent `step(params, cfg, token, state, *, impl="auto")` of a model's sequence `forward`: one token
+  [B] ints -> (logits [B, V] float32, the next state)."""
+  def step(params: Params, cfg: ModelConfig, token: jax.Array, state: State, *, impl: str = "auto"
+           ) -> tuple[jax.Array, State]:
+    """One recurrent step: token [B] ints -> logits [B, V] float32 and the next state."""
+    logits, state = forward(params, cfg, token[:, None], state, impl=impl)
+    return logits[:, 0], state
+  return step

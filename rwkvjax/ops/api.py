@@ -85,18 +85,26 @@ def dispatch(op: str, impl: str, *args, reset_state=None):
   return run_sharded(backend, tuple(arrays), initial_state, segment_ids, reset_state)
 
 
-def check_reset_state(op: str, reset_state, segment_ids, shape: tuple[int, int, int, int]) -> None:
-  """Validates `reset_state` against the state shape [B, H, K, V]: it must be float, [B, H, K, V] or
-  [1, H, K, V], and come with segment_ids (without them no segment restarts, so it would have no effect)."""
+def check_state_inputs(op: str, initial_state, segment_ids, reset_state, shape: tuple[int, int, int, int]) -> None:
+  """Validates the optional inputs of a WKV op whose token arrays are [B, T, H, N] (`shape`): initial_state
+  [B, H, N, N]; segment_ids [B, T] ints; reset_state float, [B, H, N, N] or [1, H, N, N], and only with
+  segment_ids (without them no segment restarts, so it would have no effect)."""
+  B, T, H, N = shape
+  if initial_state is not None and initial_state.shape != (B, H, N, N):
+    raise ValueError(f"{op}: initial_state has shape {initial_state.shape}; expected [B, H, K, V] = {(B, H, N, N)}")
+  if segment_ids is not None:
+    if segment_ids.shape != (B, T):
+      raise ValueError(f"{op}: segment_ids has shape {segment_ids.shape}; expected [B, T] = {(B, T)}")
+    if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+      raise ValueError(f"{op}: segment_ids has dtype {segment_ids.dtype}; expected an integer dtype")
   if reset_state is None:
     return
-  B, H, K, V = shape
   if segment_ids is None:
     raise ValueError(f"{op}: reset_state is given without segment_ids; it is the state that packed segments "
                      "restart from where segment_ids change, so pass segment_ids too (or no reset_state)")
-  if reset_state.shape not in ((B, H, K, V), (1, H, K, V)):
-    raise ValueError(f"{op}: reset_state has shape {reset_state.shape}; expected [B, H, K, V] = {(B, H, K, V)} "
-                     f"or [1, H, K, V] = {(1, H, K, V)}")
+  if reset_state.shape not in ((B, H, N, N), (1, H, N, N)):
+    raise ValueError(f"{op}: reset_state has shape {reset_state.shape}; expected [B, H, K, V] = {(B, H, N, N)} "
+                     f"or [1, H, K, V] = {(1, H, N, N)}")
   if not jnp.issubdtype(reset_state.dtype, jnp.floating):
     raise ValueError(f"{op}: reset_state has dtype {reset_state.dtype}; expected a float dtype (float32)")
 
@@ -109,15 +117,7 @@ def _check_inputs(r, w, k, v, a, b, initial_state, segment_ids, reset_state) -> 
       raise ValueError(f"wkv7: {name} has shape {x.shape}; expected [B, T, H, N]")
     if x.shape != r.shape:
       raise ValueError(f"wkv7: {name} has shape {x.shape}; expected the shape of r, {r.shape}")
-  B, T, H, N = r.shape
-  if initial_state is not None and initial_state.shape != (B, H, N, N):
-    raise ValueError(f"wkv7: initial_state has shape {initial_state.shape}; expected [B, H, K, V] = {(B, H, N, N)}")
-  if segment_ids is not None:
-    if segment_ids.shape != (B, T):
-      raise ValueError(f"wkv7: segment_ids has shape {segment_ids.shape}; expected [B, T] = {(B, T)}")
-    if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-      raise ValueError(f"wkv7: segment_ids has dtype {segment_ids.dtype}; expected an integer dtype")
-  check_reset_state("wkv7", reset_state, segment_ids, (B, H, N, N))
+  check_state_inputs("wkv7", initial_state, segment_ids, reset_state, r.shape)
 
 
 def wkv7(r, w, k, v, a, b, initial_state=None, *, segment_ids=None, reset_state=None, impl: str = "auto"):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rwkvjax.ops.api import check_reset_state, dispatch
+from rwkvjax.ops.api import check_state_inputs, dispatch
 from rwkvjax.ops.reference import segment_starts
 
 
@@ -27,19 +27,12 @@ def check_inputs(op: str, r, w, k, v, u, initial_state, segment_ids, reset_state
       raise ValueError(f"{op}: {name} has shape {x.shape}; expected [B, T, H, N]")
     if x.shape != r.shape:
       raise ValueError(f"{op}: {name} has shape {x.shape}; expected the shape of r, {r.shape}")
-  B, T, H, N = r.shape
+  H, N = r.shape[2:]
   if w_shape is not None and tuple(w.shape) != tuple(w_shape):
     raise ValueError(f"{op}: w has shape {w.shape}; expected [H, N] = {tuple(w_shape)}")
   if tuple(u.shape) != (H, N):
     raise ValueError(f"{op}: u has shape {u.shape}; expected [H, N] = {(H, N)}")
-  if initial_state is not None and initial_state.shape != (B, H, N, N):
-    raise ValueError(f"{op}: initial_state has shape {initial_state.shape}; expected [B, H, K, V] = {(B, H, N, N)}")
-  if segment_ids is not None:
-    if segment_ids.shape != (B, T):
-      raise ValueError(f"{op}: segment_ids has shape {segment_ids.shape}; expected [B, T] = {(B, T)}")
-    if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-      raise ValueError(f"{op}: segment_ids has dtype {segment_ids.dtype}; expected an integer dtype")
-  check_reset_state(op, reset_state, segment_ids, (B, H, N, N))
+  check_state_inputs(op, initial_state, segment_ids, reset_state, r.shape)
 
 
 def wkv6(r, w, k, v, u, initial_state=None, *, segment_ids=None, reset_state=None, impl: str = "auto"):
