@@ -19,12 +19,13 @@ sections 2.2-2.4), four pieces:
 4. `gpu_bwd.chunk_grads` (Mosaic GPU, chunk-parallel, one warpgroup per CTA, grid (C, H, B)): the input gradients,
    the math of `common.chunk_backward` per chunk given the saved entering states and the state gradients of 3
    (recomputing the chunk's forward terms; split-bf16 x3 products). It replaced `common.chunk_backward` vmapped in
-   XLA, which at K1 (8, 4096, 32, 64) on the H100 took 24.2 of the 25.5 ms forward+backward (forward 3.6 ms: prep +
-   state kernels; docs/benchmarks.md, 2026-11-26); the kernel has not been timed yet.
+   XLA: at K1 (8, 4096, 32, 64) on an H100, 11.50 ms against XLA's 22.72 ms, forward+backward 25.5 -> 16.08 ms
+   (jax-linear-attention 10.70 ms in the same process; docs/benchmarks.md, 2026-11-26, third session).
 
 Verified on an H100 against a float64 reference (bf16 inputs, resets, T % 64 != 0, N = 64 and 128): max relative
-error 5.2e-3 (the bf16 output), <= 3.3e-3 for the final state and all gradients (tests/ops/wkv7_pallas_test.py),
-with the input gradients of 4 still in XLA then; `gpu_bwd` is checked in the interpreter and by lowering only.
+error 5.2e-3 (the bf16 output), <= 3.3e-3 for the final state and all gradients (tests/ops/wkv7_pallas_test.py,
+with the input gradients of 4 still in XLA); with `chunk_grads`, against a float32 reference (no resets, N = 64 and
+128): <= 6.3e-3 for all gradients.
 
 Resets: `segment_ids` -> the per-token segment index inside each chunk (float32 [B, T]); masks as in `common`.
 `interpret=True` runs the Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).

@@ -26,7 +26,8 @@ chunk (x3 counted as 3), 30 of them in the inverse T.
 The log-decay gradient is assembled as in `chunk_backward`, regrouped so that the last-segment terms cancel exactly:
     dw = M_>= P + M_> dgm + M_< Q + dec * diag(dS' S^T)      (M_op[i, j] = [j op i], 0/1 bf16 matrices)
 with P = q~ dq~ + Q0 dQ0 - k^ dk^ - b^ db^ (dg without the Kbar / Bbar terms), dgm = a~ da~ + A0 dA0 and
-Q = Kbar dKbar + Bbar dBbar; the last term enters as ones (diag(dec) S o dS')^T, every row the same.
+Q = Kbar dKbar + Bbar dBbar; the last term enters as ones (diag(dec) S o dS')^T, every row the same. Each of the four terms is its own product
+(see the note in `body`).
 """
 
 from __future__ import annotations
@@ -257,7 +258,10 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
       ri, ci = iota(LL, 0), iota(LL, 1)
       tri = [jnp.where(m, 1.0, 0.0).astype(BF16) for m in (ci >= ri, ci > ri, ci < ri)]
       ones = jnp.where(iota(LN, 0) >= 0, 1.0, 0.0).astype(BF16)
-      out(dw_ref, mm(LL, _x2(tri[0], Q0) + _x2(tri[1], Q1) + _x2(tri[2], Q3) + _x2(ones, _t(W0))), kb)
+      # one accumulator per term: as a single chain of 8 products with these register (iota-built) lhs operands,
+      # dw came out NaN in some rows on the H100 (2026-11-26; each term alone, or summed from 4 chains, was right)
+      parts = [mm(LL, _x2(m, x)) for m, x in ((tri[0], Q0), (tri[1], Q1), (tri[2], Q3), (ones, _t(W0)))]
+      out(dw_ref, parts[0] + parts[1] + parts[2] + parts[3], kb)
 
   scratch = [swizzled((3 if KB > 1 else 2, 2, L, N)), swizzled((4, 2, L, L)), swizzled(LN), swizzled(LN),
              plgpu.Barrier(num_arrivals=2)]
