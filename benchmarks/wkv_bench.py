@@ -337,14 +337,15 @@ def _median_ms(calls, repeats):
 
 def pieces(label, shape, repeats, log):
   """Times the parts of pallas_gpu separately (median of `repeats`): XLA prologue, prep kernel, forward state
-  kernel (saving states), backward state kernel, XLA chunk-parallel gradients."""
+  kernel (saving states), backward state kernel, the chunk-parallel gradients kernel (`gpu_bwd`) and, for
+  comparison, the same gradients in XLA (`common.chunk_backward` vmapped, the backward's former path)."""
   import functools  # noqa: PLC0415
 
   from pallas_kernels.chunking import segment_index, to_chunks, vmap_chunks  # noqa: PLC0415
   from pallas_kernels.matops import x3_on_gpu  # noqa: PLC0415
   from pallas_kernels.mosaic_gpu_tiles import block_v  # noqa: PLC0415
   from pallas_kernels.wkv7 import common as cm  # noqa: PLC0415
-  from pallas_kernels.wkv7 import gpu  # noqa: PLC0415
+  from pallas_kernels.wkv7 import gpu, gpu_bwd  # noqa: PLC0415
 
   B, T, H, N = shape
   r, w, k, v, a, b, do, ds = make_inputs(1, *shape)
@@ -371,6 +372,7 @@ def pieces(label, shape, repeats, log):
     return bwd(*xs, seg_col, seg_row, states, to_chunks(d_o.astype(jnp.float32), gpu.L), d_states)
 
   b1j = jax.jit(b1)
+  cg = jax.jit(functools.partial(gpu_bwd.chunk_grads, out_dtypes=[jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 4))
   jax.block_until_ready(b1j(bf(r), w, bf(k), bf(v), bf(a), bf(b), seg, states, bf(do), dst))
   rb, kb_, vb_, ab, bb_, dob = (bf(t) for t in (r, k, v, a, b, do))  # cast once, outside the timed calls
   calls = {
@@ -378,6 +380,7 @@ def pieces(label, shape, repeats, log):
     "prep": lambda: prep(rb, kb_, vb_, ab, bb_, g_pad, seg_flat),
     "state_fwd": lambda: sf(ww, wu, qo, ob, bb, kb, vb_, dec, s0),
     "state_bwd": lambda: sb(ww, qo, bb, dob, dec, ds),
+    "chunk_grads": lambda: cg(rb, kb_, vb_, ab, bb_, g_pad, seg_flat, dec, states, dob, dst),
     "xla_chunk_grads": lambda: b1j(rb, w, kb_, vb_, ab, bb_, seg, states, dob, dst),
   }
   out = _median_ms(calls, repeats)

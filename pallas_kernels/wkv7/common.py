@@ -24,11 +24,12 @@ S' += diag(e^{Λ(last segment)}) R when the chunk's last segment starts inside i
 
 `chunk_forward` and `chunk_backward` write this for ONE chunk on 2-D [L, N] float32 values, with nothing but 2-D
 matmuls, elementwise ops, iota masks and sublane sums, so that the same Python code runs inside the Pallas TPU
-kernel body and, under `jax.vmap`, as batched XLA (the GPU backend's chunk-parallel backward, and the oracle of the
-GPU kernels' intermediate tiles). `chunk_backward` is the hand-written VJP of `chunk_forward` with the entering
-state treated as an input (its gradient is returned too): given dO and dS' of a chunk it returns the gradients of
-the chunk's six inputs and of S. The 2-D building blocks (MatOps, row and diagonal helpers) are in
-`pallas_kernels.matops`; chunk layout and segment indices of the XLA glue in `pallas_kernels.chunking`.
+kernel body and, under `jax.vmap`, as batched XLA (the oracle of the GPU kernels, whose `gpu_bwd.chunk_grads` is
+`chunk_backward` as a Mosaic GPU kernel, and the comparison in `benchmarks/wkv_bench.py --pieces`). `chunk_backward`
+is the hand-written VJP of `chunk_forward` with the entering state treated as an input (its gradient is returned
+too): given dO and dS' of a chunk it returns the gradients of the chunk's six inputs and of S. The 2-D building
+blocks (MatOps, row and diagonal helpers) are in `pallas_kernels.matops`; chunk layout and segment indices of the
+XLA glue in `pallas_kernels.chunking`.
 """
 
 from __future__ import annotations

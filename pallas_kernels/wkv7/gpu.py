@@ -16,16 +16,19 @@ sections 2.2-2.4), four pieces:
    [B, T, H, N]), the final state and, for the backward, the state entering every chunk (fp32).
 3. `_state_bwd` (Mosaic GPU, same grid, chunks in reverse): the state gradient dS [K, bv] in registers,
    dU = Bbar dS, dS <- diag(d) dS + W^T dU + Qo^T dO; writes dS after every chunk (fp32) and dS0.
-4. The chunk-parallel input gradients in XLA: `common.chunk_backward` vmapped over (B, H, C), given the saved
-   entering states and the state gradients of 3 (split-bf16 x3 products on GPU). *This is the part still to move
-   into a Mosaic GPU kernel*: at K1 (8, 4096, 32, 64) on the H100 it took 24.2 of the 25.5 ms forward+backward
-   (forward 3.6 ms: prep + state kernels; docs/benchmarks.md, 2026-11-26).
+4. `gpu_bwd.chunk_grads` (Mosaic GPU, chunk-parallel, one warpgroup per CTA, grid (C, H, B)): the input gradients,
+   the math of `common.chunk_backward` per chunk given the saved entering states and the state gradients of 3
+   (recomputing the chunk's forward terms; split-bf16 x3 products). It replaced `common.chunk_backward` vmapped in
+   XLA: at K1 (8, 4096, 32, 64) on an H100, 11.50 ms against XLA's 22.72 ms, forward+backward 25.5 -> 16.08 ms
+   (jax-linear-attention 10.70 ms in the same process; docs/benchmarks.md, 2026-11-26, third session).
 
 Verified on an H100 against a float64 reference (bf16 inputs, resets, T % 64 != 0, N = 64 and 128): max relative
-error 5.2e-3 (the bf16 output), <= 3.3e-3 for the final state and all gradients (tests/ops/wkv7_pallas_test.py).
+error 5.2e-3 (the bf16 output), <= 3.3e-3 for the final state and all gradients (tests/ops/wkv7_pallas_test.py,
+with the input gradients of 4 still in XLA); with `chunk_grads`, against a float32 reference (no resets, N = 64 and
+128): <= 6.3e-3 for all gradients.
 
 Resets: `segment_ids` -> the per-token segment index inside each chunk (float32 [B, T]); masks as in `common`.
-`interpret=True` runs the three Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).
+`interpret=True` runs the Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).
 Tile helpers (layouts, swizzled SMEM, split bf16, tensor-core products) are in `pallas_kernels.mosaic_gpu_tiles`;
 the state passes 2 and 3 are `pallas_kernels.mosaic_gpu_state_pass.state_pass` with WKV-7's per-chunk transitions.
 """
@@ -41,14 +44,13 @@ import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels.chunking import from_chunks, pad_time, segment_index, to_chunks, vmap_chunks
-from pallas_kernels.matops import x3_on_gpu
+from pallas_kernels.chunking import pad_time, segment_index
 from pallas_kernels.mosaic_gpu_state_pass import state_pass
 from pallas_kernels.mosaic_gpu_tiles import (
   COL, ROW, Mma, block_v, cols, compiler_params, interpret_params, iota, is_hopper, load, rows, split, store_split,
   swizzled, x3,
 )
-from pallas_kernels.wkv7 import common as cm
+from pallas_kernels.wkv7 import gpu_bwd
 
 F32 = jnp.float32
 BF16 = jnp.bfloat16
@@ -261,11 +263,11 @@ def _wkv7_fwd(r, w, k, v, a, b, s0, seg, interpret, save=True):
   o, final = outs[0][:, :T], outs[1]
   if not save:
     return (o.astype(r.dtype), final), None
-  return (o.astype(r.dtype), final), (r, w, k, v, a, b, seg, outs[2], ww, qo, bb, dec)
+  return (o.astype(r.dtype), final), (r, g_pad, k, v, a, b, seg, outs[2], ww, qo, bb, dec)
 
 
 def _wkv7_bwd(interpret, res, cts):
-  r, w, k, v, a, b, seg, states, ww, qo, bb, dec = res
+  r, g_pad, k, v, a, b, seg, states, ww, qo, bb, dec = res
   d_o, d_final = cts
   B, T, H, N = r.shape
   C = seg.shape[1]
@@ -273,17 +275,11 @@ def _wkv7_bwd(interpret, res, cts):
   bv = block_v(B, H, N)
   d_o_p = pad_time(d_o.astype(BF16), Tp)
   d_states, ds0 = _state_bwd(ww, qo, bb, d_o_p, dec, d_final.astype(F32), bv=bv, interpret=interpret)
-  # chunk-parallel input gradients (XLA): the VJP of each chunk given its entering state and dS after it
-  xs = [to_chunks(x.astype(BF16).astype(F32) if i != 1 else x.astype(F32), L)
-        for i, x in enumerate((r, w, k, v, a, b))]
-  seg_col = jnp.broadcast_to(seg[:, None, :, :, None], (B, H, C, L, 1))
-  seg_row = jnp.broadcast_to(seg[:, None, :, None, :], (B, H, C, 1, L))
-  d_oc = to_chunks(d_o_p.astype(F32), L)
-  ops = x3_on_gpu()
-  bwd = vmap_chunks(functools.partial(cm.chunk_backward, ops=ops))
-  grads = bwd(*xs, seg_col, seg_row, states, d_oc, d_states)
-  out = tuple(from_chunks(g, T).astype(x.dtype) for g, x in zip(grads[:6], (r, w, k, v, a, b)))
-  return out + (ds0, None)
+  xs = [pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
+  dtypes = [r.dtype, F32, k.dtype, v.dtype, a.dtype, b.dtype]  # w is float32 here (`wkv7_pallas_gpu`)
+  grads = gpu_bwd.chunk_grads(*xs, g_pad, seg.reshape(B, Tp), dec, states, d_o_p, d_states, dtypes,
+                              interpret=interpret)
+  return tuple(g[:, :T] for g in grads) + (ds0, None)
 
 
 _wkv7.defvjp(_wkv7_fwd, _wkv7_bwd)
@@ -318,4 +314,4 @@ def wkv7_pallas_gpu(r, w, k, v, a, b, initial_state, segment_ids, reset_state=No
   B, T, H, N = r.shape
   s0 = jnp.zeros((B, H, N, N), F32) if initial_state is None else initial_state.astype(F32)
   seg = segment_index(segment_ids, B, T, L)
-  return _wkv7(r, w, k, v, a, b, s0, seg, interpret)
+  return _wkv7(r, w.astype(F32), k, v, a, b, s0, seg, interpret)  # dw: float32, cast back by autodiff

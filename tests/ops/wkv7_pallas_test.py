@@ -117,15 +117,16 @@ def test_tpu_interpret_through_public_api():
 
 
 @pytest.mark.parametrize(
-  "B,T,H,starts,kind,dtype",
+  "B,T,H,N,starts,kind,dtype",
   [
-    (1, 150, 1, [5, 64, 100], "rwkv7", jnp.bfloat16),  # 3 chunks, T % 64 != 0, resets incl. a chunk boundary
-    (1, 64, 2, None, "aligned", jnp.float32),  # float32 inputs (rounded to bf16 by the kernels)
+    (1, 150, 1, 64, [5, 64, 100], "rwkv7", jnp.bfloat16),  # 3 chunks, T % 64 != 0, resets incl. a chunk boundary
+    (2, 64, 2, 64, None, "aligned", jnp.float32),  # float32 inputs (rounded to bf16 by the kernels); B, H > 1
+    (1, 100, 1, 128, [70], "rwkv7", jnp.bfloat16),  # N = 128: the gradient kernel goes by two 64-wide K blocks
   ],
 )
-def test_gpu_interpret_matches_reference(B, T, H, starts, kind, dtype):
+def test_gpu_interpret_matches_reference(B, T, H, N, starts, kind, dtype):
   seed = secrets.randbelow(2**31)
-  inputs = make_inputs(seed, B, T, H, 64, kind)
+  inputs = make_inputs(seed, B, T, H, N, kind)
   inputs = tuple(x.astype(jnp.bfloat16).astype(jnp.float32) if i in (0, 2, 3, 4, 5) else x
                  for i, x in enumerate(inputs))  # the kernels' bf16 inputs, so the reference sees the same values
   segment_ids = None if starts is None else segments_from_starts(B, T, starts)
@@ -178,9 +179,10 @@ def test_tpu_aot_compile_for_topology(topology, dtype, chunk):
   assert "wkv7_tpu_fwd" in compiled.as_text() and "wkv7_tpu_bwd" in compiled.as_text()
 
 
-def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch):
+@pytest.mark.parametrize("N", [64, 128])
+def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch, N):
   monkeypatch.setattr(gpu, "is_hopper", lambda: True)
-  B, T, H, N = 1, 128, 2, 64
+  B, T, H = 1, 128, 2
   spec = jax.ShapeDtypeStruct((B, T, H, N), jnp.bfloat16)
 
   def loss(r, w, k, v, a, b, s0, seg):
@@ -191,8 +193,25 @@ def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch):
   args = (spec, jax.ShapeDtypeStruct((B, T, H, N), jnp.float32), spec, spec, spec, spec,
           jax.ShapeDtypeStruct((B, H, N, N), jnp.float32), jax.ShapeDtypeStruct((B, T), jnp.int32))
   text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-  for name in ("wkv7_prep", "wkv7_state_fwd", "wkv7_state_bwd"):
+  for name in ("wkv7_prep", "wkv7_state_fwd", "wkv7_state_bwd", "wkv7_chunk_grads"):
     assert name in text
+
+
+def test_gpu_chunk_grads_fits_two_ctas_per_sm():
+  """The gradient kernel's SMEM (checked by Mosaic GPU's lowering) leaves room for two CTAs per H100 SM: 228 KiB per
+  SM, 1 KiB of it reserved per CTA."""
+  from jax.experimental.mosaic.gpu import core as mgpu_core  # noqa: PLC0415
+
+  from pallas_kernels.wkv7 import gpu_bwd  # noqa: PLC0415
+
+  B, Tp, H, N, C = 1, 128, 1, 64, 2
+  f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
+  x = jax.ShapeDtypeStruct((B, Tp, H, N), jnp.bfloat16)
+  fn = jax.jit(functools.partial(gpu_bwd.chunk_grads, out_dtypes=[jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 4))
+  args = (x,) * 5 + (f32(B, 1 + Tp, H, N), f32(B, Tp), f32(B, H, C, N), f32(B, H, C, N, N), x, f32(B, H, C, N, N))
+  with mgpu_core.artificial_shared_memory_limit(228 * 1024 // 2 - 1024):
+    text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+  assert "wkv7_chunk_grads" in text
 
 
 # ------------------------------------------------------------------------------------------------------------------
