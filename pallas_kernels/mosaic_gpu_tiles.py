@@ -80,7 +80,12 @@ class Mma:
   result is a float32 [M, N] `shape` register array (WGMMA layout). The Mosaic GPU interpreter takes SMEM operands
   only, so in interpret mode register operands are staged through scratch tiles first (same values, same products).
   Reading the result waits for the products, so their SMEM operands may be rewritten afterwards; the optimization
-  barrier keeps LLVM from scheduling uses of the result before that wait (jla's note on wgmma.wait_group)."""
+  barrier keeps LLVM from scheduling uses of the result before that wait (jla's note on wgmma.wait_group).
+
+  On the H100 (jax 0.11.2), bf16 register lhs operands built from `iota` (0/1 masks) gave wrong results twice:
+  NaN rows when four of them fed one chain of 8 products (wkv7 `gpu_bwd`'s dw; right as four separate products),
+  and a wrong N = 128 forward when two fed [64, 128] products (wkv56 `_prep`; right from SMEM). Keep such
+  operands in SMEM, or give each its own product."""
 
   def __init__(self, stage):
     self.stage = stage  # None, or {shape: [bf16 scratch refs]} in interpret mode
