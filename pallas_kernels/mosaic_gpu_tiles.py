@@ -145,6 +145,17 @@ def block_v(B: int, H: int, N: int) -> int:
   return 16
 
 
+def unsupported_reason(r, head_dims, interpret: bool) -> str | None:
+  """Why the Mosaic GPU kernels of a WKV op cannot run a call with r [B, T, H, N] (N not in `head_dims`; no Hopper
+  GPU, unless `interpret`), or None if they can."""
+  N = r.shape[-1]
+  if N not in head_dims:
+    return f"head dim {N} not in {tuple(head_dims)}"
+  if not interpret and not is_hopper():
+    return "the Mosaic GPU kernels need an sm_90 (Hopper) GPU"
+  return None
+
+
 @functools.cache
 def is_hopper() -> bool:
   """True if JAX's first device is an sm_90 (Hopper) GPU, the only target of the Mosaic GPU kernels."""

@@ -50,8 +50,8 @@ from pallas_kernels.chunking import from_chunks, pad_time, segment_index, to_chu
 from pallas_kernels.matops import x3_on_gpu
 from pallas_kernels.mosaic_gpu_state_pass import state_pass
 from pallas_kernels.mosaic_gpu_tiles import (
-  COL, ROW, Mma, block_v, cols, compiler_params, interpret_params, iota, is_hopper, load, rows, split, store_split,
-  swizzled, x3,
+  COL, ROW, Mma, block_v, cols, compiler_params, interpret_params, iota, load, rows, split, store_split,
+  swizzled, unsupported_reason, x3,
 )
 from pallas_kernels.wkv56 import common as cm
 from rwkvjax.ops.wkv5 import broadcast_decay
@@ -62,7 +62,7 @@ L = 64  # tokens per chunk
 HEAD_DIMS = (64, 128)
 LEVELS = L.bit_length() - 1  # pair levels of the hierarchy (h = 1 .. L/2)
 
-__all__ = ["wkv5_pallas_gpu", "wkv6_pallas_gpu", "HEAD_DIMS", "is_hopper", "unsupported_reason"]
+__all__ = ["wkv5_pallas_gpu", "wkv6_pallas_gpu", "HEAD_DIMS"]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -251,17 +251,6 @@ def _wkv6_bwd(interpret, res, cts):
 _wkv6.defvjp(_wkv6_fwd, _wkv6_bwd)
 
 
-def unsupported_reason(r, interpret: bool) -> str | None:
-  """Why the kernels cannot run a call with r [B, T, H, N] (N not in HEAD_DIMS; no Hopper GPU, unless `interpret`),
-  or None if they can."""
-  N = r.shape[-1]
-  if N not in HEAD_DIMS:
-    return f"head dim {N} not in {HEAD_DIMS}"
-  if not interpret and not is_hopper():
-    return "the Mosaic GPU kernels need an sm_90 (Hopper) GPU"
-  return None
-
-
 def _no_reset_state(reset_state):
   if reset_state is not None:
     raise NotImplementedError("pallas_gpu does not support reset_state; use impl='chunked' (or 'auto')")
@@ -276,7 +265,7 @@ def wkv6_pallas_gpu(r, w, k, v, u, initial_state, segment_ids, reset_state=None,
   reset_state: not supported (segments restart from zero); a non-None one raises NotImplementedError.
   """
   _no_reset_state(reset_state)
-  if unsupported_reason(r, interpret) is not None:
+  if unsupported_reason(r, HEAD_DIMS, interpret) is not None:
     from rwkvjax.ops.chunked_v56 import wkv6_chunked  # noqa: PLC0415
 
     return wkv6_chunked(r, w, k, v, u, initial_state, segment_ids)

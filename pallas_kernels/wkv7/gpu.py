@@ -47,8 +47,8 @@ from jax import lax
 from pallas_kernels.chunking import pad_time, segment_index
 from pallas_kernels.mosaic_gpu_state_pass import state_pass
 from pallas_kernels.mosaic_gpu_tiles import (
-  COL, ROW, Mma, block_v, cols, compiler_params, interpret_params, iota, is_hopper, load, rows, split, store_split,
-  swizzled, x3,
+  COL, ROW, Mma, block_v, cols, compiler_params, interpret_params, iota, load, rows, split, store_split,
+  swizzled, unsupported_reason, x3,
 )
 from pallas_kernels.wkv7 import gpu_bwd
 
@@ -285,17 +285,6 @@ def _wkv7_bwd(interpret, res, cts):
 _wkv7.defvjp(_wkv7_fwd, _wkv7_bwd)
 
 
-def unsupported_reason(r, interpret: bool) -> str | None:
-  """Why the kernels cannot run a call with r [B, T, H, N] (N not in HEAD_DIMS; no Hopper GPU, unless `interpret`),
-  or None if they can."""
-  N = r.shape[-1]
-  if N not in HEAD_DIMS:
-    return f"head dim {N} not in {HEAD_DIMS}"
-  if not interpret and not is_hopper():
-    return "the Mosaic GPU kernels need an sm_90 (Hopper) GPU"
-  return None
-
-
 def wkv7_pallas_gpu(r, w, k, v, a, b, initial_state, segment_ids, reset_state=None, *, interpret: bool = False):
   """The `pallas_gpu` backend; see `rwkvjax.ops.wkv7` for the contract.
 
@@ -306,7 +295,7 @@ def wkv7_pallas_gpu(r, w, k, v, a, b, initial_state, segment_ids, reset_state=No
   """
   if reset_state is not None:
     raise NotImplementedError("pallas_gpu does not support reset_state; use impl='chunked' (or 'auto')")
-  reason = unsupported_reason(r, interpret)
+  reason = unsupported_reason(r, HEAD_DIMS, interpret)
   if reason is not None:
     from rwkvjax.ops.chunked import wkv7_chunked  # noqa: PLC0415
 

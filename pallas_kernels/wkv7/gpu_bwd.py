@@ -203,6 +203,26 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
     # live: u (W1), dR (W2), v, dO. The matrix gradients dA_ab = M_<(dR u^T), dA_ak = M_<(dR V^T),
     # dA_qb = M_<=(dO u^T), dA_qk = M_<=(dO V^T) are products into registers, each orientation where it is used.
     # The rest goes by 64-column blocks kb of dr, dw, dk, da, db.
+    def factor_grad(dA, side_mask, side_pairs, exps, x_ref, dx_ref, kb):
+      """One input's gradient block kb: d (its chunk factor) = dA[0] Q0 + dA[1] Q1 (dA: split pairs), d (its
+      state-side factor) = side_mask(kb) o (side_pairs), dx = d_factor e_factor + d_side e_side with (e_factor,
+      e_side) = exps(kb). Returns (x (the input block, float32), d_factor, d_side, e_factor, e_side)."""
+      d_fac = mm(LL, _x3(dA[0], Q0) + _x3(dA[1], Q1))
+      d_side = jnp.where(side_mask(kb), mm(LL, side_pairs), 0.0)
+      e_fac, e_side = exps(kb)
+      x = inp(x_ref, kb)
+      out(dx_ref, d_fac * e_fac + d_side * e_side, kb)
+      return x, d_fac, d_side, e_fac, e_side
+
+    def out_exps(kb):  # the factors of k^, b^ and of Kbar, Bbar
+      return jnp.exp(mid(kb) - G(kb)), jnp.exp(gl(kb) - G(kb))
+
+    def in_exps(cumulative):  # the factors of q~ (cumulative = G) or a~ (Gm) and of the entering state's readout
+      def exps(kb):
+        Gv = cumulative(kb)
+        return jnp.exp(Gv - mid(kb)), jnp.exp(Gv)
+      return exps
+
     for kb in range(KB):
       # dk, db (with the Kbar / Bbar terms), P and Q; a~ (Q0), q~ (Q1), dS' rows kb (W0)
       put(at(kb), Q0)
@@ -211,20 +231,14 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
       plgpu.commit_smem()
       dA_akT = split(jnp.where(causal(lt), mm(LL, _x2(v_s, _t(W2))), 0.0))
       dA_qkT = split(jnp.where(causal(le), mm(LL, [(v_s, do_s.T)]), 0.0))
-      d_kh = mm(LL, _x3(dA_akT, Q0) + _x3(dA_qkT, Q1))
-      d_kbar = jnp.where(last(kb), mm(LL, _x2(v_s, _t(W0))), 0.0)
-      e_out, to_end = jnp.exp(mid(kb) - G(kb)), jnp.exp(gl(kb) - G(kb))
-      kv = inp(k_ref, kb)
-      out(dk_ref, d_kh * e_out + d_kbar * to_end, kb)
+      kv, d_kh, d_kbar, e_out, to_end = factor_grad((dA_akT, dA_qkT), last, _x2(v_s, _t(W0)), out_exps, k_ref,
+                                                    dk_ref, kb)
       P = -(kv * e_out) * d_kh
       Q = jnp.where(last(kb), kv * to_end, 0.0) * d_kbar
       dA_abT = split(jnp.where(causal(lt), mm(LL, _x3(W1, _t(W2))), 0.0))
       dA_qbT = split(jnp.where(causal(le), mm(LL, _x2(W1, do_s.T)), 0.0))
-      d_bh = mm(LL, _x3(dA_abT, Q0) + _x3(dA_qbT, Q1))
-      d_bbar = jnp.where(last(kb), mm(LL, _x3(W1, _t(W0))), 0.0)
-      e_out, to_end = jnp.exp(mid(kb) - G(kb)), jnp.exp(gl(kb) - G(kb))
-      bv = inp(b_ref, kb)
-      out(db_ref, d_bh * e_out + d_bbar * to_end, kb)
+      bv, d_bh, d_bbar, e_out, to_end = factor_grad((dA_abT, dA_qbT), last, _x3(W1, _t(W0)), out_exps, b_ref,
+                                                    db_ref, kb)
       P = P - (bv * e_out) * d_bh
       put(Q + jnp.where(last(kb), bv * to_end, 0.0) * d_bbar, Q3)  # Q (A_qk is dead)
       # dr, da and dgm; b^ (Q0), k^ (Q1), S rows kb (W0)
@@ -234,21 +248,13 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
       plgpu.commit_smem()
       dA_qb = split(jnp.where(causal(ge), mm(LL, _x2(do_s, _t(W1))), 0.0))
       dA_qk = split(jnp.where(causal(ge), mm(LL, [(do_s, v_s.T)]), 0.0))
-      d_qt = mm(LL, _x3(dA_qb, Q0) + _x3(dA_qk, Q1))
-      dq0 = jnp.where(first(kb), mm(LL, _x2(do_s, _t(W0))), 0.0)
-      Gv = G(kb)
-      e_q, eq0 = jnp.exp(Gv - mid(kb)), jnp.exp(Gv)
-      rv = inp(r_ref, kb)
-      out(dr_ref, d_qt * e_q + dq0 * eq0, kb)
+      rv, d_qt, dq0, e_q, eq0 = factor_grad((dA_qb, dA_qk), first, _x2(do_s, _t(W0)), in_exps(G),
+                                            r_ref, dr_ref, kb)
       P = P + (rv * e_q) * d_qt + jnp.where(first(kb), rv * eq0, 0.0) * dq0
       dA_ab = split(jnp.where(causal(gt), mm(LL, _x3(W2, _t(W1))), 0.0))
       dA_ak = split(jnp.where(causal(gt), mm(LL, _x2(W2, v_s.T)), 0.0))
-      d_at = mm(LL, _x3(dA_ab, Q0) + _x3(dA_ak, Q1))
-      da0 = jnp.where(first(kb), mm(LL, _x3(W2, _t(W0))), 0.0)
-      Gv = Gm(kb)
-      e_a, ea0 = jnp.exp(Gv - mid(kb)), jnp.exp(Gv)
-      av = inp(a_ref, kb)
-      out(da_ref, d_at * e_a + da0 * ea0, kb)
+      av, d_at, da0, e_a, ea0 = factor_grad((dA_ab, dA_ak), first, _x3(W2, _t(W0)), in_exps(Gm),
+                                            a_ref, da_ref, kb)
       put(P, Q0)
       put((av * e_a) * d_at + jnp.where(first(kb), av * ea0, 0.0) * da0, Q1)  # dgm
       # dw = M_>= P + M_> dgm + M_< Q + ones (diag(dec) S o dS')^T (the last term: dec * diag(dS' S^T) in every row)

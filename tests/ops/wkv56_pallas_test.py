@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 
 import rwkvjax.ops as ops
-from pallas_kernels.wkv56 import gpu, tpu
+from pallas_kernels import mosaic_gpu_tiles
+from pallas_kernels.wkv56 import tpu
 from pallas_kernels.wkv56.gpu import wkv5_pallas_gpu, wkv6_pallas_gpu
 from pallas_kernels.wkv56.tpu import wkv5_pallas_tpu, wkv6_pallas_tpu
 from rwkvjax.ops.wkv5 import wkv5_reference
@@ -205,7 +206,7 @@ def test_tpu_aot_compile_for_topology(topology, op, dtype, chunk):
 
 @pytest.mark.parametrize("N", [64, 128])
 def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch, N):
-  monkeypatch.setattr(gpu, "is_hopper", lambda: True)
+  monkeypatch.setattr(mosaic_gpu_tiles, "is_hopper", lambda: True)
   B, T, H = 1, 128, 2
   spec = jax.ShapeDtypeStruct((B, T, H, N), jnp.bfloat16)
 
@@ -236,7 +237,7 @@ def _reference_f64(r, w, k, v, u, s0, segment_ids):
   return pallas_checks.scan_recurrence(step, s0, (r, jnp.broadcast_to(w, r.shape), k, v), segment_ids)
 
 
-@pytest.mark.skipif(not gpu.is_hopper(), reason="needs a Hopper (sm_90) GPU")
+@pytest.mark.skipif(not mosaic_gpu_tiles.is_hopper(), reason="needs a Hopper (sm_90) GPU")
 @pytest.mark.parametrize(
   "op,B,T,H,N,starts",
   [("wkv6", 2, 256, 4, 64, None), ("wkv6", 1, 300, 3, 64, [7, 64, 65, 200]), ("wkv6", 2, 192, 2, 128, [100]),

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 import rwkvjax.ops as ops
-from pallas_kernels.wkv7 import gpu, tpu
+from pallas_kernels import mosaic_gpu_tiles
+from pallas_kernels.wkv7 import tpu
 from pallas_kernels.wkv7.gpu import wkv7_pallas_gpu
 from pallas_kernels.wkv7.tpu import wkv7_pallas_tpu
 from rwkvjax.ops.reference import wkv7_reference
@@ -181,7 +182,7 @@ def test_tpu_aot_compile_for_topology(topology, dtype, chunk):
 
 @pytest.mark.parametrize("N", [64, 128])
 def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch, N):
-  monkeypatch.setattr(gpu, "is_hopper", lambda: True)
+  monkeypatch.setattr(mosaic_gpu_tiles, "is_hopper", lambda: True)
   B, T, H = 1, 128, 2
   spec = jax.ShapeDtypeStruct((B, T, H, N), jnp.bfloat16)
 
@@ -230,7 +231,7 @@ def _reference_f64(r, w, k, v, a, b, s0, segment_ids):
   return pallas_checks.scan_recurrence(step, s0, (r, w, k, v, a, b), segment_ids)
 
 
-@pytest.mark.skipif(not gpu.is_hopper(), reason="needs a Hopper (sm_90) GPU")
+@pytest.mark.skipif(not mosaic_gpu_tiles.is_hopper(), reason="needs a Hopper (sm_90) GPU")
 @pytest.mark.parametrize(
   "B,T,H,N,starts",
   [(2, 256, 4, 64, None), (1, 300, 3, 64, [7, 64, 65, 200]), (2, 192, 2, 128, [100])],
