@@ -4,7 +4,7 @@
 # tests skip without a Hopper GPU, hence JAX_PLATFORMS=cuda), then the WKV benchmarks against fla and
 # jax-linear-attention in one process, then training-step MFU with the remat policies.
 #
-#   bash benchmarks/gpu_checks.sh [STEPS...]   # STEPS: kernels wkv7 wkv6 train (default: all, in that order)
+#   bash benchmarks/gpu_checks.sh [STEPS...]   # STEPS: kernels wkv7 wkv6 train profile (default: the first four)
 #
 # Needs the wheels of WORKSPACE.md's GPU section importable (grain, fiddle, fla, jax-linear-attention, ...).
 set -uo pipefail
@@ -33,6 +33,10 @@ for step in "${steps[@]}"; do
           --remat block_save_dots --runs llama-1.3b:1:data llama-0.4b:1:data 2>&1 | tee "$OUT/train.log"
       timeout 200 "$PYTHON" benchmarks/train_bench.py --micro_bsz 8 --ctx_len 4096 --steps 3 --warmup 1 \
           --remat block --runs rwkv7-L12-D768:1:data rwkv7-1.5b:1:data 2>&1 | tee -a "$OUT/train.log" ;;
-    *) echo "unknown step $step (expected kernels, wkv7, wkv6, train)"; exit 2 ;;
+    profile)  # Nsight Compute on the backward's chunk-parallel gradient kernels (wkv7, then wkv6)
+      OUT=$OUT timeout 240 bash benchmarks/kernel_profile.sh wkv7_chunk_grads 2>&1 | tail -60
+      OUT=$OUT timeout 240 bash benchmarks/kernel_profile.sh wkv6_chunk_grads --op wkv6 --shapes K1 --impls pallas_gpu \
+          --repeats 1 2>&1 | tail -60 ;;
+    *) echo "unknown step $step (expected kernels, wkv7, wkv6, train, profile)"; exit 2 ;;
   esac
 done
