@@ -13,32 +13,37 @@ Per pair level h (pairs t > s of one segment, t in the right and s in the left h
     dA_h = M_h (dO V^T),  dP_h = dA_h Q_h,  dQ_h = dA_h^T P_h,
     dr += dP_h e^{E_h},  dk += dQ_h e^{F_h},  A^T += M_h^T (Q_h P_h^T)      (M_h: the level's pair mask)
 and the chunk level: dQo = [first] dO S^T, dKbar = [last] V dS'^T, dv = Kbar dS' + A^T dO (A with the bonus on its
-diagonal). The log-decay gradient is regrouped as in `pallas_kernels.wkv7.gpu_bwd`: the derivative of the decay
-e^{Λ(s+1..t-1)} of a pair (t, s) reaches w_j for s < j < t, so with the per-channel sums X = r (dr_pairs + dQo e_in)
-(over pairs and the state readout, by their later token t) and Y = k dk_pairs + Kbar dKbar (by their earlier token)
-    dw = M_< (X - Y) - Y + 1 (colsum(Kbar dKbar) + dec diag(dS' S^T))^T          (M_<[j, t] = [t > j])
-which replaces the per-level products of `chunk_backward` (upper_h (dP P) + lower_h (dQ Q)) by one x2 product; the
-pairs with j <= s appear in both sums of X - Y and cancel (every term is a product of factors <= 1 with r, k, dA,
-so the cancellation is of the size of the gradients themselves, not of exponentials). diag(dS' S^T) comes from an
-x3 product dS' S^T (its diagonal, summed over rows into the column layout dw needs).
+diagonal). The log-decay gradient is regrouped as in `pallas_kernels.wkv7.gpu_bwd`: the decay e^{Λ(s+1..t-1)} of a
+pair (t, s) depends on w_j for s < j < t, so with the per-channel sums X = r (dr_pairs + dQo e_in) (pairs and the
+state readout, by their later token t), Y = k dk_pairs (pairs, by their earlier token s) and Z = Kbar dKbar
+    dw = U (X - Y) - Y + D Z + J (diag(dec) S o dS')^T      (U[j, t] = [t > j], D[j, s] = [s < j], J [L, N] ones)
+(the last term is dec * diag(dS' S^T) in every row). This replaces the per-level products of `chunk_backward`
+(upper_h (dP P) + lower_h (dQ Q) for every level) by one x2 product: the pairs with j <= s are in both sums of
+U (X - Y) - Y and cancel (every term is r, k, dA times factors <= 1, so the cancellation is of the size of the
+gradients themselves, never of exponentials). The three dw products (0/1 and ones lhs in SMEM) share one accumulator.
+All sums in the kernel are row sums (inside warps): column sums go through products (the last dw term, and du as
+(d_bonus r k)^T ones), so Pallas reserves no SMEM for cross-warp reductions (`compiler_params(cross_warp_sums=False)`).
 
 Grid (C, H, B), one warpgroup per CTA, head dims N = 64 and 128. All tiles are 64 rows; the K dimension (key
 channels, state rows) goes by 64-wide blocks kb: w, r, k and the level factors by 64-column blocks, S and dS' by
 64-row blocks, and dr, dw, dk, du are computed and written by 64-column blocks, the level loop (dA recomputed) once
 per block; A^T [L, L] accumulates over the blocks and dv [L, N] is computed last, recomputing Kbar per block.
-Slot plan (bf16 SMEM): six [L, 64] tiles W (w, hi and lo), P and Q (the level factors, hi and lo; the chunk level
-puts X - Y in P), two [L, L] 0/1 matrices M0, M1 (lower and upper in-block triangles; the chunk level leaves M_< in
-M1), four [64, N] tiles for S and dS' (hi and lo) of one block kb, v and dO [L, N]:
-  N = 64:  14 tiles of 8 KiB = 112 KiB per CTA, so two CTAs fit on an H100 SM;
+Slot plan (bf16 SMEM):
+  W [L, 64] x2   w of block kb (hi, lo); at the chunk level d_bonus r k for du; w again for dv's Kbar
+  P, Q [L, 64] x2 each   the level factors (level 1: r and k in the hi tiles); at the chunk level X - Y and Z
+  M0, M1 [L, L]  the in-block lower / upper 0/1 triangles of a level; the chunk level leaves D in M0, U in M1
+  Sx, Dx [64, N] x2 each   rows kb of S and dS' (hi, lo); then dec S o dS' in Sx and ones in Dx's hi tile
+  v, dO [L, N]   (TMA, exact bf16)
+  N = 64:  14 tiles of 8 KiB = 112 KiB per CTA (and an 8-byte barrier), so two CTAs fit on an H100 SM;
   N = 128: 160 KiB, one CTA per SM
 (tests/ops/wkv56_pallas_test.py checks the N = 64 figure through Mosaic GPU's lowering). Register lhs operands are
 data (the split dA_h, A^T and Kbar), never iota-built masks (see `Mma`); register->SMEM stores are committed before
 the products that read them. Registers: the level loop holds A^T, dr_pairs and dk_pairs (three 64 x 64 fp32
 values) plus e^{E_h}, e^{F_h}, the split dA_h and a product, about seven at most; not yet measured.
 Tensor-core products per chunk in units of 64 x 64 x 64 (x3 counted as 3, x2 as 2), at N = 64: 7 for the first
-pair level, 15 for each of the five others, 13 for the chunk level (E, F 4; dQo, dKbar 4; diag(dS' S^T) 3; dw 2)
-and 7 for dv (Kbar recomputed 2, A^T dO 2, Kbar dS' 3): 102. At N = 128: 248 (the K blocks double the level
-loop, and dA, dQo, dKbar, diag(dS' S^T), dv contract over or produce 128).
+pair level, 15 for each of the five others, 16 for the chunk level (E, F 4; dQo, dKbar 4; dw 6; du 2) and 7 for
+dv (Kbar recomputed 2, A^T dO 2, Kbar dS' 3): 105. At N = 128: 256 (the level loop runs per K block, and dA, dQo,
+dKbar, dw's last term and du contract over or produce 128).
 
 Checked in the Mosaic GPU interpreter (tests/ops/wkv56_pallas_test.py, through the backend's gradients against the
 float32 reference) and by lowering to Mosaic GPU; not yet run on a GPU.
@@ -182,25 +187,29 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
         dr_pairs = dr_pairs + mm(LL, _x3(d_attn(shift), Q)) * eE
         dk_pairs = dk_pairs + mm(LL, _x3(d_attn_t(shift), P)) * eF
       # chunk level: the readout Qo = [first] r e^{E_L} of S and the key factors Kbar = [last] k e^{F_L} of S'
-      E, F = exponents(LEVELS)  # leaves M_< (strict upper over the chunk) in M1
+      E, F = exponents(LEVELS)  # leaves D (strict lower over the chunk) in M0, U (strict upper) in M1
       e_in, e_out = jnp.exp(E), jnp.exp(F)
       store_split(state(st_ref, kb), *Sx)
       store_split(state(dst_ref, kb), *Dx)
       plgpu.commit_smem()
       d_qo = jnp.where(first(), mm(LL, _x2(do_s, _t(Sx))), 0.0)  # dO S^T
       d_kbar = jnp.where(last(), mm(LL, _x2(v_s, _t(Dx))), 0.0)  # V dS'^T
-      d_dec = jnp.sum(jnp.where(diagonal(), mm(LL, _x3(Dx, _t(Sx))), 0.0), axis=0)  # diag(dS' S^T), COL layout
       rv, kv = inp(r_ref, kb), inp(k_ref, kb)
       out(dr_ref, d_bonus * u_cols(kb) * kv + d_qo * e_in + dr_pairs, kb)
       out(dk_ref, d_bonus * u_cols(kb) * rv + d_kbar * e_out + dk_pairs, kb)
-      du_ref.at[bi, h, c, ks(kb)][...] = jnp.sum(d_bonus * rv * kv, axis=0)
-      z = jnp.where(last(), kv * e_out, 0.0) * d_kbar  # Kbar dKbar
-      y = kv * dk_pairs + z
+      # dw = U (X - Y) + D Z - Y + J (diag(dec) S o dS')^T (module docstring); du as a column sum
+      y = kv * dk_pairs
       store_split(rv * (dr_pairs + d_qo * e_in) - y, *P)
+      store_split(jnp.where(last(), kv * e_out, 0.0) * d_kbar, *Q)
+      store_split(d_bonus * rv * kv, *W)
+      dec_rows = rows(load(dec_ref.at[bi, h, c, ks(kb)], ROW), LN)
+      store_split(dec_rows * state(st_ref, kb) * state(dst_ref, kb), *Sx)
+      Dx[0][...] = jnp.where(iota(LN, 0) >= 0, 1.0, 0.0).astype(BF16)  # ones [64, N]
       plgpu.commit_smem()
-      row = jnp.sum(z, axis=0) + load(dec_ref.at[bi, h, c, ks(kb)], COL) * d_dec
-      out(dw_ref, mm(LL, _x2(M1, P)) - y + cols(row, LL), kb)
-    # dv = A^T dO + Kbar dS', Kbar recomputed by block (M_< is in M1)
+      out(dw_ref, mm(LL, _x2(M1, P) + _x2(M0, Q) + _x2(Dx[0], _t(Sx))) - y, kb)
+      du_cols = mm(LN, _x2(_t(W), Dx[0]))  # (d_bonus r k)^T ones: du of block kb in every column
+      du_ref.at[bi, h, c, ks(kb)][...] = jnp.sum(jnp.where(iota(LN, 1) == 0, du_cols, 0.0), axis=1)
+    # dv = A^T dO + Kbar dS', Kbar recomputed by block (U is still in M1)
     dv = mm(LN, _x2(split(AT), do_s))
     for kb in range(KB):
       store_split(inp(w_ref, kb), *W)
@@ -217,6 +226,6 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
   out_type = tuple(jax.ShapeDtypeStruct((B, Tp, H, N), dt) for dt in out_dtypes)
   out_type += (jax.ShapeDtypeStruct((B, H, C, N), F32),)
   kern = plgpu.kernel(body, out_type=out_type, grid=(C, H, B), grid_names=("c", "h", "b"),
-                      scratch_types=tuple(scratch), compiler_params=compiler_params(),
+                      scratch_types=tuple(scratch), compiler_params=compiler_params(cross_warp_sums=False),
                       interpret=interpret_params(interpret), kernel_name="wkv6_chunk_grads")
   return kern(r, k, v, w, u, seg, dec, states, d_o, d_states)
