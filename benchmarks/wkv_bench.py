@@ -390,19 +390,23 @@ def pieces(label, shape, repeats, log):
 
 def pieces_v56(label, shape, repeats, log, op):
   """Times the parts of the wkv5/wkv6 pallas_gpu separately (median of `repeats`): XLA chunk decay, prep kernel,
-  forward state kernel (saving states), backward state kernel, XLA chunk-parallel gradients. T must be a multiple
-  of 64 (every benchmark shape is)."""
+  forward state kernel (saving states), backward state kernel, the chunk-parallel gradients kernel (`gpu_bwd`) and,
+  for comparison, the same gradients in XLA (`common.chunk_backward` vmapped, the backward's former path). T must be
+  a multiple of 64 (every benchmark shape is)."""
   import functools  # noqa: PLC0415
 
-  from pallas_kernels.chunking import segment_index  # noqa: PLC0415
+  from pallas_kernels.chunking import segment_index, to_chunks, vmap_chunks  # noqa: PLC0415
+  from pallas_kernels.matops import x3_on_gpu  # noqa: PLC0415
   from pallas_kernels.mosaic_gpu_tiles import block_v  # noqa: PLC0415
-  from pallas_kernels.wkv56 import gpu  # noqa: PLC0415
+  from pallas_kernels.wkv56 import common as cm  # noqa: PLC0415
+  from pallas_kernels.wkv56 import gpu, gpu_bwd  # noqa: PLC0415
 
   B, T, H, N = shape
   r, w, k, v, u, do, ds = make_inputs_v56(1, *shape, op)
   w = jnp.broadcast_to(w, r.shape)  # wkv5 runs the wkv6 kernels on its broadcast decay
   rb, kb, vb, dob = (t.astype(jnp.bfloat16) for t in (r, k, v, do))  # cast once, outside the timed calls
   seg = segment_index(None, B, T, gpu.L)
+  C = seg.shape[1]
   seg_flat = seg.reshape(B, T)
   bv = block_v(B, H, N)
   s0 = jnp.zeros((B, H, N, N), jnp.float32)
@@ -414,13 +418,24 @@ def pieces_v56(label, shape, repeats, log, op):
   _, _, states = sf(qo, ob, kbar, vb, dec, s0)
   sb = jax.jit(functools.partial(gpu._state_bwd, bv=bv))
   dst, _ = sb(qo, dob, dec, ds)
-  grads = jax.jit(gpu.chunk_grads)
+
+  def xla_grads(r, w, k, v, u, seg, states, d_o, d_states):
+    xs = [to_chunks(x.astype(jnp.float32), gpu.L) for x in (r, w, k, v)]
+    uc = jnp.broadcast_to(u[None, :, None, None, :], (B, H, C, 1, N))
+    seg_col = jnp.broadcast_to(seg[:, None, :, :, None], (B, H, C, gpu.L, 1))
+    seg_row = jnp.broadcast_to(seg[:, None, :, None, :], (B, H, C, 1, gpu.L))
+    bwd = vmap_chunks(functools.partial(cm.chunk_backward, ops=x3_on_gpu()))
+    return bwd(*xs, uc, seg_col, seg_row, states, to_chunks(d_o.astype(jnp.float32), gpu.L), d_states)
+
+  xla = jax.jit(xla_grads)
+  cg = jax.jit(functools.partial(gpu_bwd.chunk_grads, out_dtypes=[jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 2))
   calls = {
     "chunk_decay": lambda: decay(w, seg),
     "prep": lambda: prep(rb, kb, vb, w, u, seg_flat),
     "state_fwd": lambda: sf(qo, ob, kbar, vb, dec, s0),
     "state_bwd": lambda: sb(qo, dob, dec, ds),
-    "xla_chunk_grads": lambda: grads(rb, w, kb, vb, u, seg, states, dob, dst),
+    "chunk_grads": lambda: cg(rb, kb, vb, w, u, seg_flat, dec, states, dob, dst),
+    "xla_chunk_grads": lambda: xla(rb, w, kb, vb, u, seg, states, dob, dst),
   }
   out = _median_ms(calls, repeats)
   log(f"  pieces {op} {label} (bv={bv}): " + ", ".join(f"{n} {t:.2f} ms" for n, t in out.items()))

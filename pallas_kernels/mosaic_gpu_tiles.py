@@ -27,7 +27,7 @@ ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per row of a WGMMA-layout array
 COL = plgpu.Layout.WGMMA.reduce(0)  # one value per column
 
 __all__ = ["WG", "ROW", "COL", "swizzled", "load", "iota", "rows", "cols", "split", "store_split", "Mma", "x3",
-           "is_reg", "compiler_params", "interpret_params", "block_v", "is_hopper"]
+           "is_reg", "compiler_params", "interpret_params", "block_v", "unsupported_reason", "is_hopper"]
 
 
 def swizzled(shape, dtype=BF16, swizzle=None):
@@ -126,9 +126,13 @@ def is_reg(x):
                                                                          state_types.AbstractRef)
 
 
-def compiler_params():
-  """The kernels' `plgpu.CompilerParams`: lane (per-warpgroup array) semantics, approximate exp."""
-  return plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane, approx_math=True)
+def compiler_params(cross_warp_sums: bool = True):
+  """The kernels' `plgpu.CompilerParams`: lane (per-warpgroup array) semantics, approximate exp.
+
+  cross_warp_sums=False for a kernel whose sums stay inside warps (row sums of WGMMA-layout arrays; no column sums):
+  Pallas then reserves no SMEM for cross-warp reductions (2 KiB by default, for any kernel with a sum)."""
+  extra = {} if cross_warp_sums else {"reduction_scratch_bytes": 0}
+  return plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane, approx_math=True, **extra)
 
 
 def interpret_params(interpret: bool):

@@ -32,7 +32,8 @@ segment starts inside it leaves S' += diag(e^{Λ(last segment)}) R (both exponen
 
 `chunk_terms`, `chunk_forward` and `chunk_backward` are written for ONE chunk on 2-D [L, N] float32 values with
 nothing but 2-D matmuls, elementwise ops, iota masks and axis sums, so that the same code runs inside the Pallas TPU
-kernel bodies and, under `jax.vmap`, as batched XLA (the GPU backend's chunk-parallel input gradients).
+kernel bodies and, under `jax.vmap`, as batched XLA (the oracle of the GPU kernels, whose `gpu_bwd.chunk_grads` is
+`chunk_backward` as a Mosaic GPU kernel, and the comparison in `benchmarks/wkv_bench.py --pieces`).
 `chunk_backward` is the hand-written VJP of `chunk_forward` with the entering state treated as an input.
 """
 

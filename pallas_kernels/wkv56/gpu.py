@@ -17,19 +17,25 @@ kernels and XLA mirrors `pallas_kernels.wkv7.gpu` (both use `pallas_kernels.mosa
    the state entering every chunk (fp32).
 3. `_state_bwd` (Mosaic GPU, same grid, chunks in reverse): the state gradient dS [K, bv] in registers,
    dS <- diag(d) dS + Qo^T dO (both operands exact bf16); writes dS after every chunk (fp32) and dS0.
-4. The chunk-parallel input gradients in XLA: `common.chunk_backward` vmapped over (B, H, C), given the saved
-   entering states and the state gradients of 3 (split-bf16 x3 products on GPU); XLA also sums the bonus gradient.
-   It dominates: at K1 (8, 4096, 32, 64) on an H100, forward 2.83 ms, forward+backward 25.77 ms (fla's
-   chunk_rwkv6: 2.25 / 7.45 ms; docs/benchmarks.md, 2026-11-26, third session). As for WKV-7
-   (`pallas_kernels.wkv7.gpu_bwd`), it is the part to move into a Mosaic GPU kernel.
+4. `gpu_bwd.chunk_grads` (Mosaic GPU, chunk-parallel, one warpgroup per CTA, grid (C, H, B)): the input gradients
+   dr, dw, dk, dv and each chunk's share of du (XLA sums it), the math of `common.chunk_backward` per chunk given
+   the saved entering states and the state gradients of 3, recomputing the chunk's level factors with the numerics
+   of 1 (split-bf16 x3 products, fp32 accumulation); dw regrouped (products over the whole chunk instead of
+   two per level). It replaces `common.chunk_backward` vmapped in XLA, which dominated the backward: at K1 (8, 4096, 32,
+   64) on an H100, forward 2.83 ms, forward+backward 25.77 ms with it (fla's chunk_rwkv6: 2.25 / 7.45 ms;
+   docs/benchmarks.md, 2026-11-26, third session). The kernel is checked in the Mosaic GPU interpreter (the
+   gradients of tests/ops/wkv56_pallas_test.py, and against the XLA version: relative differences ~3e-6, dw ~2e-5)
+   and by lowering to Mosaic GPU (112 KiB SMEM per CTA at N = 64, two CTAs per SM); NOT yet run on a GPU, so neither
+   its results nor its speed there are known. `benchmarks/wkv_bench.py --pieces` times it against the XLA version.
 
 The chunk decay dec = e^{Λ(chunk)} (0 for chunks with a segment start) is computed by XLA (a [B, H, C, N] sum).
 Resets: `segment_ids` -> the per-token segment index inside each chunk (float32 [B, T]); masks as in `common`.
 WKV-5 broadcasts its [H, N] decay over [B, T] and runs the WKV-6 kernels.
-`interpret=True` runs the three Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).
-On an H100 (2026-11-26, bf16 inputs): against a float64 reference, wkv6 at N = 64 with and without resets, all
-outputs and gradients <= 3.3e-3 (tests/ops/wkv56_pallas_test.py); the forward against float32 (o, final state):
-wkv6 N = 128 with a reset and wkv5 N = 64 with and without resets <= 4.4e-3. The 0/1 block-triangular matrices of
+`interpret=True` runs the four Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).
+On an H100 (2026-11-26, bf16 inputs, with the input gradients of 4 still in XLA): against a float64 reference,
+wkv6 at N = 64 with and without resets, all outputs and gradients <= 3.3e-3 (tests/ops/wkv56_pallas_test.py); the
+forward against float32 (o, final state): wkv6 N = 128 with a reset and wkv5 N = 64 with and without resets
+<= 4.4e-3. The 0/1 block-triangular matrices of
 the exponent sums go through SMEM (M0, M1): built in registers and used as the register lhs of the products, they
 gave a wrong forward at N = 128 (relative error 0.57). One float64 test run of wkv5 with resets gave NaN outputs
 (seed 1883794506, before that change, after the N = 128 failure in the same process); not reproduced since
@@ -46,14 +52,13 @@ import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels.chunking import from_chunks, pad_time, segment_index, to_chunks, vmap_chunks
-from pallas_kernels.matops import x3_on_gpu
+from pallas_kernels.chunking import pad_time, segment_index
 from pallas_kernels.mosaic_gpu_state_pass import state_pass
 from pallas_kernels.mosaic_gpu_tiles import (
   COL, ROW, Mma, block_v, cols, compiler_params, interpret_params, iota, load, rows, split, store_split,
   swizzled, unsupported_reason, x3,
 )
-from pallas_kernels.wkv56 import common as cm
+from pallas_kernels.wkv56 import gpu_bwd
 from rwkvjax.ops.wkv5 import broadcast_decay
 
 F32 = jnp.float32
@@ -220,32 +225,18 @@ def _wkv6_fwd(r, w, k, v, u, s0, seg, interpret, save=True):
   return (o, final), (r, w, k, v, u, seg, outs[2], qo, dec)
 
 
-def chunk_grads(r, w, k, v, u, seg, states, d_o, d_states):
-  """The chunk-parallel input gradients (XLA): the VJP of every chunk given its entering state and dS after it.
-
-  r, k, v: [B, T, H, N] (used as bf16); w [B, T, H, N] and u [H, N] float32; seg [B, C, L] float32; states and
-  d_states [B, H, C, N, N] float32; d_o [B, C * L, H, N] (zero-padded). Returns dr, dw, dk, dv [B, T, H, N] float32
-  and du [H, N] float32."""
-  B, T, H, N = r.shape
-  C = seg.shape[1]
-  xs = [to_chunks(x.astype(BF16).astype(F32), L) for x in (r, k, v)]
-  uc = jnp.broadcast_to(u[None, :, None, None, :], (B, H, C, 1, N))
-  seg_col = jnp.broadcast_to(seg[:, None, :, :, None], (B, H, C, L, 1))
-  seg_row = jnp.broadcast_to(seg[:, None, :, None, :], (B, H, C, 1, L))
-  bwd = vmap_chunks(functools.partial(cm.chunk_backward, ops=x3_on_gpu()))
-  dr, dw, dk, dv, du, _ = bwd(xs[0], to_chunks(w.astype(F32), L), xs[1], xs[2], uc, seg_col, seg_row, states,
-                              to_chunks(d_o.astype(F32), L), d_states)
-  return tuple(from_chunks(g, T) for g in (dr, dw, dk, dv)) + (du.sum(axis=(0, 2, 3)),)
-
-
 def _wkv6_bwd(interpret, res, cts):
   r, w, k, v, u, seg, states, qo, dec = res
   d_o, d_final = cts
   B, T, H, N = r.shape
-  d_o_p = pad_time(d_o.astype(BF16), seg.shape[1] * L)
+  Tp = seg.shape[1] * L
+  d_o_p = pad_time(d_o.astype(BF16), Tp)
   d_states, ds0 = _state_bwd(qo, d_o_p, dec, d_final.astype(F32), bv=block_v(B, H, N), interpret=interpret)
-  *grads, du = chunk_grads(r, w, k, v, u, seg, states, d_o_p, d_states)
-  return tuple(g.astype(x.dtype) for g, x in zip(grads, (r, w, k, v))) + (du, ds0, None)
+  rb, kb, vb = (pad_time(x.astype(BF16), Tp) for x in (r, k, v))
+  dtypes = [x.dtype for x in (r, w, k, v)]
+  *grads, du = gpu_bwd.chunk_grads(rb, kb, vb, pad_time(w.astype(F32), Tp), u, seg.reshape(B, Tp), dec, states,
+                                   d_o_p, d_states, dtypes, interpret=interpret)
+  return tuple(g[:, :T] for g in grads) + (du.sum(axis=(0, 2)), ds0, None)
 
 
 _wkv6.defvjp(_wkv6_fwd, _wkv6_bwd)

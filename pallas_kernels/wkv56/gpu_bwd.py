@@ -1,0 +1,233 @@
+"""The chunk-parallel input gradients of `pallas_gpu` WKV-6 (and WKV-5) as one Mosaic GPU kernel (Hopper, sm_90).
+
+`chunk_grads` computes, for every chunk of L = 64 tokens, the gradients dr, dw, dk, dv and the chunk's share of du
+given the state S entering the chunk (saved by the forward state pass) and the state gradient dS' after it (from the
+backward state pass): the math of `common.chunk_backward` without a reset state, the VJP of `common.chunk_forward`
+with S held fixed (dS0 comes from the state pass). It recomputes the chunk's forward terms level by level with the
+numerics of `gpu._prep`: the exponent sums E_h, F_h of every pair level as products of a 0/1 block-triangular
+matrix (SMEM) with w split into two bf16 halves, the level factors P_h = r e^{E_h}, Q_h = k e^{F_h} as split bf16
+("x3": hi hi + hi lo + lo hi, fp32 accumulation, about 16 significant bits), and two passes (hi, lo) where one
+operand is exact bf16 (r, k, v, dO, 0/1 matrices).
+
+Per pair level h (pairs t > s of one segment, t in the right and s in the left half of an aligned 2h block):
+    dA_h = M_h (dO V^T),  dP_h = dA_h Q_h,  dQ_h = dA_h^T P_h,
+    dr += dP_h e^{E_h},  dk += dQ_h e^{F_h},  A^T += M_h^T (Q_h P_h^T)      (M_h: the level's pair mask)
+and the chunk level: dQo = [first] dO S^T, dKbar = [last] V dS'^T, dv = Kbar dS' + A^T dO (A with the bonus on its
+diagonal). The log-decay gradient is regrouped as in `pallas_kernels.wkv7.gpu_bwd`: the decay e^{Λ(s+1..t-1)} of a
+pair (t, s) depends on w_j for s < j < t, so with the per-channel sums X = r (dr_pairs + dQo e_in) (pairs and the
+state readout, by their later token t), Y = k dk_pairs (pairs, by their earlier token s) and Z = Kbar dKbar
+    dw = U (X - Y) - Y + D Z + J (diag(dec) S o dS')^T      (U[j, t] = [t > j], D[j, s] = [s < j], J [L, N] ones)
+(the last term is dec * diag(dS' S^T) in every row). These three x2 products replace the two per level of
+`chunk_backward` (upper_h (dP P) + lower_h (dQ Q)): the pairs with j <= s are in both sums of U (X - Y) - Y and
+cancel (every term is r, k, dA times factors <= 1, so the cancellation is of the size of the gradients themselves,
+never of exponentials). The three share one accumulator (a chain of 6 products, every lhs an SMEM tile).
+All sums in the kernel are row sums (inside warps): column sums go through products (the last dw term, and du as
+(d_bonus r k)^T ones), so Pallas reserves no SMEM for cross-warp reductions (`compiler_params(cross_warp_sums=False)`).
+
+Grid (C, H, B), one warpgroup per CTA, head dims N = 64 and 128. All tiles are 64 rows; the K dimension (key
+channels, state rows) goes by 64-wide blocks kb: w, r, k and the level factors by 64-column blocks, S and dS' by
+64-row blocks, and dr, dw, dk, du are computed and written by 64-column blocks, the level loop (dA recomputed) once
+per block; A^T [L, L] accumulates over the blocks and dv [L, N] is computed last, recomputing Kbar per block.
+Slot plan (bf16 SMEM):
+  W [L, 64] x2   w of block kb (hi, lo); at the chunk level d_bonus r k for du; w again for dv's Kbar
+  P, Q [L, 64] x2 each   the level factors (level 1: r and k in the hi tiles); at the chunk level X - Y and Z
+  M0, M1 [L, L]  the in-block lower / upper 0/1 triangles of a level; the chunk level leaves D in M0, U in M1
+  Sx, Dx [64, N] x2 each   rows kb of S and dS' (hi, lo); then dec S o dS' in Sx and ones in Dx's hi tile
+  v, dO [L, N]   (TMA, exact bf16)
+  N = 64:  14 tiles of 8 KiB = 112 KiB per CTA (and an 8-byte barrier), so two CTAs fit on an H100 SM;
+  N = 128: 160 KiB, one CTA per SM
+(tests/ops/wkv56_pallas_test.py checks the N = 64 figure through Mosaic GPU's lowering). Register lhs operands are
+data (the split dA_h, A^T and Kbar), never iota-built masks (see `Mma`); register->SMEM stores are committed before
+the products that read them. Registers: the level loop holds A^T, dr_pairs and dk_pairs (three 64 x 64 fp32
+values) plus e^{E_h}, e^{F_h}, the split dA_h and a product, about seven at most; not yet measured.
+Tensor-core products per chunk in units of 64 x 64 x 64 (x3 counted as 3, x2 as 2), at N = 64: 7 for the first
+pair level, 15 for each of the five others, 16 for the chunk level (E, F 4; dQo, dKbar 4; dw 6; du 2) and 7 for
+dv (Kbar recomputed 2, A^T dO 2, Kbar dS' 3): 105. At N = 128: 256 (the level loop runs per K block, and dA, dQo,
+dKbar, dw's last term and du contract over or produce 128).
+
+Checked in the Mosaic GPU interpreter (tests/ops/wkv56_pallas_test.py: against `common.chunk_backward` in float32,
+relative errors ~5e-6 and dw ~1e-5, resets and extreme decays, N = 64 and 128; and through the backend's gradients
+against the float32 reference) and by lowering to Mosaic GPU; NOT yet run on a GPU.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.experimental.pallas as pl
+import jax.experimental.pallas.mosaic_gpu as plgpu
+import jax.numpy as jnp
+from jax import lax
+
+from pallas_kernels.mosaic_gpu_tiles import (
+  COL, ROW, Mma, cols, compiler_params, interpret_params, iota, load, rows, split, store_split, swizzled,
+)
+
+F32 = jnp.float32
+BF16 = jnp.bfloat16
+L = 64  # tokens per chunk (= `gpu.L`)
+LEVELS = L.bit_length() - 1  # pair levels of the hierarchy (h = 1 .. L/2); block size L is the chunk level
+HEAD_DIMS = (64, 128)  # multiples of L: the K dimension goes by 64-wide blocks
+
+__all__ = ["chunk_grads", "HEAD_DIMS"]
+
+
+def _x3(lhs, rhs):
+  """Mma pairs of a split-bf16 x3 product of two (hi, lo) pairs (lhs: SMEM tiles or bf16 registers)."""
+  return [(lhs[0], rhs[0]), (lhs[0], rhs[1]), (lhs[1], rhs[0])]
+
+
+def _x2(lhs, rhs):
+  """Mma pairs of a product with one exact bf16 side: lhs or rhs is a single operand, the other a (hi, lo) pair."""
+  if isinstance(lhs, tuple):
+    return [(lhs[0], rhs), (lhs[1], rhs)]
+  return [(lhs, rhs[0]), (lhs, rhs[1])]
+
+
+def _t(pair):
+  return tuple(x.T for x in pair)
+
+
+def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, interpret=False):
+  """(dr, dw, dk, dv), each [B, Tp, H, N] in `out_dtypes` (a sequence of four dtypes), and du [B, H, C, N] float32,
+  every chunk's share of the bonus gradient (the caller sums it).
+
+  r, k, v, d_o: [B, Tp, H, N] bf16 (Tp a multiple of L); w [B, Tp, H, N] float32 log-decay (zero-padded);
+  u [H, N] float32; seg [B, Tp] float32 segment index inside each chunk; dec [B, H, C, N] float32 chunk decay (0 for
+  chunks with a segment start); states [B, H, C, N, N] float32 the state entering each chunk; d_states
+  [B, H, C, N, N] float32 the state gradient after each chunk."""
+  B, Tp, H, N = r.shape
+  if N not in HEAD_DIMS:
+    raise ValueError(f"chunk_grads: head dim {N} not in {HEAD_DIMS}")
+  C = Tp // L
+  LN, LL, KB = (L, N), (L, L), N // L  # KB: 64-wide blocks of the K (key channel / state row) dimension
+
+  def body(r_ref, k_ref, v_ref, w_ref, u_ref, s_ref, dec_ref, st_ref, do_ref, dst_ref,
+           dr_ref, dw_ref, dk_ref, dv_ref, du_ref, narrow, tri, wide, v_s, do_s, bar, *stage):
+    W, P, Q = ((narrow.at[i], narrow.at[i + 1]) for i in (0, 2, 4))  # [L, 64] (hi, lo) pairs
+    M0, M1 = tri.at[0], tri.at[1]  # [L, L] 0/1 matrices
+    Sx, Dx = (wide.at[0], wide.at[1]), (wide.at[2], wide.at[3])  # rows kb of S and dS' [64, N], (hi, lo)
+    mm = Mma({LL: list(stage)} if interpret else None)  # register lhs operands go through `stage` when interpreted
+    c, h, bi = lax.axis_index("c"), lax.axis_index("h"), lax.axis_index("b")
+    tok = pl.ds(c * L, L)
+    plgpu.copy_gmem_to_smem(v_ref.at[bi, tok, h], v_s, bar)
+    plgpu.copy_gmem_to_smem(do_ref.at[bi, tok, h], do_s, bar)
+
+    def ks(kb):  # the K columns of block kb (None: all)
+      return slice(None) if kb is None else pl.ds(kb * L, L)
+
+    def inp(ref, kb=None):  # token rows of the chunk, float32
+      return load(ref.at[bi, tok, h, ks(kb)]).astype(F32)
+
+    def out(ref, x, kb):
+      ref.at[bi, tok, h, ks(kb)][...] = x.astype(ref.dtype)
+
+    def state(ref, kb):  # rows kb of S or dS' [64, N]
+      return load(ref.at[bi, h, c, ks(kb)])
+
+    def u_cols(kb):  # u over the columns of block kb [L, 64]
+      return cols(load(u_ref.at[h, ks(kb)], COL), LL)
+
+    # masks are rebuilt where they are used (cheap loads and iotas) rather than kept live
+    def seg_rows():
+      return rows(load(s_ref.at[bi, tok], ROW), LL)
+
+    def first():  # rows that see the entering state
+      return seg_rows() == 0.0
+
+    def last():  # rows of the chunk's last segment
+      return seg_rows() == s_ref[bi, c * L + L - 1]
+
+    def diagonal():
+      return iota(LL, 0) == iota(LL, 1)
+
+    def pairs(shift, transposed=False):  # the pair mask of level 2^shift (transposed: of A^T, rows s, columns t)
+      ri, ci = iota(LL, 0), iota(LL, 1)
+      t, s = (ci, ri) if transposed else (ri, ci)
+      same = seg_rows() == cols(load(s_ref.at[bi, tok], COL), LL)
+      return same & ((t >> (shift + 1)) == (s >> (shift + 1))) & ((t >> shift) != (s >> shift)) & (t > s)
+
+    def exponents(shift):  # (E, F) [L, 64] of block kb (in W): in-block exclusive prefix / suffix sums of w
+      ri, ci = iota(LL, 0), iota(LL, 1)
+      blk = (ri >> shift) == (ci >> shift)
+      M0[...] = jnp.where(blk & (ci < ri), 1.0, 0.0).astype(BF16)  # lower
+      M1[...] = jnp.where(blk & (ci > ri), 1.0, 0.0).astype(BF16)  # upper
+      plgpu.commit_smem()
+      return mm(LL, _x2(M0, W)), mm(LL, _x2(M1, W))
+
+    def d_attn(shift):  # dA_h = M_h (dO V^T), split
+      return split(jnp.where(pairs(shift), mm(LL, [(do_s, v_s.T)]), 0.0))
+
+    def d_attn_t(shift):  # dA_h^T = M_h^T (V dO^T), split
+      return split(jnp.where(pairs(shift, True), mm(LL, [(v_s, do_s.T)]), 0.0))
+
+    def put_block(kb):  # w, r and k of block kb: w split into W, r into P's and k into Q's hi tile (level 1)
+      store_split(inp(w_ref, kb), *W)
+      P[0][...] = load(r_ref.at[bi, tok, h, ks(kb)])
+      Q[0][...] = load(k_ref.at[bi, tok, h, ks(kb)])
+      plgpu.commit_smem()
+
+    # the bonus A_tt = r_t . u . k_t and its cotangent dO_t . v_t (ROW layout, over all N)
+    bonus = jnp.sum(inp(r_ref) * cols(load(u_ref.at[h], COL), LN) * inp(k_ref), axis=1)
+    d_bonus_row = jnp.sum(inp(do_ref) * inp(v_ref), axis=1)  # kept as one value per row, broadcast where used
+    AT = jnp.where(diagonal(), rows(bonus, LL), 0.0)  # A^T, accumulated over levels and K blocks
+    for kb in range(KB):
+      put_block(kb)
+      if kb == 0:
+        plgpu.barrier_wait(bar)  # v and dO are in SMEM
+      # level h = 1: P = r, Q = k (exact bf16, the hi tiles), no decay between the pair
+      AT = AT + jnp.where(pairs(0, True), mm(LL, [(Q[0], P[0].T)]), 0.0)
+      dr_pairs = mm(LL, _x2(d_attn(0), Q[0]))
+      dk_pairs = mm(LL, _x2(d_attn_t(0), P[0]))
+      for shift in range(1, LEVELS):
+        E, F = exponents(shift)
+        eE, eF = jnp.exp(E), jnp.exp(F)
+        store_split(inp(r_ref, kb) * eE, *P)
+        store_split(inp(k_ref, kb) * eF, *Q)
+        plgpu.commit_smem()
+        AT = AT + jnp.where(pairs(shift, True), mm(LL, _x3(Q, _t(P))), 0.0)
+        dr_pairs = dr_pairs + mm(LL, _x3(d_attn(shift), Q)) * eE
+        dk_pairs = dk_pairs + mm(LL, _x3(d_attn_t(shift), P)) * eF
+      # chunk level: the readout Qo = [first] r e^{E_L} of S and the key factors Kbar = [last] k e^{F_L} of S'
+      E, F = exponents(LEVELS)  # leaves D (strict lower over the chunk) in M0, U (strict upper) in M1
+      e_in, e_out = jnp.exp(E), jnp.exp(F)
+      store_split(state(st_ref, kb), *Sx)
+      store_split(state(dst_ref, kb), *Dx)
+      plgpu.commit_smem()
+      d_qo = jnp.where(first(), mm(LL, _x2(do_s, _t(Sx))), 0.0)  # dO S^T
+      d_kbar = jnp.where(last(), mm(LL, _x2(v_s, _t(Dx))), 0.0)  # V dS'^T
+      rv, kv = inp(r_ref, kb), inp(k_ref, kb)
+      d_bonus = rows(d_bonus_row, LL)
+      out(dr_ref, d_bonus * u_cols(kb) * kv + d_qo * e_in + dr_pairs, kb)
+      out(dk_ref, d_bonus * u_cols(kb) * rv + d_kbar * e_out + dk_pairs, kb)
+      # dw = U (X - Y) + D Z - Y + J (diag(dec) S o dS')^T (module docstring); du as a column sum
+      y = kv * dk_pairs
+      store_split(rv * (dr_pairs + d_qo * e_in) - y, *P)
+      store_split(jnp.where(last(), kv * e_out, 0.0) * d_kbar, *Q)
+      store_split(d_bonus * rv * kv, *W)
+      dec_rows = rows(load(dec_ref.at[bi, h, c, ks(kb)], ROW), LN)
+      store_split(dec_rows * state(st_ref, kb) * state(dst_ref, kb), *Sx)
+      Dx[0][...] = jnp.where(iota(LN, 0) >= 0, 1.0, 0.0).astype(BF16)  # ones [64, N]
+      plgpu.commit_smem()
+      out(dw_ref, mm(LL, _x2(M1, P) + _x2(M0, Q) + _x2(Dx[0], _t(Sx))) - y, kb)
+      du_cols = mm(LN, _x2(_t(W), Dx[0]))  # (d_bonus r k)^T ones: du of block kb in every column
+      du_ref.at[bi, h, c, ks(kb)][...] = jnp.sum(jnp.where(iota(LN, 1) == 0, du_cols, 0.0), axis=1)
+    # dv = A^T dO + Kbar dS', Kbar recomputed by block (U is still in M1)
+    dv = mm(LN, _x2(split(AT), do_s))
+    for kb in range(KB):
+      store_split(inp(w_ref, kb), *W)
+      store_split(state(dst_ref, kb), *Dx)
+      plgpu.commit_smem()
+      kbar = jnp.where(last(), inp(k_ref, kb) * jnp.exp(mm(LL, _x2(M1, W))), 0.0)
+      dv = dv + mm(LN, _x3(split(kbar), Dx))
+    out(dv_ref, dv, None)
+
+  scratch = [swizzled((6, L, L)), swizzled((2, L, L)), swizzled((4, L, N)), swizzled(LN), swizzled(LN),
+             plgpu.Barrier(num_arrivals=2)]
+  if interpret:
+    scratch += [swizzled(LL) for _ in range(2)]
+  out_type = tuple(jax.ShapeDtypeStruct((B, Tp, H, N), dt) for dt in out_dtypes)
+  out_type += (jax.ShapeDtypeStruct((B, H, C, N), F32),)
+  kern = plgpu.kernel(body, out_type=out_type, grid=(C, H, B), grid_names=("c", "h", "b"),
+                      scratch_types=tuple(scratch), compiler_params=compiler_params(cross_warp_sums=False),
+                      interpret=interpret_params(interpret), kernel_name="wkv6_chunk_grads")
+  return kern(r, k, v, w, u, seg, dec, states, d_o, d_states)
