@@ -26,7 +26,7 @@ WG = plgpu.Layout.WGMMA
 ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per row of a WGMMA-layout array
 COL = plgpu.Layout.WGMMA.reduce(0)  # one value per column
 
-__all__ = ["WG", "ROW", "COL", "swizzled", "load", "iota", "rows", "cols", "split", "store_split", "Mma", "x3",
+__all__ = ["WG", "ROW", "COL", "swizzled", "load", "iota", "rows", "cols", "split", "store_split", "Mma", "x3", "x2", "transposed",
            "is_reg", "compiler_params", "interpret_params", "block_v", "unsupported_reason", "is_hopper"]
 
 
@@ -114,10 +114,23 @@ class Mma:
     return lax.optimization_barrier(pl.run_scoped(scoped, plgpu.ACC(shape, F32)))
 
 
-def x3(lhs, rhs_hi, rhs_lo):
-  """The `Mma` pairs of a split-bf16 x3 product: lhs = (hi, lo) bf16 registers, rhs = hi / lo bf16 SMEM refs;
-  hi hi + hi lo + lo hi (fp32 accumulation, about 16 significant bits)."""
-  return [(lhs[0], rhs_hi), (lhs[0], rhs_lo), (lhs[1], rhs_hi)]
+def x3(lhs, rhs):
+  """The `Mma` pairs of a split-bf16 x3 product of two (hi, lo) bf16 pairs (lhs: registers or SMEM tiles, rhs:
+  SMEM tiles or views): hi hi + hi lo + lo hi (fp32 accumulation, about 16 significant bits)."""
+  return [(lhs[0], rhs[0]), (lhs[0], rhs[1]), (lhs[1], rhs[0])]
+
+
+def x2(lhs, rhs):
+  """The `Mma` pairs of a product with one exact bf16 side: lhs or rhs a single operand, the other a (hi, lo)
+  pair (two passes)."""
+  if isinstance(lhs, tuple):
+    return [(lhs[0], rhs), (lhs[1], rhs)]
+  return [(lhs, rhs[0]), (lhs, rhs[1])]
+
+
+def transposed(pair):
+  """The transposed views of a (hi, lo) pair of SMEM tiles."""
+  return tuple(x.T for x in pair)
 
 
 def is_reg(x):

@@ -125,7 +125,7 @@ def _prep(r, k, v, w, u, seg, *, interpret=False):
       E, F = exponents(shift)
       store_split(kv * jnp.exp(F), Q0, Q1)
       plgpu.commit_smem()
-      A = jnp.where(pairs(shift), mm(LL, x3(split(rv * jnp.exp(E)), Q0.T, Q1.T)), A)
+      A = jnp.where(pairs(shift), mm(LL, x3(split(rv * jnp.exp(E)), (Q0.T, Q1.T))), A)
 
     # chunk level: the readout of the entering state and the transition's key factors
     E, F = exponents(LEVELS)

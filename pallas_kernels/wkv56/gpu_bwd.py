@@ -59,7 +59,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels.mosaic_gpu_tiles import (
-  COL, ROW, Mma, cols, compiler_params, interpret_params, iota, load, rows, split, store_split, swizzled,
+  COL, Mma, ROW, cols, compiler_params, interpret_params, iota, load, rows, split, store_split, swizzled, transposed,
+  x2, x3,
 )
 
 F32 = jnp.float32
@@ -69,22 +70,6 @@ LEVELS = L.bit_length() - 1  # pair levels of the hierarchy (h = 1 .. L/2); bloc
 HEAD_DIMS = (64, 128)  # multiples of L: the K dimension goes by 64-wide blocks
 
 __all__ = ["chunk_grads", "HEAD_DIMS"]
-
-
-def _x3(lhs, rhs):
-  """Mma pairs of a split-bf16 x3 product of two (hi, lo) pairs (lhs: SMEM tiles or bf16 registers)."""
-  return [(lhs[0], rhs[0]), (lhs[0], rhs[1]), (lhs[1], rhs[0])]
-
-
-def _x2(lhs, rhs):
-  """Mma pairs of a product with one exact bf16 side: lhs or rhs is a single operand, the other a (hi, lo) pair."""
-  if isinstance(lhs, tuple):
-    return [(lhs[0], rhs), (lhs[1], rhs)]
-  return [(lhs, rhs[0]), (lhs, rhs[1])]
-
-
-def _t(pair):
-  return tuple(x.T for x in pair)
 
 
 def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, interpret=False):
@@ -152,7 +137,7 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
       M0[...] = jnp.where(blk & (ci < ri), 1.0, 0.0).astype(BF16)  # lower
       M1[...] = jnp.where(blk & (ci > ri), 1.0, 0.0).astype(BF16)  # upper
       plgpu.commit_smem()
-      return mm(LL, _x2(M0, W)), mm(LL, _x2(M1, W))
+      return mm(LL, x2(M0, W)), mm(LL, x2(M1, W))
 
     def d_attn(shift):  # dA_h = M_h (dO V^T), split
       return split(jnp.where(pairs(shift), mm(LL, [(do_s, v_s.T)]), 0.0))
@@ -176,25 +161,25 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
         plgpu.barrier_wait(bar)  # v and dO are in SMEM
       # level h = 1: P = r, Q = k (exact bf16, the hi tiles), no decay between the pair
       AT = AT + jnp.where(pairs(0, True), mm(LL, [(Q[0], P[0].T)]), 0.0)
-      dr_pairs = mm(LL, _x2(d_attn(0), Q[0]))
-      dk_pairs = mm(LL, _x2(d_attn_t(0), P[0]))
+      dr_pairs = mm(LL, x2(d_attn(0), Q[0]))
+      dk_pairs = mm(LL, x2(d_attn_t(0), P[0]))
       for shift in range(1, LEVELS):
         E, F = exponents(shift)
         eE, eF = jnp.exp(E), jnp.exp(F)
         store_split(inp(r_ref, kb) * eE, *P)
         store_split(inp(k_ref, kb) * eF, *Q)
         plgpu.commit_smem()
-        AT = AT + jnp.where(pairs(shift, True), mm(LL, _x3(Q, _t(P))), 0.0)
-        dr_pairs = dr_pairs + mm(LL, _x3(d_attn(shift), Q)) * eE
-        dk_pairs = dk_pairs + mm(LL, _x3(d_attn_t(shift), P)) * eF
+        AT = AT + jnp.where(pairs(shift, True), mm(LL, x3(Q, transposed(P))), 0.0)
+        dr_pairs = dr_pairs + mm(LL, x3(d_attn(shift), Q)) * eE
+        dk_pairs = dk_pairs + mm(LL, x3(d_attn_t(shift), P)) * eF
       # chunk level: the readout Qo = [first] r e^{E_L} of S and the key factors Kbar = [last] k e^{F_L} of S'
       E, F = exponents(LEVELS)  # leaves D (strict lower over the chunk) in M0, U (strict upper) in M1
       e_in, e_out = jnp.exp(E), jnp.exp(F)
       store_split(state(st_ref, kb), *Sx)
       store_split(state(dst_ref, kb), *Dx)
       plgpu.commit_smem()
-      d_qo = jnp.where(first(), mm(LL, _x2(do_s, _t(Sx))), 0.0)  # dO S^T
-      d_kbar = jnp.where(last(), mm(LL, _x2(v_s, _t(Dx))), 0.0)  # V dS'^T
+      d_qo = jnp.where(first(), mm(LL, x2(do_s, transposed(Sx))), 0.0)  # dO S^T
+      d_kbar = jnp.where(last(), mm(LL, x2(v_s, transposed(Dx))), 0.0)  # V dS'^T
       rv, kv = inp(r_ref, kb), inp(k_ref, kb)
       d_bonus = rows(d_bonus_row, LL)
       out(dr_ref, d_bonus * u_cols(kb) * kv + d_qo * e_in + dr_pairs, kb)
@@ -208,17 +193,17 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
       store_split(dec_rows * state(st_ref, kb) * state(dst_ref, kb), *Sx)
       Dx[0][...] = jnp.where(iota(LN, 0) >= 0, 1.0, 0.0).astype(BF16)  # ones [64, N]
       plgpu.commit_smem()
-      out(dw_ref, mm(LL, _x2(M1, P) + _x2(M0, Q) + _x2(Dx[0], _t(Sx))) - y, kb)
-      du_cols = mm(LN, _x2(_t(W), Dx[0]))  # (d_bonus r k)^T ones: du of block kb in every column
+      out(dw_ref, mm(LL, x2(M1, P) + x2(M0, Q) + x2(Dx[0], transposed(Sx))) - y, kb)
+      du_cols = mm(LN, x2(transposed(W), Dx[0]))  # (d_bonus r k)^T ones: du of block kb in every column
       du_ref.at[bi, h, c, ks(kb)][...] = jnp.sum(jnp.where(iota(LN, 1) == 0, du_cols, 0.0), axis=1)
     # dv = A^T dO + Kbar dS', Kbar recomputed by block (U is still in M1)
-    dv = mm(LN, _x2(split(AT), do_s))
+    dv = mm(LN, x2(split(AT), do_s))
     for kb in range(KB):
       store_split(inp(w_ref, kb), *W)
       store_split(state(dst_ref, kb), *Dx)
       plgpu.commit_smem()
-      kbar = jnp.where(last(), inp(k_ref, kb) * jnp.exp(mm(LL, _x2(M1, W))), 0.0)
-      dv = dv + mm(LN, _x3(split(kbar), Dx))
+      kbar = jnp.where(last(), inp(k_ref, kb) * jnp.exp(mm(LL, x2(M1, W))), 0.0)
+      dv = dv + mm(LN, x3(split(kbar), Dx))
     out(dv_ref, dv, None)
 
   scratch = [swizzled((6, L, L)), swizzled((2, L, L)), swizzled((4, L, N)), swizzled(LN), swizzled(LN),

@@ -116,8 +116,8 @@ def _prep(r, k, v, a, b, g_pad, seg, *, interpret=False):
     Gm = jnp.where(rN == 0, 0.0, load(g_ref.at[bi, pl.ds(c * L, L), h]))
     av = load(a_ref.at[bi, tok, h]).astype(F32)
     at = split(av * jnp.exp(Gm - mid))
-    A_ak = jnp.where(strict, mm(LL, x3(at, R0.T, R1.T)), 0.0)
-    A_ab = jnp.where(strict, mm(LL, x3(at, R2.T, R3.T)), 0.0)
+    A_ak = jnp.where(strict, mm(LL, x3(at, (R0.T, R1.T))), 0.0)
+    A_ab = jnp.where(strict, mm(LL, x3(at, (R2.T, R3.T))), 0.0)
 
     # T = (I - A_ab)^{-1}: block doubling, D <- D + (D A_off) D
     D = jnp.where(ri == ci, 1.0, 0.0) + jnp.where(((ri >> 1) == (ci >> 1)) & (ri != ci), A_ab, 0.0)
@@ -126,26 +126,26 @@ def _prep(r, k, v, a, b, g_pad, seg, *, interpret=False):
       store_split(off, I0, I1)
       store_split(D, I2, I3)
       plgpu.commit_smem()
-      P = mm(LL, x3(split(D), I0, I1))
-      D = D + mm(LL, x3(split(P), I2, I3))
+      P = mm(LL, x3(split(D), (I0, I1)))
+      D = D + mm(LL, x3(split(P), (I2, I3)))
     Ts = split(D)
 
     # q rows: A_qk, A_qb
     rv = load(r_ref.at[bi, tok, h]).astype(F32)
     qt = split(rv * jnp.exp(G - mid))
-    A_qk = jnp.where(incl, mm(LL, x3(qt, R0.T, R1.T)), 0.0)
-    A_qb = jnp.where(incl, mm(LL, x3(qt, R2.T, R3.T)), 0.0)
+    A_qk = jnp.where(incl, mm(LL, x3(qt, (R0.T, R1.T))), 0.0)
+    A_qb = jnp.where(incl, mm(LL, x3(qt, (R2.T, R3.T))), 0.0)
 
     # WY: W = T A0, U_wy = T (A_ak V)
     store_split(jnp.where(first_rows, av * jnp.exp(Gm), 0.0), R0, R1)
     plgpu.commit_smem()
     plgpu.barrier_wait(bar)  # v is in SMEM
-    W = mm(LN, x3(Ts, R0, R1))
+    W = mm(LN, x3(Ts, (R0, R1)))
     ak = split(A_ak)
     AV = mm(LN, [(ak[0], v_s), (ak[1], v_s)])
     store_split(AV, R2, R3)
     plgpu.commit_smem()
-    U = mm(LN, x3(Ts, R2, R3))
+    U = mm(LN, x3(Ts, (R2, R3)))
     ww_ref.at[bi, h, tok][...] = W.astype(BF16)
     wu_ref.at[bi, h, tok][...] = U.astype(BF16)
 
@@ -155,8 +155,8 @@ def _prep(r, k, v, a, b, g_pad, seg, *, interpret=False):
     plgpu.commit_smem()
     qb, qk = split(A_qb), split(A_qk)
     q0 = jnp.where(first_rows, rv * jnp.exp(G), 0.0)
-    qo = q0 + mm(LN, x3(qb, R0, R1))
-    ob = mm(LN, x3(qb, R2, R3) + [(qk[0], v_s), (qk[1], v_s)])
+    qo = q0 + mm(LN, x3(qb, (R0, R1)))
+    ob = mm(LN, x3(qb, (R2, R3)) + [(qk[0], v_s), (qk[1], v_s)])
     qo_ref.at[bi, h, tok][...] = qo.astype(BF16)
     ob_ref.at[bi, h, tok][...] = ob.astype(BF16)
 

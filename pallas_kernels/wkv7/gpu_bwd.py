@@ -41,7 +41,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels.mosaic_gpu_tiles import (
-  COL, ROW, Mma, cols, compiler_params, interpret_params, iota, load, rows, split, store_split, swizzled,
+  COL, Mma, ROW, cols, compiler_params, interpret_params, iota, load, rows, split, store_split, swizzled, transposed,
+  x2, x3,
 )
 
 F32 = jnp.float32
@@ -50,22 +51,6 @@ L = 64  # tokens per chunk (= `gpu.L`)
 HEAD_DIMS = (64, 128)  # multiples of L: the K dimension goes by 64-wide blocks
 
 __all__ = ["chunk_grads", "HEAD_DIMS"]
-
-
-def _x3(lhs, rhs):
-  """Mma pairs of a split-bf16 x3 product of two (hi, lo) pairs (lhs: SMEM tiles or bf16 registers)."""
-  return [(lhs[0], rhs[0]), (lhs[0], rhs[1]), (lhs[1], rhs[0])]
-
-
-def _x2(lhs, rhs):
-  """Mma pairs of a product with one exact bf16 side: lhs or rhs is a single operand, the other a (hi, lo) pair."""
-  if isinstance(lhs, tuple):
-    return [(lhs[0], rhs), (lhs[1], rhs)]
-  return [(lhs, rhs[0]), (lhs, rhs[1])]
-
-
-def _t(pair):
-  return tuple(x.T for x in pair)
 
 
 def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtypes, *, interpret=False):
@@ -159,7 +144,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
     put(bh(), W0)
     put(kh(), W1)
     plgpu.commit_smem()
-    A_ab = jnp.where(causal(gt), mm(LL, _x3(split(at()), _t(W0))), 0.0)
+    A_ab = jnp.where(causal(gt), mm(LL, x3(split(at()), transposed(W0))), 0.0)
     ri, ci = iota(LL, 0), iota(LL, 1)
     # T = (I - A_ab)^{-1} by block doubling (`common.unit_lower_inverse`): D <- D + (D A_off) D
     D = jnp.where(ri == ci, 1.0, 0.0) + jnp.where(((ri >> 1) == (ci >> 1)) & (ri != ci), A_ab, 0.0)
@@ -168,13 +153,13 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
       put(off, Q0)
       put(D, Q1)
       plgpu.commit_smem()
-      D = D + mm(LL, _x3(split(mm(LL, _x3(split(D), Q0))), Q1))
+      D = D + mm(LL, x3(split(mm(LL, x3(split(D), Q0))), Q1))
     put(D, Q0)
     a_t = split(at())
-    put(jnp.where(causal(gt), mm(LL, _x3(a_t, _t(W1))), 0.0), Q1)
+    put(jnp.where(causal(gt), mm(LL, x3(a_t, transposed(W1))), 0.0), Q1)
     q_t = split(qt())
-    put(jnp.where(causal(ge), mm(LL, _x3(q_t, _t(W0))), 0.0), Q2)
-    put(jnp.where(causal(ge), mm(LL, _x3(q_t, _t(W1))), 0.0), Q3)
+    put(jnp.where(causal(ge), mm(LL, x3(q_t, transposed(W0))), 0.0), Q2)
+    put(jnp.where(causal(ge), mm(LL, x3(q_t, transposed(W1))), 0.0), Q3)
     plgpu.commit_smem()
     plgpu.barrier_wait(bar)  # v and dO are in SMEM
     R = None  # A0 S + A_ak V
@@ -182,24 +167,24 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
       put(state(st_ref, kb), W0)
       plgpu.commit_smem()
       a0 = split(jnp.where(first(kb), inp(a_ref, kb) * jnp.exp(Gm(kb)), 0.0))
-      R = mm(LN, _x3(a0, W0) + _x2(Q1, v_s)) if R is None else R + mm(LN, _x3(a0, W0))
+      R = mm(LN, x3(a0, W0) + x2(Q1, v_s)) if R is None else R + mm(LN, x3(a0, W0))
     put(R, W1)
     plgpu.commit_smem()
-    put(mm(LN, _x3(Q0, W1)), W1)  # u = T R
+    put(mm(LN, x3(Q0, W1)), W1)  # u = T R
     # --- S' = diag(dec) S + Bbar^T u + Kbar^T V and o = Q0 S + A_qb u + A_qk V, backward to du, dR = T^T du, dv
     du = dv = None
     for kb in range(KB):  # du = Bbar dS' + A_qb^T dO, dv = Kbar dS' + A_qk^T dO
       put(state(dst_ref, kb), W0)
       plgpu.commit_smem()
       bbar = split(jnp.where(last(kb), inp(b_ref, kb) * jnp.exp(gl(kb) - G(kb)), 0.0))
-      du = mm(LN, _x3(bbar, W0) + _x2(_t(Q2), do_s)) if du is None else du + mm(LN, _x3(bbar, W0))
+      du = mm(LN, x3(bbar, W0) + x2(transposed(Q2), do_s)) if du is None else du + mm(LN, x3(bbar, W0))
       kbar = split(jnp.where(last(kb), inp(k_ref, kb) * jnp.exp(gl(kb) - G(kb)), 0.0))
-      dv = mm(LN, _x3(kbar, W0) + _x2(_t(Q3), do_s)) if dv is None else dv + mm(LN, _x3(kbar, W0))
+      dv = mm(LN, x3(kbar, W0) + x2(transposed(Q3), do_s)) if dv is None else dv + mm(LN, x3(kbar, W0))
     put(du, W2)
     plgpu.commit_smem()
-    put(mm(LN, _x3(_t(Q0), W2)), W2)  # dR = T^T du
+    put(mm(LN, x3(transposed(Q0), W2)), W2)  # dR = T^T du
     plgpu.commit_smem()
-    out(dv_ref, dv + mm(LN, _x3(_t(Q1), W2)), None)  # + A_ak^T dR
+    out(dv_ref, dv + mm(LN, x3(transposed(Q1), W2)), None)  # + A_ak^T dR
     # live: u (W1), dR (W2), v, dO. The matrix gradients dA_ab = M_<(dR u^T), dA_ak = M_<(dR V^T),
     # dA_qb = M_<=(dO u^T), dA_qk = M_<=(dO V^T) are products into registers, each orientation where it is used.
     # The rest goes by 64-column blocks kb of dr, dw, dk, da, db.
@@ -207,7 +192,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
       """One input's gradient block kb: d (its chunk factor) = dA[0] Q0 + dA[1] Q1 (dA: split pairs), d (its
       state-side factor) = side_mask(kb) o (side_pairs), dx = d_factor e_factor + d_side e_side with (e_factor,
       e_side) = exps(kb). Returns (x (the input block, float32), d_factor, d_side, e_factor, e_side)."""
-      d_fac = mm(LL, _x3(dA[0], Q0) + _x3(dA[1], Q1))
+      d_fac = mm(LL, x3(dA[0], Q0) + x3(dA[1], Q1))
       d_side = jnp.where(side_mask(kb), mm(LL, side_pairs), 0.0)
       e_fac, e_side = exps(kb)
       x = inp(x_ref, kb)
@@ -229,15 +214,15 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
       put(qt(kb), Q1)
       put(state(dst_ref, kb), W0)
       plgpu.commit_smem()
-      dA_akT = split(jnp.where(causal(lt), mm(LL, _x2(v_s, _t(W2))), 0.0))
+      dA_akT = split(jnp.where(causal(lt), mm(LL, x2(v_s, transposed(W2))), 0.0))
       dA_qkT = split(jnp.where(causal(le), mm(LL, [(v_s, do_s.T)]), 0.0))
-      kv, d_kh, d_kbar, e_out, to_end = factor_grad((dA_akT, dA_qkT), last, _x2(v_s, _t(W0)), out_exps, k_ref,
+      kv, d_kh, d_kbar, e_out, to_end = factor_grad((dA_akT, dA_qkT), last, x2(v_s, transposed(W0)), out_exps, k_ref,
                                                     dk_ref, kb)
       P = -(kv * e_out) * d_kh
       Q = jnp.where(last(kb), kv * to_end, 0.0) * d_kbar
-      dA_abT = split(jnp.where(causal(lt), mm(LL, _x3(W1, _t(W2))), 0.0))
-      dA_qbT = split(jnp.where(causal(le), mm(LL, _x2(W1, do_s.T)), 0.0))
-      bv, d_bh, d_bbar, e_out, to_end = factor_grad((dA_abT, dA_qbT), last, _x3(W1, _t(W0)), out_exps, b_ref,
+      dA_abT = split(jnp.where(causal(lt), mm(LL, x3(W1, transposed(W2))), 0.0))
+      dA_qbT = split(jnp.where(causal(le), mm(LL, x2(W1, do_s.T)), 0.0))
+      bv, d_bh, d_bbar, e_out, to_end = factor_grad((dA_abT, dA_qbT), last, x3(W1, transposed(W0)), out_exps, b_ref,
                                                     db_ref, kb)
       P = P - (bv * e_out) * d_bh
       put(Q + jnp.where(last(kb), bv * to_end, 0.0) * d_bbar, Q3)  # Q (A_qk is dead)
@@ -246,14 +231,14 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
       put(kh(kb), Q1)
       put(state(st_ref, kb), W0)
       plgpu.commit_smem()
-      dA_qb = split(jnp.where(causal(ge), mm(LL, _x2(do_s, _t(W1))), 0.0))
+      dA_qb = split(jnp.where(causal(ge), mm(LL, x2(do_s, transposed(W1))), 0.0))
       dA_qk = split(jnp.where(causal(ge), mm(LL, [(do_s, v_s.T)]), 0.0))
-      rv, d_qt, dq0, e_q, eq0 = factor_grad((dA_qb, dA_qk), first, _x2(do_s, _t(W0)), in_exps(G),
+      rv, d_qt, dq0, e_q, eq0 = factor_grad((dA_qb, dA_qk), first, x2(do_s, transposed(W0)), in_exps(G),
                                             r_ref, dr_ref, kb)
       P = P + (rv * e_q) * d_qt + jnp.where(first(kb), rv * eq0, 0.0) * dq0
-      dA_ab = split(jnp.where(causal(gt), mm(LL, _x3(W2, _t(W1))), 0.0))
-      dA_ak = split(jnp.where(causal(gt), mm(LL, _x2(W2, v_s.T)), 0.0))
-      av, d_at, da0, e_a, ea0 = factor_grad((dA_ab, dA_ak), first, _x3(W2, _t(W0)), in_exps(Gm),
+      dA_ab = split(jnp.where(causal(gt), mm(LL, x3(W2, transposed(W1))), 0.0))
+      dA_ak = split(jnp.where(causal(gt), mm(LL, x2(W2, v_s.T)), 0.0))
+      av, d_at, da0, e_a, ea0 = factor_grad((dA_ab, dA_ak), first, x3(W2, transposed(W0)), in_exps(Gm),
                                             a_ref, da_ref, kb)
       put(P, Q0)
       put((av * e_a) * d_at + jnp.where(first(kb), av * ea0, 0.0) * da0, Q1)  # dgm
@@ -266,7 +251,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
       ones = jnp.where(iota(LN, 0) >= 0, 1.0, 0.0).astype(BF16)
       # one accumulator per term: as a single chain of 8 products with these register (iota-built) lhs operands,
       # dw came out NaN in some rows on the H100 (2026-11-26; each term alone, or summed from 4 chains, was right)
-      parts = [mm(LL, _x2(m, x)) for m, x in ((tri[0], Q0), (tri[1], Q1), (tri[2], Q3), (ones, _t(W0)))]
+      parts = [mm(LL, x2(m, x)) for m, x in ((tri[0], Q0), (tri[1], Q1), (tri[2], Q3), (ones, transposed(W0)))]
       out(dw_ref, parts[0] + parts[1] + parts[2] + parts[3], kb)
 
   scratch = [swizzled((3 if KB > 1 else 2, 2, L, N)), swizzled((4, 2, L, L)), swizzled(LN), swizzled(LN),

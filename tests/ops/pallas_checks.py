@@ -1,6 +1,7 @@
 """Checks shared by the Pallas backend tests (`wkv7_pallas_test.py`, `wkv56_pallas_test.py`): a backend's outputs,
 final state and VJP against the float32 reference op (`compare`) and, on a GPU, against the recurrence run in
-float64 (`compare_float64`, with `scan_recurrence` to write that recurrence)."""
+float64 (`compare_float64`, with `scan_recurrence` to write that recurrence), and that a Mosaic GPU kernel's SMEM
+lets two CTAs share an H100 SM (`lower_for_two_ctas_per_sm`)."""
 
 from __future__ import annotations
 
@@ -106,3 +107,12 @@ def compare_float64(seed, fn, reference_f64, primals, segment_ids, tol, *, names
   errors = _errors(names, (o, s) + tuple(g), refs)
   print(f"{label}:", " ".join(f"{name}={e:.1e}" for name, e in errors.items()))
   return _assert_within(seed, label, errors, {name: tol for name in names})
+
+
+def lower_for_two_ctas_per_sm(fn, *args) -> str:
+  """The text of jax.jit(fn) lowered for CUDA under an SMEM limit of half an H100 SM (228 KiB) less the 1 KiB
+  reserved per CTA: Mosaic GPU's lowering fails if a kernel's scratch needs more."""
+  from jax.experimental.mosaic.gpu import core as mgpu_core  # noqa: PLC0415
+
+  with mgpu_core.artificial_shared_memory_limit(228 * 1024 // 2 - 1024):
+    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()

@@ -201,17 +201,14 @@ def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch, N):
 def test_gpu_chunk_grads_fits_two_ctas_per_sm():
   """The gradient kernel's SMEM (checked by Mosaic GPU's lowering) leaves room for two CTAs per H100 SM: 228 KiB per
   SM, 1 KiB of it reserved per CTA."""
-  from jax.experimental.mosaic.gpu import core as mgpu_core  # noqa: PLC0415
-
   from pallas_kernels.wkv7 import gpu_bwd  # noqa: PLC0415
 
   B, Tp, H, N, C = 1, 128, 1, 64, 2
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
   x = jax.ShapeDtypeStruct((B, Tp, H, N), jnp.bfloat16)
-  fn = jax.jit(functools.partial(gpu_bwd.chunk_grads, out_dtypes=[jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 4))
+  fn = functools.partial(gpu_bwd.chunk_grads, out_dtypes=[jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 4)
   args = (x,) * 5 + (f32(B, 1 + Tp, H, N), f32(B, Tp), f32(B, H, C, N), f32(B, H, C, N, N), x, f32(B, H, C, N, N))
-  with mgpu_core.artificial_shared_memory_limit(228 * 1024 // 2 - 1024):
-    text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+  text = pallas_checks.lower_for_two_ctas_per_sm(fn, *args)
   assert "wkv7_chunk_grads" in text
 
 
