@@ -33,7 +33,13 @@ for step in "${steps[@]}"; do
           --remat block_save_dots --runs llama-1.3b:1:data llama-0.4b:1:data 2>&1 | tee "$OUT/train.log"
       timeout 200 "$PYTHON" benchmarks/train_bench.py --micro_bsz 8 --ctx_len 4096 --steps 3 --warmup 1 \
           --remat block --runs rwkv7-L12-D768:1:data rwkv7-1.5b:1:data 2>&1 | tee -a "$OUT/train.log" ;;
-    profile)  # Nsight Compute on the backward's chunk-parallel gradient kernels (wkv7, then wkv6)
+    profile)  # ptxas register / spill report of every Mosaic GPU kernel, then Nsight Compute on the backward's
+              # chunk-parallel gradient kernels (wkv7, then wkv6)
+      for op in wkv7 wkv6; do
+        MOSAIC_GPU_DUMP_PTXAS=1 timeout 120 "$PYTHON" benchmarks/wkv_bench.py --op $op --shapes S0 --impls pallas_gpu \
+            --repeats 1 > "$OUT/ptxas_$op.txt" 2>&1
+        grep -i "ptxas info\|spill" "$OUT/ptxas_$op.txt" | head -40
+      done
       OUT=$OUT timeout 240 bash benchmarks/kernel_profile.sh wkv7_chunk_grads 2>&1 | tail -60
       OUT=$OUT timeout 240 bash benchmarks/kernel_profile.sh wkv6_chunk_grads --op wkv6 --shapes K1 --impls pallas_gpu \
           --repeats 1 2>&1 | tail -60 ;;
