@@ -26,7 +26,8 @@ WG = plgpu.Layout.WGMMA
 ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per row of a WGMMA-layout array
 COL = plgpu.Layout.WGMMA.reduce(0)  # one value per column
 
-__all__ = ["WG", "ROW", "COL", "swizzled", "load", "iota", "rows", "cols", "split", "store_split", "Mma", "x3", "x2", "transposed",
+__all__ = ["WG", "ROW", "COL", "swizzled", "load", "iota", "rows", "cols", "split", "store_split", "Mma", "x3", "x2",
+           "transposed",
            "is_reg", "compiler_params", "interpret_params", "block_v", "unsupported_reason", "is_hopper"]
 
 

@@ -26,8 +26,8 @@ chunk (x3 counted as 3), 30 of them in the inverse T.
 The log-decay gradient is assembled as in `chunk_backward`, regrouped so that the last-segment terms cancel exactly:
     dw = M_>= P + M_> dgm + M_< Q + dec * diag(dS' S^T)      (M_op[i, j] = [j op i], 0/1 bf16 matrices)
 with P = q~ dq~ + Q0 dQ0 - k^ dk^ - b^ db^ (dg without the Kbar / Bbar terms), dgm = a~ da~ + A0 dA0 and
-Q = Kbar dKbar + Bbar dBbar; the last term enters as ones (diag(dec) S o dS')^T, every row the same. Each of the four terms is its own product
-(see the note in `body`).
+Q = Kbar dKbar + Bbar dBbar; the last term enters as ones (diag(dec) S o dS')^T, every row the same. Each of the
+four terms is its own product (see the note in `body`).
 """
 
 from __future__ import annotations
