@@ -11,7 +11,7 @@ A chunk of L tokens (L a power of two, 16..64) with entering state S is, with g 
     q~ = r e^{g-m}, a~ = a e^{g^- - m}, k^ = k e^{m-g}, b^ = b e^{m-g}                     (factors, |exponent| <= L/2 |w|)
     A_ab = M_<(a~ b^T), A_ak = M_<(a~ k^T), A_qb = M_<=(q~ b^T), A_qk = M_<=(q~ k^T)     (causal, same segment)
     A0 = a e^{g^-}, Q0 = r e^{g}                                   (rows of the segment that sees S; else 0)
-    T = (I - A_ab)^{-1}                                            (`unit_lower_inverse`: block doubling)
+    T = (I - A_ab)^{-1}                                            (`matops.unit_lower_inverse`: block doubling)
     u = T (A0 S + A_ak V)            the reads u_t = S_{t-1}^T a_t
     o = Q0 S + A_qb u + A_qk V
     S' = diag(d) S + Bbar^T u + Kbar^T V,   Bbar = b e^{gL-g}, Kbar = k e^{gL-g} (last segment), d = e^{gL}
@@ -37,7 +37,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels.matops import MatOps, diag_matrix, diag_row, row_of
+from pallas_kernels.matops import MatOps, diag_matrix, diag_row, row_of, unit_lower_inverse
 
 F32 = jnp.float32
 
@@ -51,31 +51,6 @@ def cumsum_rows(x, ops: MatOps, reverse: bool = False):
   r, c = _iota((n, n), 0), _iota((n, n), 1)
   tri = jnp.where(r <= c if reverse else r >= c, 1.0, 0.0).astype(F32)
   return ops.mm(tri, x)
-
-
-def unit_lower_inverse(A, ops: MatOps):
-  """(I - A)^{-1} for strictly lower-triangular A [L, L], L a power of two, by block doubling.
-
-  After the step for block size s the result D is block diagonal with the inverses of the s x s diagonal blocks of
-  I - A. Two neighbouring blocks merge with [[D1, 0], [D2 A21 D1, D2]], i.e. D <- D + D A_off D with A_off the
-  A21 blocks: 2 matmuls per level, log2(L) - 1 levels (the first, s = 1, is D = I + A_off). Every intermediate is a
-  block of the final inverse, so this is as stable as forward substitution (no Neumann series over the whole
-  chunk, which cancels catastrophically in float32 for aligned kk; spec section 2.4).
-  """
-  n = A.shape[0]
-  r, c = _iota((n, n), 0), _iota((n, n), 1)
-  eye = jnp.where(r == c, 1.0, 0.0).astype(F32)
-
-  def off(shift):  # A's blocks just below the diagonal blocks of size 2^shift, inside blocks of 2^(shift+1)
-    keep = ((r >> (shift + 1)) == (c >> (shift + 1))) & ((r >> shift) != (c >> shift))
-    return jnp.where(keep, A, 0.0)
-
-  D = eye + off(0)
-  shift = 1
-  while (1 << shift) < n:
-    D = D + ops.mm(ops.mm(D, off(shift)), D)
-    shift += 1
-  return D
 
 
 def _masks(seg_col, seg_row):

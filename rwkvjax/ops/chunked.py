@@ -22,7 +22,7 @@ reference row m = g[(L-1)//2] per channel:
 so (A_ab)_ij = sum_n a_in b_jn e^{g^-_in - g_jn} uses only the pairwise decays e^{Γ_i - Γ_j} <= 1 of pairs j < i
 (<= for the q rows); M_< / M_<= also mask pairs of different segments. The reads satisfy
 (I - A_ab) U = A0 S_c + A_ak V with A0 = a e^{g^-}: one unit-lower-triangular solve (`_unit_lower_solve`:
-forward substitution for (I - A_ab)^{-1}, then a matmul) gives the WY form
+(I - A_ab)^{-1} by block doubling, then a matmul) gives the WY form
     [W | U_wy] = (I - A_ab)^{-1} [A0 | A_ak V].
 Then, with Q0 = r e^{g}, Bbar = b e^{g_L - g} and Kbar = k e^{g_L - g}:
     Qo = Q0 + A_qb W,  Ob = A_qb U_wy + A_qk V,  d = e^{g_L},  KV = Kbar^T V.
@@ -58,23 +58,16 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.matops import MatOps, unit_lower_inverse
 from rwkvjax.ops.reference import segment_starts
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 _einsum = functools.partial(jnp.einsum, precision=_HIGHEST)
 
 
-def _unit_lower_inverse(A):
-  """(I - A)^{-1} for strictly lower-triangular A [..., L, L], by forward substitution over rows:
-  row i of T = e_i + A[i] T (rows j < i are final by then). L - 1 batched vector-matrix steps."""
-  L = A.shape[-1]
-
-  def row(i, T):
-    a_i = jax.lax.dynamic_index_in_dim(A, i, axis=-2, keepdims=False)
-    t_i = _einsum("...j,...jk->...k", a_i, T) + (jnp.arange(L) == i)
-    return jax.lax.dynamic_update_index_in_dim(T, t_i, i, axis=-2)
-
-  return jax.lax.fori_loop(1, L, row, jnp.broadcast_to(jnp.eye(L, dtype=A.dtype), A.shape))
+# (I - A)^{-1} of strictly lower-triangular A [..., L, L] by block doubling (log2 L levels of two matmuls)
+_unit_lower_inverse = jnp.vectorize(functools.partial(unit_lower_inverse, ops=MatOps(precision=_HIGHEST)),
+                                    signature="(l,l)->(l,l)")
 
 
 @jax.custom_vjp
