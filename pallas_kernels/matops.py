@@ -65,7 +65,8 @@ def diag_row(x):
 
 
 def unit_lower_inverse(A, ops: MatOps):
-  """(I - A)^{-1} for strictly lower-triangular A [L, L], L a power of two, by block doubling.
+  """(I - A)^{-1} for strictly lower-triangular A [L, L] (any L; the last block of a level may be partial), by block
+  doubling.
 
   After the step for block size s the result D is block diagonal with the inverses of the s x s diagonal blocks of
   I - A. Two neighbouring blocks merge with [[D1, 0], [D2 A21 D1, D2]], i.e. D <- D + D A_off D with A_off the
