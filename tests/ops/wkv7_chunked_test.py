@@ -245,3 +245,16 @@ def test_public_api_rejects_bad_shapes(bad, match):
   segment_ids = args.pop("segment_ids")
   with pytest.raises(ValueError, match=match):
     ops.wkv7(*args.values(), segment_ids=segment_ids, impl="chunked")
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 16, 21, 64])
+def test_unit_lower_inverse_by_block_doubling(n):
+  """matops.unit_lower_inverse (the chunked backend's and the kernels' WY solve) inverts I - A for any size, also
+  when the last block of a doubling level is partial, and batched as the chunked backend calls it."""
+  from rwkvjax.ops.chunked import _unit_lower_inverse  # noqa: PLC0415
+
+  rng = np.random.default_rng(secrets.randbelow(2**31))
+  A = np.tril(rng.normal(size=(3, 2, n, n)) * 0.3, -1).astype(np.float32)
+  T = np.asarray(_unit_lower_inverse(jnp.asarray(A)), np.float64)
+  assert np.abs(T @ (np.eye(n) - A) - np.eye(n)).max() < 1e-5
+  assert np.all(np.triu(T, 1) == 0.0)
