@@ -8,6 +8,8 @@ commands as the RWKV runs, with a `TransformerConfig` as the model.
 
 from __future__ import annotations
 
+import math
+
 import fiddle as fdl
 
 from experiments.base import pretrain
@@ -20,15 +22,15 @@ def _llama(n_layer: int, n_embd: int, vocab_size: int, ctx_len: int, compute_dty
   """A Llama decoder of RWKV-style width: heads of 64, SwiGLU width 8/3 C rounded up to a multiple of 64 (as
   Llama's), untied embeddings, RoPE base 10000."""
   return fdl.Config(TransformerConfig, model_type="llama", vocab_size=vocab_size, hidden_size=n_embd,
-                    intermediate_size=-(-8 * n_embd // 3 // 64) * 64, num_hidden_layers=n_layer,
+                    intermediate_size=math.ceil(8 * n_embd / 3 / 64) * 64, num_hidden_layers=n_layer,
                     num_attention_heads=n_embd // 64, max_position_embeddings=ctx_len, compute_dtype=compute_dtype)
 
 
 def llama_pretrain(*, n_layer: int = 12, n_embd: int = 768, vocab_size: int = 65536, ctx_len: int = 512,
                    micro_bsz: int = 16, my_exit_tokens: int = 1_000_000_000) -> fdl.Config[TrainConfig]:
   """`pretrain` with a Llama model of the same depth and width as the RWKV default (L12-D768); matmul outputs
-  kept for the backward (`remat="block_save_dots"`: 43.4% MFU against 38.8% with "block" for the 1.3B on an
-  H100, docs/benchmarks.md)."""
+  kept for the backward (`remat="block_save_dots"`: 43.4% MFU for the 1.3B on an H100, where "block" gave 38.8%
+  before the LM head's custom VJP; docs/benchmarks.md)."""
   cfg = pretrain(n_layer=n_layer, n_embd=n_embd, vocab_size=vocab_size, ctx_len=ctx_len, micro_bsz=micro_bsz,
                  my_exit_tokens=my_exit_tokens)
   cfg.model = _llama(n_layer, n_embd, vocab_size, ctx_len, "bfloat16")

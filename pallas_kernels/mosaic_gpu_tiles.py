@@ -23,12 +23,14 @@ from jax._src.state import types as state_types
 F32 = jnp.float32
 BF16 = jnp.bfloat16
 WG = plgpu.Layout.WGMMA
+CHUNK = 64  # tokens per chunk of the WKV kernels: every tile is 64 rows, the K dimension goes by 64-wide blocks
+HEAD_DIMS = (64, 128)  # the head sizes the WKV kernels support (multiples of CHUNK)
 ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per row of a WGMMA-layout array
 COL = plgpu.Layout.WGMMA.reduce(0)  # one value per column
 
-__all__ = ["WG", "ROW", "COL", "swizzled", "load", "iota", "rows", "cols", "split", "store_split", "Mma", "x3", "x2",
-           "transposed",
-           "is_reg", "compiler_params", "interpret_params", "block_v", "unsupported_reason", "is_hopper"]
+__all__ = ["CHUNK", "HEAD_DIMS", "WG", "ROW", "COL", "swizzled", "load", "iota", "rows", "cols", "split",
+           "store_split", "Mma", "x3", "x2", "transposed", "is_reg", "compiler_params", "interpret_params", "block_v",
+           "unsupported_reason", "is_hopper"]
 
 
 def swizzled(shape, dtype=BF16, swizzle=None):

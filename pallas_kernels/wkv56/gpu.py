@@ -55,17 +55,16 @@ from jax import lax
 from pallas_kernels.chunking import pad_time, segment_index
 from pallas_kernels.mosaic_gpu_state_pass import state_pass
 from pallas_kernels.mosaic_gpu_tiles import (
-  COL, ROW, Mma, block_v, cols, compiler_params, interpret_params, iota, load, rows, split, store_split,
-  swizzled, unsupported_reason, x3,
+  CHUNK, COL, HEAD_DIMS, ROW, block_v, cols, compiler_params, interpret_params, iota, load, Mma, rows, split,
+  store_split, swizzled, unsupported_reason, x3,
 )
 from pallas_kernels.wkv56 import gpu_bwd
 from rwkvjax.ops.wkv5 import broadcast_decay
 
 F32 = jnp.float32
 BF16 = jnp.bfloat16
-L = 64  # tokens per chunk
-HEAD_DIMS = (64, 128)
-LEVELS = L.bit_length() - 1  # pair levels of the hierarchy (h = 1 .. L/2)
+L = CHUNK  # tokens per chunk
+LEVELS = gpu_bwd.LEVELS
 
 __all__ = ["wkv5_pallas_gpu", "wkv6_pallas_gpu", "HEAD_DIMS"]
 

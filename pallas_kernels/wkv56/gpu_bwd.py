@@ -59,15 +59,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels.mosaic_gpu_tiles import (
-  COL, Mma, ROW, cols, compiler_params, interpret_params, iota, load, rows, split, store_split, swizzled, transposed,
-  x2, x3,
+  CHUNK, COL, HEAD_DIMS, ROW, cols, compiler_params, interpret_params, iota, load, Mma, rows, split, store_split,
+  swizzled, transposed, x2, x3,
 )
 
 F32 = jnp.float32
 BF16 = jnp.bfloat16
-L = 64  # tokens per chunk (= `gpu.L`)
+L = CHUNK  # tokens per chunk
 LEVELS = L.bit_length() - 1  # pair levels of the hierarchy (h = 1 .. L/2); block size L is the chunk level
-HEAD_DIMS = (64, 128)  # multiples of L: the K dimension goes by 64-wide blocks
 
 __all__ = ["chunk_grads", "HEAD_DIMS"]
 

@@ -47,15 +47,14 @@ from jax import lax
 from pallas_kernels.chunking import pad_time, segment_index
 from pallas_kernels.mosaic_gpu_state_pass import state_pass
 from pallas_kernels.mosaic_gpu_tiles import (
-  COL, ROW, Mma, block_v, cols, compiler_params, interpret_params, iota, load, rows, split, store_split,
-  swizzled, unsupported_reason, x3,
+  CHUNK, COL, HEAD_DIMS, ROW, block_v, cols, compiler_params, interpret_params, iota, load, Mma, rows, split,
+  store_split, swizzled, unsupported_reason, x3,
 )
 from pallas_kernels.wkv7 import gpu_bwd
 
 F32 = jnp.float32
 BF16 = jnp.bfloat16
-L = 64  # tokens per chunk
-HEAD_DIMS = (64, 128)
+L = CHUNK  # tokens per chunk
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -41,14 +41,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels.mosaic_gpu_tiles import (
-  COL, Mma, ROW, cols, compiler_params, interpret_params, iota, load, rows, split, store_split, swizzled, transposed,
-  x2, x3,
+  CHUNK, COL, HEAD_DIMS, ROW, cols, compiler_params, interpret_params, iota, load, Mma, rows, split, store_split,
+  swizzled, transposed, x2, x3,
 )
 
 F32 = jnp.float32
 BF16 = jnp.bfloat16
-L = 64  # tokens per chunk (= `gpu.L`)
-HEAD_DIMS = (64, 128)  # multiples of L: the K dimension goes by 64-wide blocks
+L = CHUNK  # tokens per chunk
 
 __all__ = ["chunk_grads", "HEAD_DIMS"]
 
@@ -208,20 +207,23 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
         return jnp.exp(Gv - mid(kb)), jnp.exp(Gv)
       return exps
 
+    def masked(op, pairs):  # a matrix gradient: the product masked by causal(op), split for use as a register lhs
+      return split(jnp.where(causal(op), mm(LL, pairs), 0.0))
+
     for kb in range(KB):
       # dk, db (with the Kbar / Bbar terms), P and Q; a~ (Q0), q~ (Q1), dS' rows kb (W0)
       put(at(kb), Q0)
       put(qt(kb), Q1)
       put(state(dst_ref, kb), W0)
       plgpu.commit_smem()
-      dA_akT = split(jnp.where(causal(lt), mm(LL, x2(v_s, transposed(W2))), 0.0))
-      dA_qkT = split(jnp.where(causal(le), mm(LL, [(v_s, do_s.T)]), 0.0))
+      dA_akT = masked(lt, x2(v_s, transposed(W2)))
+      dA_qkT = masked(le, [(v_s, do_s.T)])
       kv, d_kh, d_kbar, e_out, to_end = factor_grad((dA_akT, dA_qkT), last, x2(v_s, transposed(W0)), out_exps, k_ref,
                                                     dk_ref, kb)
       P = -(kv * e_out) * d_kh
       Q = jnp.where(last(kb), kv * to_end, 0.0) * d_kbar
-      dA_abT = split(jnp.where(causal(lt), mm(LL, x3(W1, transposed(W2))), 0.0))
-      dA_qbT = split(jnp.where(causal(le), mm(LL, x2(W1, do_s.T)), 0.0))
+      dA_abT = masked(lt, x3(W1, transposed(W2)))
+      dA_qbT = masked(le, x2(W1, do_s.T))
       bv, d_bh, d_bbar, e_out, to_end = factor_grad((dA_abT, dA_qbT), last, x3(W1, transposed(W0)), out_exps, b_ref,
                                                     db_ref, kb)
       P = P - (bv * e_out) * d_bh
@@ -231,13 +233,13 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
       put(kh(kb), Q1)
       put(state(st_ref, kb), W0)
       plgpu.commit_smem()
-      dA_qb = split(jnp.where(causal(ge), mm(LL, x2(do_s, transposed(W1))), 0.0))
-      dA_qk = split(jnp.where(causal(ge), mm(LL, [(do_s, v_s.T)]), 0.0))
+      dA_qb = masked(ge, x2(do_s, transposed(W1)))
+      dA_qk = masked(ge, [(do_s, v_s.T)])
       rv, d_qt, dq0, e_q, eq0 = factor_grad((dA_qb, dA_qk), first, x2(do_s, transposed(W0)), in_exps(G),
                                             r_ref, dr_ref, kb)
       P = P + (rv * e_q) * d_qt + jnp.where(first(kb), rv * eq0, 0.0) * dq0
-      dA_ab = split(jnp.where(causal(gt), mm(LL, x3(W2, transposed(W1))), 0.0))
-      dA_ak = split(jnp.where(causal(gt), mm(LL, x2(W2, v_s.T)), 0.0))
+      dA_ab = masked(gt, x3(W2, transposed(W1)))
+      dA_ak = masked(gt, x2(W2, v_s.T))
       av, d_at, da0, e_a, ea0 = factor_grad((dA_ab, dA_ak), first, x3(W2, transposed(W0)), in_exps(Gm),
                                             a_ref, da_ref, kb)
       put(P, Q0)

@@ -1,7 +1,8 @@
 """Checks shared by the Pallas backend tests (`wkv7_pallas_test.py`, `wkv56_pallas_test.py`): a backend's outputs,
 final state and VJP against the float32 reference op (`compare`) and, on a GPU, against the recurrence run in
 float64 (`compare_float64`, with `scan_recurrence` to write that recurrence), and that a Mosaic GPU kernel's SMEM
-lets two CTAs share an H100 SM (`lower_for_two_ctas_per_sm`)."""
+lets two CTAs share an H100 SM (`lower_for_two_ctas_per_sm`); `lower_vjp_for_cuda` lowers a backend's
+forward and backward for CUDA on any host."""
 
 from __future__ import annotations
 
@@ -116,3 +117,14 @@ def lower_for_two_ctas_per_sm(fn, *args) -> str:
 
   with mgpu_core.artificial_shared_memory_limit(228 * 1024 // 2 - 1024):
     return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def lower_vjp_for_cuda(fn, *args) -> str:
+  """The text of the gradient of sum(o) + sum(final state) of `fn(*arrays, segment_ids)` with respect to every
+  array argument, lowered for CUDA: args are ShapeDtypeStructs, the last one the segment ids."""
+  def loss(*x):
+    o, s = fn(*x)
+    return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
+
+  grad = jax.jit(jax.grad(loss, argnums=tuple(range(len(args) - 1))))
+  return grad.trace(*args).lower(lowering_platforms=("cuda",)).as_text()

@@ -237,15 +237,9 @@ def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch, N):
   monkeypatch.setattr(mosaic_gpu_tiles, "is_hopper", lambda: True)
   B, T, H = 1, 128, 2
   spec = jax.ShapeDtypeStruct((B, T, H, N), jnp.bfloat16)
-
-  def loss(r, w, k, v, u, s0, seg):
-    o, s = wkv6_pallas_gpu(r, w, k, v, u, s0, seg)
-    return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
-
-  fn = jax.jit(jax.grad(loss, argnums=tuple(range(6))))
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
   args = (spec, f32(B, T, H, N), spec, spec, f32(H, N), f32(B, H, N, N), jax.ShapeDtypeStruct((B, T), jnp.int32))
-  text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+  text = pallas_checks.lower_vjp_for_cuda(wkv6_pallas_gpu, *args)
   for name in ("wkv6_prep", "wkv6_state_fwd", "wkv6_state_bwd", "wkv6_chunk_grads"):
     assert name in text
 

@@ -185,15 +185,9 @@ def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch, N):
   monkeypatch.setattr(mosaic_gpu_tiles, "is_hopper", lambda: True)
   B, T, H = 1, 128, 2
   spec = jax.ShapeDtypeStruct((B, T, H, N), jnp.bfloat16)
-
-  def loss(r, w, k, v, a, b, s0, seg):
-    o, s = wkv7_pallas_gpu(r, w, k, v, a, b, s0, seg)
-    return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
-
-  fn = jax.jit(jax.grad(loss, argnums=tuple(range(7))))
   args = (spec, jax.ShapeDtypeStruct((B, T, H, N), jnp.float32), spec, spec, spec, spec,
           jax.ShapeDtypeStruct((B, H, N, N), jnp.float32), jax.ShapeDtypeStruct((B, T), jnp.int32))
-  text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+  text = pallas_checks.lower_vjp_for_cuda(wkv7_pallas_gpu, *args)
   for name in ("wkv7_prep", "wkv7_state_fwd", "wkv7_state_bwd", "wkv7_chunk_grads"):
     assert name in text
 
