@@ -2,7 +2,8 @@
 synthetic tokens, for model presets on a chosen number of devices and mesh.
 
   python benchmarks/train_bench.py --runs "rwkv7-L12-D768:1:data" "rwkv7-1.5b:4:fsdp" [--ctx_len 4096]
-      [--micro_bsz 8] [--impl chunked] [--remat block] [--steps 6] [--append docs/benchmarks.md]
+      [--micro_bsz 8] [--impl chunked] [--remat block] [--no-scan_layers] [--no-l2wrap] [--steps 6]
+      [--append docs/benchmarks.md]
       [--profile DIR]
 
 Each run is PRESET:DEVICES:MESH with MESH one of data, fsdp, fsdp_tensor (tensor axis 2). micro_bsz is
@@ -57,7 +58,7 @@ def run_one(preset: str, n_devices: int, mesh_name: str, args) -> dict:
   batch_devices = sharding.batch_devices(mesh)
   cfg = TrainConfig(model=model, mesh=mesh_cfg, ctx_len=args.ctx_len, micro_bsz=args.micro_bsz,
                     world_size=batch_devices, my_exit_tokens=10**12, epoch_samples=args.micro_bsz * batch_devices,
-                    impl=args.impl, remat=args.remat)
+                    impl=args.impl, remat=args.remat, scan_layers=args.scan_layers, l2wrap=args.l2wrap)
   run = setup(cfg, mesh)
   params = jax.jit(run.task.init_params, out_shardings=run.params_sharding)(jax.random.key(0))
   state = jax.jit(run.init_state, out_shardings=run.state_sharding)(params)
@@ -107,6 +108,10 @@ def main():
   parser.add_argument("--micro_bsz", type=int, default=8)
   parser.add_argument("--impl", default="auto")
   parser.add_argument("--remat", default="block")
+  parser.add_argument("--scan_layers", action=argparse.BooleanOptionalAction, default=True,
+                      help="layers under lax.scan (default) or unrolled (--no-scan_layers)")
+  parser.add_argument("--l2wrap", action=argparse.BooleanOptionalAction, default=True,
+                      help="RWKV-LM's L2Wrap term in the loss (TrainConfig.l2wrap)")
   parser.add_argument("--steps", type=int, default=6)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--append", default=None)
@@ -121,7 +126,8 @@ def main():
     device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
     command = "python benchmarks/train_bench.py " + " ".join(sys.argv[1:])
     out.write(f"\n### Training step throughput, {datetime.date.today()}, {device}, commit {commit}\n"
-              f"`{command}` (impl={args.impl}, remat={args.remat}, bf16 compute, fp32 master weights, AdamW)\n\n"
+              f"`{command}` (impl={args.impl}, remat={args.remat}, scan_layers={args.scan_layers}, "
+              f"l2wrap={args.l2wrap}, bf16 compute, fp32 master weights, AdamW)\n\n"
               f"{header}\n|" + "---|" * 13 + "\n")
     out.flush()
   print(header, flush=True)

@@ -125,6 +125,9 @@ class TrainConfig:
     save_every_steps: orbax checkpoint interval; keep_checkpoints: how many to keep.
     log_every_steps: metrics interval; eval_every_steps / eval_batches: held-out loss (0: at the end only).
     remat: "none", "block" (recompute each block in backward) or "block_save_dots" (keep matmul outputs).
+    scan_layers: run the layers under lax.scan (True: one compiled block, fast compiles) or unrolled (False:
+      no copies of the saved activations into and out of stacked buffers, faster steps on GPU, compile time
+      grows with the depth); see `rwkvjax.models.layers.layer_loop`.
     nan_policy: a non-finite loss or gradient is never applied; "stop" ends the run with an error,
       "skip" logs a warning and goes on.
     load_model: start from this RWKV-LM .pth (or HF model directory for transformers) when the workdir has
@@ -155,6 +158,7 @@ class TrainConfig:
   eval_every_steps: int = 0
   eval_batches: int = 8
   remat: str = "block"
+  scan_layers: bool = True
   nan_policy: str = "stop"
   load_model: str = ""
   export_dtype: str = "bfloat16"

@@ -454,9 +454,10 @@ def _common(layer_params, start, end):
 
 def hidden(params: Params, cfg: StudentConfig, tokens: jax.Array, state: State | None = None, *,
            segment_ids: jax.Array | None = None, impl: str = "auto", remat: str = "none",
-           attention_impl: str = "auto") -> tuple[jax.Array, State]:
+           attention_impl: str = "auto", scan_layers: bool = True) -> tuple[jax.Array, State]:
   """Final hidden states [B, T, C] (after the final RMSNorm, compute dtype) and the recurrent state after the
-  last token. Arguments as in `forward`."""
+  last token. Arguments as in `forward`; scan_layers: each run of layers under lax.scan or unrolled
+  (`layers.layer_loop`)."""
   if tokens.ndim != 2:
     raise ValueError(f"forward: tokens has shape {tokens.shape}; expected [B, T]")
   B, T = tokens.shape
@@ -493,12 +494,12 @@ def hidden(params: Params, cfg: StudentConfig, tokens: jax.Array, state: State |
       idx = slice(off, off + n)
       xs = (common, _sub(lp["time_mixer"], idx), jnp.arange(off, off + n), state["att_x_prev"][idx],
             state["wkv"][idx])
-      (x, v_first), (x_prev, wkv_state) = jax.lax.scan(rwkv_body, (x, v_first), xs)
+      (x, v_first), (x_prev, wkv_state) = layers.layer_loop(rwkv_body, (x, v_first), xs, scan=scan_layers)
       x_prevs.append(x_prev)
       wkvs.append(wkv_state)
     else:
       common["self_attn"] = _sub(lp["self_attn"], slice(off, off + n))
-      (x, v_first), _ = jax.lax.scan(attn_body, (x, v_first), common)
+      (x, v_first), _ = layers.layer_loop(attn_body, (x, v_first), common, scan=scan_layers)
   x = transformer.rms_norm(x, params["model"]["norm"]["weight"], skel.rms_norm_eps)
   return x, {"att_x_prev": jnp.concatenate(x_prevs), "wkv": jnp.concatenate(wkvs)}
 
@@ -545,12 +546,13 @@ def forward_flops_per_token(cfg: StudentConfig, seq_len: int) -> float:
 def alignment_outputs(teacher_params: Params, cfg: StudentConfig, time_mixers: Params, tokens: jax.Array,
                       layer_loss: Callable[[jax.Array, jax.Array], jax.Array], *,
                       segment_ids: jax.Array | None = None, impl: str = "auto", remat: str = "none",
-                      attention_impl: str = "auto") -> jax.Array:
+                      attention_impl: str = "auto", scan_layers: bool = True) -> jax.Array:
   """Stage 1 (ARWKV's AttentionWrapper): the frozen teacher (architecture cfg.base) runs over tokens; in every
   replaced layer the student time mixer sees the same RMSNorm output as the teacher attention, the pair of
   outputs goes to layer_loss(a_teacher, a_student) -> scalar, and the teacher's output continues the residual
   stream (teacher forcing). v_first is detached between layers, so each layer's mixer learns alone (as in
-  ARWKV, whose VFirstHolder copies v_first without gradient). Returns the per-layer losses [L_rwkv].
+  ARWKV, whose VFirstHolder copies v_first without gradient). scan_layers: as in `hidden`. Returns the
+  per-layer losses [L_rwkv].
   The teacher's final norm and head are not run."""
   B, T = tokens.shape
   tcfg = cfg.base
@@ -585,8 +587,8 @@ def alignment_outputs(teacher_params: Params, cfg: StudentConfig, time_mixers: P
     layer_params = _sub(lp, slice(start, end))
     if kind == "rwkv":
       xs = (layer_params, _sub(time_mixers, slice(off, off + end - start)), jnp.arange(off, off + end - start))
-      carry, run_losses = jax.lax.scan(rwkv_body, carry, xs)
+      carry, run_losses = layers.layer_loop(rwkv_body, carry, xs, scan=scan_layers)
       losses.append(run_losses)
     else:
-      carry, _ = jax.lax.scan(attn_body, carry, layer_params)
+      carry, _ = layers.layer_loop(attn_body, carry, layer_params, scan=scan_layers)
   return jnp.concatenate(losses)

@@ -134,7 +134,7 @@ class _Base:
 
   def student_ce(self, student_params, batch, remat="none"):
     h, _ = student.hidden(student_params, self.scfg, batch["input_ids"], segment_ids=batch.get("segment_ids"),
-                          impl=self.cfg.impl, remat=remat)
+                          impl=self.cfg.impl, remat=remat, scan_layers=self.cfg.scan_layers)
     _, ce = losses.chunked_kl_ce(h, student.head_weight(student_params, self.scfg), None, None, batch["targets"],
                                  token_chunk=self.token_chunk, vocab_chunk=self.vocab_chunk)
     return losses.masked_mean(ce, batch["loss_mask"])
@@ -187,7 +187,7 @@ class Stage1Task(_Base):
     layer_loss = functools.partial(_align_pair, valid=valid, kind=self.task_cfg.align_loss)
     per_layer = student.alignment_outputs(t, self.scfg, params["student"]["model"]["layers"]["time_mixer"],
                                           batch["input_ids"], layer_loss, segment_ids=batch.get("segment_ids"),
-                                          impl=self.cfg.impl, remat=self.cfg.remat)
+                                          impl=self.cfg.impl, remat=self.cfg.remat, scan_layers=self.cfg.scan_layers)
     return per_layer.mean(), valid.sum()
 
   def full_student(self, params):
@@ -259,10 +259,10 @@ class Stage2Task(_Base):
     c = self.task_cfg
     t = jax.lax.stop_gradient(params["teacher"])
     seg = batch.get("segment_ids")
-    h_t = tch.hidden(t, self.tcfg, batch["input_ids"], segment_ids=seg)
+    h_t = tch.hidden(t, self.tcfg, batch["input_ids"], segment_ids=seg, scan_layers=self.cfg.scan_layers)
     s = params["student"]
     h_s, _ = student.hidden(s, self.scfg, batch["input_ids"], segment_ids=seg, impl=self.cfg.impl,
-                            remat=self.cfg.remat)
+                            remat=self.cfg.remat, scan_layers=self.cfg.scan_layers)
     kl, ce = losses.chunked_kl_ce(h_s, student.head_weight(s, self.scfg), h_t, tch.head_weight(t, self.tcfg),
                                   batch["targets"] if c.ce_weight else None, temperature=c.temperature,
                                   token_chunk=c.token_chunk, vocab_chunk=c.vocab_chunk)

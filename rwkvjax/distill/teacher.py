@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from rwkvjax.config.transformer import TransformerConfig
-from rwkvjax.models import transformer
+from rwkvjax.models import layers, transformer
 
 Params = dict[str, Any]
 
@@ -62,9 +62,10 @@ def head_weight(params: Params, cfg: TransformerConfig) -> jax.Array:
 
 
 def hidden(params: Params, cfg: TransformerConfig, tokens: jax.Array, *, segment_ids: jax.Array | None = None,
-           impl: str = "auto", remat: str = "none") -> jax.Array:
+           impl: str = "auto", remat: str = "none", scan_layers: bool = True) -> jax.Array:
   """Final hidden states [B, T, C] (after the final RMSNorm, in the compute dtype): logits are
-  hidden @ head_weight.T, as transformer.forward computes them."""
+  hidden @ head_weight.T, as transformer.forward computes them. scan_layers: the layers under lax.scan or
+  unrolled (`layers.layer_loop`)."""
   B, T = tokens.shape
   att_in = attention_inputs(cfg, B, T, segment_ids)
 
@@ -73,5 +74,5 @@ def hidden(params: Params, cfg: TransformerConfig, tokens: jax.Array, *, segment
 
   if remat != "none":
     body = jax.checkpoint(body, policy=transformer.REMAT_POLICIES[remat])
-  x, _ = jax.lax.scan(body, embed(params, cfg, tokens), params["model"]["layers"])
+  x, _ = layers.layer_loop(body, embed(params, cfg, tokens), params["model"]["layers"], scan=scan_layers)
   return transformer.rms_norm(x, params["model"]["norm"]["weight"], cfg.rms_norm_eps)

@@ -214,23 +214,24 @@ def ffn_out(p, xk, xr):
 
 
 def run_blocks(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None, segment_ids, reset_state,
-               impl, remat, time_mix_fn, channel_mix_fn) -> tuple[jax.Array, State]:
+               impl, remat, time_mix_fn, channel_mix_fn, scan_layers) -> tuple[jax.Array, State]:
   """The x052/x060 forward: `rwkv_stack.forward` with time_mix_fn(p, cfg, h, x_prev, wkv_state, starts, segment_ids,
   impl, reset) -> (out, wkv_state) (no value carried through the layers) and channel_mix_fn(p, h2, x_prev, starts)."""
   def mix(p, h, x_prev, wkv_state, starts, reset, carry, layer):
     return *time_mix_fn(p, cfg, h, x_prev, wkv_state, starts, segment_ids, impl, reset), carry
 
   return rwkv_stack.forward(params, cfg, tokens, state, segment_ids=segment_ids, reset_state=reset_state,
-                            remat=remat, time_mix=mix, channel_mix=channel_mix_fn)
+                            remat=remat, time_mix=mix, channel_mix=channel_mix_fn, scan_layers=scan_layers)
 
 
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None = None, *,
             segment_ids: jax.Array | None = None, reset_state: jax.Array | None = None, impl: str = "auto",
-            remat: str = "none") -> tuple[jax.Array, State]:
+            remat: str = "none", scan_layers: bool = True) -> tuple[jax.Array, State]:
   """Runs the model over a sequence: `rwkv_stack.forward` (arguments, state and returns) with the x052 blocks.
   impl: the WKV backend (see rwkvjax.ops.wkv5).
   """
-  return run_blocks(params, cfg, tokens, state, segment_ids, reset_state, impl, remat, time_mix, channel_mix)
+  return run_blocks(params, cfg, tokens, state, segment_ids, reset_state, impl, remat, time_mix, channel_mix,
+                    scan_layers)
 
 
 step = rwkv_stack.one_token_step(forward)

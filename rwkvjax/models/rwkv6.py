@@ -154,11 +154,12 @@ def channel_mix(p, x, x_prev, starts):
 
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None = None, *,
             segment_ids: jax.Array | None = None, reset_state: jax.Array | None = None, impl: str = "auto",
-            remat: str = "none") -> tuple[jax.Array, State]:
+            remat: str = "none", scan_layers: bool = True) -> tuple[jax.Array, State]:
   """Runs the model over a sequence: `rwkv_stack.forward` (arguments, state and returns) with the x060 blocks.
   impl: the WKV backend (see rwkvjax.ops.wkv6).
   """
-  return run_blocks(params, cfg, tokens, state, segment_ids, reset_state, impl, remat, time_mix, channel_mix)
+  return run_blocks(params, cfg, tokens, state, segment_ids, reset_state, impl, remat, time_mix, channel_mix,
+                    scan_layers)
 
 
 step = rwkv_stack.one_token_step(forward)

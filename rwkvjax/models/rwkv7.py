@@ -1,7 +1,7 @@
 """RWKV-7 "Goose" (x070) as pure functions over a parameter tree (§5 of specs/rwkv_architecture.md).
 
 Parameter names are RWKV-LM's state-dict keys (see `param_specs`); per-block tensors are stacked on a
-leading layer axis and the blocks run under `lax.scan`.
+leading layer axis and the blocks run under `lax.scan` (or unrolled: `scan_layers=False`).
 
 Recurrent state (`init_state`), per layer, all float32:
   att_x_prev [L, B, C]      ln1 output of the previous token (time-mix token shift)
@@ -212,7 +212,7 @@ def channel_mix(p, x, x_prev, starts):
 
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None = None, *,
             segment_ids: jax.Array | None = None, reset_state: jax.Array | None = None, impl: str = "auto",
-            remat: str = "none") -> tuple[jax.Array, State]:
+            remat: str = "none", scan_layers: bool = True) -> tuple[jax.Array, State]:
   """Runs the model over a sequence: `rwkv_stack.forward` (arguments, state and returns) with the x070 blocks.
   impl: the WKV backend (see rwkvjax.ops.wkv7).
   """
@@ -223,7 +223,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | 
     return out, wkv_state, v_first
 
   return rwkv_stack.forward(params, cfg, tokens, state, segment_ids=segment_ids, reset_state=reset_state,
-                            remat=remat, time_mix=mix, channel_mix=channel_mix, carry_init=jnp.zeros_like)
+                            remat=remat, time_mix=mix, channel_mix=channel_mix, carry_init=jnp.zeros_like,
+                            scan_layers=scan_layers)
 
 
 step = rwkv_stack.one_token_step(forward)

@@ -1,6 +1,7 @@
 """The model skeleton shared by RWKV-5.2, RWKV-6 and RWKV-7 (`rwkvjax.models.rwkv5`, `rwkv6`, `rwkv7`).
 
-emb -> ln0 -> the blocks (stacked on a leading layer axis, run under `lax.scan`, optionally rematerialised) ->
+emb -> ln0 -> the blocks (stacked on a leading layer axis, run under `lax.scan` or unrolled, optionally
+rematerialised) ->
 ln_out -> head. A block is x += time_mix(ln1(x)); x += channel_mix(ln2(x)); each version supplies its two mixes.
 
 Recurrent state (`init_state`), per layer, all float32:
@@ -40,8 +41,8 @@ def init_state(cfg: ModelConfig, batch: int) -> State:
 
 
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | None, *, segment_ids, reset_state,
-            remat: str, time_mix: Callable, channel_mix: Callable, carry_init: Callable = lambda x: None
-            ) -> tuple[jax.Array, State]:
+            remat: str, time_mix: Callable, channel_mix: Callable, carry_init: Callable = lambda x: None,
+            scan_layers: bool = True) -> tuple[jax.Array, State]:
   """Runs the model over a sequence.
 
   Args:
@@ -59,6 +60,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | 
       reset [B or 1, H, K, V] or None, carry, layer int32 scalar) -> (out [B, T, C], wkv_state, carry).
     channel_mix: (p_ffn, h2 [B, T, C] ln2 output, x_prev [B, C], starts) -> out [B, T, C].
     carry_init: the value carried through the layers (RWKV-7's v_first) from the embedded x [B, T, C].
+    scan_layers: run the blocks under lax.scan (True) or unrolled (`layers.layer_loop`).
   Returns:
     logits [B, T, V] float32, and the state after the last token.
   """
@@ -92,7 +94,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, state: State | 
     block = jax.checkpoint(block, policy=REMAT_POLICIES[remat])
   xs = (params["blocks"], jnp.arange(cfg.n_layer), state["att_x_prev"], state["wkv"], state["ffn_x_prev"],
         reset_state)
-  (x, _), (att_x_prev, wkv_state, ffn_x_prev) = jax.lax.scan(block, (x, carry_init(x)), xs)
+  (x, _), (att_x_prev, wkv_state, ffn_x_prev) = layers.layer_loop(block, (x, carry_init(x)), xs, scan=scan_layers)
 
   x = layers.layer_norm(x, params["ln_out"]["weight"], params["ln_out"]["bias"])
   logits = layers.head_logits(x, params["head"]["weight"].astype(cdt))

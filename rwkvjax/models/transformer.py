@@ -2,7 +2,7 @@
 
 Parameter names are HF transformers' state-dict keys with the layer index removed (see `param_specs`):
 `model.layers.self_attn.q_proj.weight` holds `model.layers.{i}.self_attn.q_proj.weight` of every layer i,
-stacked on a leading layer axis, and the blocks run under `lax.scan`. Attention projections are stored
+stacked on a leading layer axis, and the blocks run under `lax.scan` (or unrolled). Attention projections are stored
 split by head ([H, D, C] for q_proj, [C, H, D] for o_proj) so that heads, kv_heads and head_dim are
 logical axes of their own; `rwkvjax.convert.hf` reshapes them to and from HF's 2-D [out, in] matrices.
 
@@ -29,9 +29,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from rwkvjax.config.transformer import TransformerConfig
-from rwkvjax.models.layers import head_logits
+from rwkvjax.models.layers import head_logits, layer_loop
 from rwkvjax.models.params import ParamSpec, init_params
 from rwkvjax.training.sharding import constrain
 from rwkvjax.ops.reference import segment_starts
@@ -39,9 +40,27 @@ from rwkvjax.ops.reference import segment_starts
 Params = dict[str, Any]
 Cache = dict[str, jax.Array]
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+# Values named for the remat policy (`jax.ad_checkpoint.checkpoint_name`): RoPE'd queries and keys, and SwiGLU's
+# silu(gate) * up, the MLP's largest elementwise result.
+SAVED_NAMES = ("rope_q", "rope_k", "swiglu")
+_save_names = jax.checkpoint_policies.save_only_these_names(*SAVED_NAMES)
+
+
+def _save_dots_policy(prim, *args, **params) -> bool:
+  """Remat policy "block_save_dots": keep the matmul outputs (no batch dims), cuDNN flash attention's forward
+  outputs (the attention output and its softmax statistics, which cuDNN's backward takes) and the SAVED_NAMES
+  values, so that the backward pass recomputes no projection, no attention, no RoPE and no SwiGLU product; only
+  the RMSNorms are redone."""
+  return (prim.name == "dot_product_attention_fwd_wrapper"
+          or jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *args, **params)
+          or _save_names(prim, *args, **params))
+
+
 # The trainer's remat names (as in the RWKV models): recompute each block in the backward pass, saving nothing
-# inside it ("block") or the matmul outputs ("block_save_dots").
-REMAT_POLICIES = {"block": None, "block_save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+# inside it ("block") or what `_save_dots_policy` keeps ("block_save_dots").
+REMAT_POLICIES = {"block": None, "block_save_dots": _save_dots_policy}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -207,7 +226,8 @@ def mlp(p, x):
   b = lambda name: p[name].get("bias")
   gate = _dense(x, p["gate_proj"]["weight"], b("gate_proj"), "btc,fc->btf")
   up = _dense(x, p["up_proj"]["weight"], b("up_proj"), "btc,fc->btf")
-  return _dense(jax.nn.silu(gate) * up, p["down_proj"]["weight"], b("down_proj"), "btf,cf->btc")
+  hidden = checkpoint_name(jax.nn.silu(gate) * up, "swiglu")
+  return _dense(hidden, p["down_proj"]["weight"], b("down_proj"), "btf,cf->btc")
 
 
 def resolve_attention_impl(impl: str, dtype, head_dim: int, seq_len: int | None = None, masked: bool = False) -> str:
@@ -239,8 +259,8 @@ def attention(p, cfg: TransformerConfig, x, cos, sin, *, mask=None, is_causal=Tr
   """
   B, T, _ = x.shape
   b = lambda name: p[name].get("bias")
-  q = apply_rope(_dense(x, p["q_proj"]["weight"], b("q_proj"), "btc,hdc->bthd"), cos, sin)
-  k = apply_rope(_dense(x, p["k_proj"]["weight"], b("k_proj"), "btc,hdc->bthd"), cos, sin)
+  q = checkpoint_name(apply_rope(_dense(x, p["q_proj"]["weight"], b("q_proj"), "btc,hdc->bthd"), cos, sin), "rope_q")
+  k = checkpoint_name(apply_rope(_dense(x, p["k_proj"]["weight"], b("k_proj"), "btc,hdc->bthd"), cos, sin), "rope_k")
   v = _dense(x, p["v_proj"]["weight"], b("v_proj"), "btc,hdc->bthd")
   if kv_cache is not None:
     k_cache, v_cache = kv_cache
@@ -287,7 +307,7 @@ def _head(params, cfg, x):
 
 def forward(params: Params, cfg: TransformerConfig, tokens: jax.Array, state: Cache | None = None, *,
             segment_ids: jax.Array | None = None, positions: jax.Array | None = None, impl: str = "auto",
-            remat: str = "none") -> tuple[jax.Array, Cache | None]:
+            remat: str = "none", scan_layers: bool = True) -> tuple[jax.Array, Cache | None]:
   """Runs the decoder over a sequence.
 
   Args:
@@ -301,6 +321,7 @@ def forward(params: Params, cfg: TransformerConfig, tokens: jax.Array, state: Ca
       continuing from the cache index).
     impl: attention backend, "auto" | "xla" | "cudnn" (see `resolve_attention_impl`); the cache path is XLA.
     remat: "none", "block" or "block_save_dots" (see REMAT_POLICIES).
+    scan_layers: run the blocks under lax.scan (True) or unrolled (`layers.layer_loop`).
   Returns:
     logits [B, T, V] float32, and the updated cache (None without one).
   """
@@ -348,7 +369,7 @@ def forward(params: Params, cfg: TransformerConfig, tokens: jax.Array, state: Ca
       raise ValueError(f"forward: remat={remat!r}; expected 'none' or one of {sorted(REMAT_POLICIES)}")
     block = jax.checkpoint(block, policy=REMAT_POLICIES[remat])
   kv_in = None if state is None else (state["k"], state["v"])
-  x, kv_out = jax.lax.scan(block, x, (params["model"]["layers"], kv_in))
+  x, kv_out = layer_loop(block, x, (params["model"]["layers"], kv_in), scan=scan_layers)
   logits = _head(params, cfg, x)
   if state is None:
     return logits, None

@@ -177,7 +177,7 @@ class _FineTune:
   def _forward(self, model_params, batch, state, remat, reset_state=None):
     logits, _ = self.model.forward(model_params, self.cfg.model, batch["input_ids"], state,
                                    segment_ids=batch.get("segment_ids"), reset_state=reset_state,
-                                   impl=self.cfg.impl, remat=remat)
+                                   impl=self.cfg.impl, remat=remat, scan_layers=self.cfg.scan_layers)
     return logits
 
   def _trainable_entries(self, flat) -> dict[str, np.ndarray]:

@@ -75,7 +75,7 @@ class Pretrain:
 
   def logits(self, params, batch, remat):
     logits, _ = self.model.forward(params, self.cfg.model, batch["input_ids"], segment_ids=batch.get("segment_ids"),
-                                   impl=self.cfg.impl, remat=remat)
+                                   impl=self.cfg.impl, remat=remat, scan_layers=self.cfg.scan_layers)
     return logits
 
   def loss(self, params, batch):

@@ -134,3 +134,20 @@ def test_shared_goldens_parity_and_gradients():
   for k in want.files:
     scale = max(np.abs(want[k]).max(), 1e-30)
     assert np.abs(grads[k] - want[k]).max() / scale < 1e-4, k
+
+
+def test_unrolled_layers_match_scan(model):
+  """scan_layers=False (the blocks unrolled, `layers.layer_loop`) gives the scanned forward's logits, final state
+  and gradients, with document resets and remat."""
+  params, key = model
+  tokens = jax.random.randint(key, (2, 21), 0, CFG.vocab_size)
+  seg = jnp.asarray(np.repeat([[0] * 8 + [1] * 13], 2, axis=0))
+
+  def run(p, scan_layers):
+    logits, state = rwkv7.forward(p, CFG, tokens, segment_ids=seg, remat="block_save_dots", scan_layers=scan_layers)
+    loss = -jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]), tokens[:, 1:, None], -1).mean()
+    return loss, (logits, state)
+
+  (_, out), grads = jax.jit(jax.value_and_grad(run, has_aux=True), static_argnums=1)(params, True)
+  (_, out_u), grads_u = jax.jit(jax.value_and_grad(run, has_aux=True), static_argnums=1)(params, False)
+  jax.tree.map(lambda a, b: assert_close(a, b, 1e-5), (out, grads), (out_u, grads_u))

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
 
 from rwkvjax.config.transformer import ConfigError, TransformerConfig, from_hf_config
 from rwkvjax.convert.hf import load_hf
@@ -312,3 +313,55 @@ def test_forward_input_errors(model):
   with pytest.raises(ValueError, match="segment_ids cannot be combined with a KV cache"):
     tm.forward(params, cfg, jnp.zeros((1, 3), jnp.int32), tm.init_cache(cfg, 1, 4),
                segment_ids=jnp.zeros((1, 3), jnp.int32))
+
+
+def test_save_dots_remat_keeps_attention_rope_and_swiglu(monkeypatch, capsys):
+  """remat="block_save_dots" keeps, per layer, cuDNN flash attention's forward outputs (the attention output and
+  its softmax statistics), the RoPE'd queries and keys and SwiGLU's product, so that none of them is recomputed
+  in the backward pass; "block" keeps none of them. Traced only (cuDNN's version check patched): the cuDNN
+  kernels need a GPU. The layers are unrolled so that each residual is listed with its origin."""
+  from jax._src.cudnn import fused_attention_stablehlo
+  monkeypatch.setattr(fused_attention_stablehlo, "check_cudnn_version", lambda: 90500)
+  cfg = CFG.replace(compute_dtype="bfloat16")
+  B, T = 2, 16
+  params = random_params(cfg, 3)
+  tokens = jnp.asarray(np.random.default_rng(3).integers(0, cfg.vocab_size, (B, T)), jnp.int32)
+
+  def saved(remat):
+    loss = lambda p: tm.forward(p, cfg, tokens, impl="cudnn", remat=remat, scan_layers=False)[0].sum()
+    capsys.readouterr()
+    print_saved_residuals(loss, params)
+    return capsys.readouterr().out
+
+  L, H, K, D = cfg.n_layer, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+  wanted = {f"bf16[{B},{T},{H},{D}] output of dot_product_attention_fwd_wrapper": L,  # attention output
+            f"f32[{B},{H},{T}] output of dot_product_attention_fwd_wrapper": L,  # softmax statistics
+            f"bf16[{B},{T},{H},{D}] named 'rope_q'": L, f"bf16[{B},{T},{K},{D}] named 'rope_k'": L,
+            f"bf16[{B},{T},{cfg.intermediate_size}] named 'swiglu'": L}
+  with_dots, block = saved("block_save_dots"), saved("block")
+  for line, count in wanted.items():
+    assert with_dots.count(line) == count, (line, with_dots)
+    assert line not in block, (line, block)
+
+
+def test_unrolled_layers_match_scan(model):
+  """scan_layers=False (the blocks unrolled, `layers.layer_loop`) gives the scanned forward's logits and
+  gradients, with packed documents and remat; and the KV-cache path's cache."""
+  params, cfg = model
+  rng = np.random.default_rng(5)
+  tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, 13)), jnp.int32)
+  seg = jnp.asarray(np.repeat([[0] * 5 + [1] * 8], 2, axis=0))
+
+  def loss(p, scan_layers):
+    logits, _ = tm.forward(p, cfg, tokens, segment_ids=seg, remat="block_save_dots", scan_layers=scan_layers)
+    return jnp.sum(jnp.sin(logits)), logits
+
+  grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (_, logits), grads = grad(params, True)
+  (_, logits_u), grads_u = grad(params, False)
+  assert "scan[" in str(jax.make_jaxpr(loss, static_argnums=1)(params, True))
+  assert "scan[" not in str(jax.make_jaxpr(loss, static_argnums=1)(params, False))
+  jax.tree.map(lambda a, b: assert_close(a, b, atol=1e-5, rtol=1e-5), (logits, grads), (logits_u, grads_u))
+  cache = tm.init_cache(cfg, 2, 16)
+  prefill = jax.jit(lambda p, s: tm.forward(p, cfg, tokens, cache, scan_layers=s), static_argnums=1)
+  jax.tree.map(lambda a, b: assert_close(a, b, atol=1e-5, rtol=1e-5), prefill(params, True), prefill(params, False))
