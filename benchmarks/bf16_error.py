@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -25,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from rwkvjax.config import ModelConfig  # noqa: E402
 from rwkvjax.convert.rwkv_pth import params_from_state_dict  # noqa: E402
 from rwkvjax.models import rwkv7  # noqa: E402
+import provenance  # noqa: E402 (benchmarks/, the script's folder)
 
 
 def errors(params, cfg, tokens):
@@ -61,7 +61,7 @@ def main():
                      "|---|---|---|---|---|---|", *rows])
   print(table)
   if args.append:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    commit = provenance.commit()
     device = f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind})"
     with open(args.append, "a") as f:
       f.write(f"\n### bf16 compute vs float32, {datetime.date.today()}, {device}, commit {commit}\n"

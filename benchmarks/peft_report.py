@@ -16,12 +16,12 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rwkvjax.convert.torch_zip import load_state_dict  # noqa: E402
+import provenance  # noqa: E402 (benchmarks/, the script's folder)
 
 GROUPS = {"(a) state tuning vs none vs LoRA r=4": ("none", "state", "lora4"),
           "(b) equal trainable parameters": ("bone64", "pissa32", "lora32")}
@@ -111,7 +111,7 @@ def main():
   if args.plot:
     plot(runs, args.plot)
   if args.append:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = provenance.commit()
     import jax
     with open(args.append, "a") as f:
       f.write(f"\n### {datetime.date.today()}, {jax.devices()[0].device_kind}, commit {commit}\n"

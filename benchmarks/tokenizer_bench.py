@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import subprocess
 import time
 from pathlib import Path
 
 from rwkvjax.data.corpus import stdlib_source_files
 from rwkvjax.data.tokenizer import WorldTokenizer
+import provenance  # benchmarks/, the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,8 +65,7 @@ def official_tokenizer():
 
 def append_row(device: str, command: str, numbers: str) -> None:
   path = REPO / "docs" / "benchmarks.md"
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                          text=True).stdout.strip() or "unknown"
+  commit = provenance.commit()
   numbers += f" (1-min load average {os.getloadavg()[0]:.1f})"
   if not path.exists():
     path.write_text("# Benchmarks\n\n| date | device | command | commit | numbers |\n"

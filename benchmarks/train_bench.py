@@ -20,7 +20,6 @@ import argparse
 import datetime
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
@@ -35,6 +34,7 @@ from rwkvjax.config.train import MeshConfig, TrainConfig  # noqa: E402
 from rwkvjax.config.transformer import TransformerConfig  # noqa: E402
 from rwkvjax.training import flops, sharding  # noqa: E402
 from rwkvjax.training.trainer import setup  # noqa: E402
+import provenance  # noqa: E402 (benchmarks/, the script's folder)
 
 PRESETS = {
     "rwkv7-L12-D768": lambda: ModelConfig(n_layer=12, n_embd=768, vocab_size=65536, compute_dtype="bfloat16"),
@@ -121,8 +121,7 @@ def main():
             "vs 1 GPU | peak GiB | compile s |")
   out = open(args.append, "a") if args.append else None
   if out:  # rows are appended as they finish, so a run cut short keeps what it measured
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip() or "unknown"
+    commit = provenance.commit()
     device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
     command = "python benchmarks/train_bench.py " + " ".join(sys.argv[1:])
     out.write(f"\n### Training step throughput, {datetime.date.today()}, {device}, commit {commit}\n"

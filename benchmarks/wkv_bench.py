@@ -43,7 +43,6 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -51,6 +50,7 @@ import traceback
 import jax
 import jax.numpy as jnp
 import numpy as np
+import provenance  # benchmarks/, the script's folder
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -483,13 +483,7 @@ def main(argv=None):
 
   dev = jax.devices()[0]
   device = getattr(dev, "device_kind", str(dev))
-  commit = args.commit
-  if commit is None:
-    try:
-      commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-      commit = "unknown"
+  commit = args.commit or provenance.commit()
   log(f"op {args.op}, device {device}, jax {jax.__version__}, commit {commit}")
   default_impls = "pallas_gpu,chunked,fla,jla,reference" if args.op == "wkv7" else "pallas_gpu,chunked,fla,reference"
   impls = (args.impls or default_impls).split(",")
