@@ -18,3 +18,15 @@ def test_compile_only_reports_memory():
 def test_compile_only_fails_when_it_does_not_fit():
   proc = subprocess.run(ARGS + ["--device_memory_gb", "0.000001"], capture_output=True, text=True)
   assert proc.returncode == 1 and "DOES NOT FIT" in proc.stderr
+
+
+def test_compile_only_unrolled_llama():
+  """config:llama_pretrain (layers unrolled, remat keeping attention outputs) compiles sharded over fsdp x tensor."""
+  args = [sys.executable, "-m", "launch.compile_only", "--config", "config:llama_pretrain", "--topology", "cpu:8"]
+  for field, value in (("model.num_hidden_layers", 2), ("model.hidden_size", 128), ("model.intermediate_size", 384),
+                       ("model.num_attention_heads", 2), ("model.num_key_value_heads", 2), ("model.vocab_size", 256),
+                       ("ctx_len", 64), ("micro_bsz", 1), ("world_size", 8), ("mesh.data", 1), ("mesh.fsdp", 4),
+                       ("mesh.tensor", 2), ("epoch_samples", 8)):
+    args += ["--config", f"set:{field}={value}"]
+  out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+  assert "compiled llama" in out and "'fsdp': 4, 'tensor': 2" in out and "per device:" in out
