@@ -5,8 +5,8 @@ One kernel set serves both ops: WKV-5 is WKV-6 with a decay constant over time, 
   pallas_tpu            Pallas Mosaic-TPU kernels (`tpu.py`); impl="auto" picks it on TPU.
   pallas_gpu            Pallas Mosaic-GPU kernels for Hopper (`gpu.py`); impl="auto" picks it on GPU (calls the
                         kernels cannot run, e.g. a non-Hopper GPU or head dim not in (64, 128), run `chunked`).
-                        Checked against float64 on an H100 and about 2.3x faster than `chunked` there, forward +
-                        backward (docs/benchmarks.md).
+                        Checked against float64 on an H100 and 2.1x to 2.3x faster than `chunked` there at K1-K3,
+                        forward + backward (docs/benchmarks.md).
   pallas_tpu_interpret  the TPU kernels in Pallas interpret mode (any platform; never picked by "auto").
   pallas_gpu_interpret  the Mosaic GPU kernels in the Mosaic GPU interpreter (any platform; never picked by "auto").
 
