@@ -46,9 +46,13 @@ reads and outputs as W R + ..., Qo R + ...; R is known before the scan, so these
 chunk whose last segment starts inside it leaves e^{g_L - g^-_p} R + Bbar^T U + KV. The scan is unchanged.
 
 Backward: JAX autodiff, with `_chunk_terms` (and the chunking of the inputs) under `jax.checkpoint`: the
-backward saves the caller's inputs, the entering states S_c, the reads U_c and three [T, N] terms (W, Qo, Bbar),
-i.e. O(T/L N^2 + T N) per head, and recomputes the O(T L) intra-chunk matrices. `_unit_lower_solve` has its own
-VJP through the explicit inverse. All matmuls use `Precision.HIGHEST`, so TPUs also compute them in float32.
+backward saves the caller's inputs, the entering states S_c and three [T, N] terms (W, U_wy, Bbar), i.e.
+O(T/L N^2 + T N) per head, and recomputes the O(T L) intra-chunk matrices. `_unit_lower_solve` has its own VJP
+through the explicit inverse, and `_state_pass` its own: a reverse scan that carries only the state gradient.
+
+Precision: float32 inputs get `Precision.HIGHEST` matmuls (float32 on every platform); 16-bit inputs get
+split-bf16 x3 tensor-core products on a GPU (about 16 significant bits, 1.16x faster at K1 on an H100), see
+`_matmul_precision`. The exponents (cumulative log-decays) are always summed in float32.
 """
 
 from __future__ import annotations
@@ -58,45 +62,56 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.matops import MatOps, unit_lower_inverse
+from pallas_kernels.matops import MatOps, unit_lower_inverse, x3_on_gpu
 from rwkvjax.ops.reference import segment_starts
 
-_HIGHEST = jax.lax.Precision.HIGHEST
-_einsum = functools.partial(jnp.einsum, precision=_HIGHEST)
+def _matmul_precision(*xs):
+  """The precision of the backend's matmuls: split-bf16 x3 products (tensor cores, about 16 significant bits;
+  `matops.x3_on_gpu`) on a GPU when every input is a 16-bit float (their own rounding is 2^-9), else
+  Precision.HIGHEST (float32; the 1e-4 contract for float32 inputs, and CPUs and TPUs)."""
+  if all(jnp.dtype(x.dtype).itemsize <= 2 for x in xs):
+    return x3_on_gpu().precision
+  return jax.lax.Precision.HIGHEST
 
 
-# (I - A)^{-1} of strictly lower-triangular A [..., L, L] by block doubling (log2 L levels of two matmuls)
-_unit_lower_inverse = jnp.vectorize(functools.partial(unit_lower_inverse, ops=MatOps(precision=_HIGHEST)),
-                                    signature="(l,l)->(l,l)")
+def _einsum(precision):
+  return functools.partial(jnp.einsum, precision=precision)
 
 
-@jax.custom_vjp
-def _unit_lower_solve(A, rhs):
+def _unit_lower_inverse(A, precision=jax.lax.Precision.HIGHEST):
+  """(I - A)^{-1} of strictly lower-triangular A [..., L, L] by block doubling (log2 L levels of two matmuls)."""
+  inverse = functools.partial(unit_lower_inverse, ops=MatOps(precision=precision))
+  return jnp.vectorize(inverse, signature="(l,l)->(l,l)")(A)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _unit_lower_solve(precision, A, rhs):
   """X = (I - A)^{-1} rhs for strictly lower-triangular A [..., L, L] and rhs [..., L, M].
 
   Pure XLA (LAPACK trsm on CPU is slow for many small batched systems). The VJP uses the explicit inverse T:
   d rhs = T^T dX, dA = tril_{-1}(d rhs X^T)."""
-  return _unit_lower_solve_fwd(A, rhs)[0]
+  return _unit_lower_solve_fwd(precision, A, rhs)[0]
 
 
-def _unit_lower_solve_fwd(A, rhs):
-  T = _unit_lower_inverse(A)
-  X = _einsum("...ij,...jm->...im", T, rhs)
+def _unit_lower_solve_fwd(precision, A, rhs):
+  T = _unit_lower_inverse(A, precision)
+  X = _einsum(precision)("...ij,...jm->...im", T, rhs)
   return X, (T, X)
 
 
-def _unit_lower_solve_bwd(res, dX):
+def _unit_lower_solve_bwd(precision, res, dX):
   T, X = res
-  d_rhs = _einsum("...ji,...jm->...im", T, dX)
+  ein = _einsum(precision)
+  d_rhs = ein("...ji,...jm->...im", T, dX)
   strict = jnp.tri(T.shape[-1], k=-1, dtype=bool)
-  return jnp.where(strict, _einsum("...im,...jm->...ij", d_rhs, X), 0.0), d_rhs
+  return jnp.where(strict, ein("...im,...jm->...ij", d_rhs, X), 0.0), d_rhs
 
 
 _unit_lower_solve.defvjp(_unit_lower_solve_fwd, _unit_lower_solve_bwd)
 
 
-def _chunk_terms(r, w, k, v, a, b, seg, reset_state=None):
-  """The state-independent terms of every chunk.
+def _chunk_terms(precision, r, w, k, v, a, b, seg, reset_state=None):
+  """The state-independent terms of every chunk (matmuls at `precision`).
 
   Args:
     r, w, k, v, a, b: [..., L, N] float32 (any leading batch dims: chunks, batch, heads).
@@ -111,6 +126,7 @@ def _chunk_terms(r, w, k, v, a, b, seg, reset_state=None):
     bbar [..., L, K], decay [..., K], kv [..., K, V]: the leaving state is decay * S + bbar^T U + kv.
   """
   L, N = r.shape[-2:]
+  ein = _einsum(precision)
   g = jnp.cumsum(w, axis=-2)
   g_ex = g - w
   mid = g[..., (L - 1) // 2, None, :]
@@ -128,14 +144,14 @@ def _chunk_terms(r, w, k, v, a, b, seg, reset_state=None):
     reads, start = (seg == 0)[..., :, None], 0.0
   else:
     seg_first = jnp.concatenate([jnp.ones_like(seg[..., :1], bool), seg[..., 1:] != seg[..., :-1]], axis=-1)
-    start = _einsum("...ij,...jn->...in", (same & seg_first[..., None, :]).astype(w.dtype), g_ex)
+    start = _einsum(jax.lax.Precision.HIGHEST)("...ij,...jn->...in", (same & seg_first[..., None, :]).astype(w.dtype), g_ex)
     reads = True
 
   # One [2L, N] x [N, 2L] product gives the four intra-chunk matrices.
   left = jnp.concatenate([a * jnp.exp(g_ex - mid), r * jnp.exp(g - mid)], axis=-2)  # [a~; q~]
   e_out = jnp.exp(mid - g)
   right = jnp.concatenate([b * e_out, k * e_out], axis=-2)  # [b^; k^]
-  A = _einsum("...in,...jn->...ij", left, right)
+  A = ein("...in,...jn->...ij", left, right)
   A_ab = jnp.where(strict, A[..., :L, :L], 0.0)
   A_ak = jnp.where(strict, A[..., :L, L:], 0.0)
   A_qb = jnp.where(incl, A[..., L:, :L], 0.0)
@@ -145,48 +161,99 @@ def _chunk_terms(r, w, k, v, a, b, seg, reset_state=None):
   q0 = jnp.where(reads, r * jnp.exp(g - start), 0.0)
 
   # WY form: [W | U_wy] = (I - A_ab)^{-1} [A0 | A_ak V].
-  wy = _unit_lower_solve(A_ab, jnp.concatenate([a0, _einsum("...ij,...jv->...iv", A_ak, v)], axis=-1))
+  wy = _unit_lower_solve(precision, A_ab, jnp.concatenate([a0, ein("...ij,...jv->...iv", A_ak, v)], axis=-1))
   wy_w, wy_u = wy[..., :N], wy[..., N:]
 
-  out = _einsum("...ij,...jx->...ix", A_qb, wy)  # [A_qb W | A_qb U_wy]
+  out = ein("...ij,...jx->...ix", A_qb, wy)  # [A_qb W | A_qb U_wy]
   qo = q0 + out[..., :N]
-  ob = out[..., N:] + _einsum("...ij,...jv->...iv", A_qk, v)
+  ob = out[..., N:] + ein("...ij,...jv->...iv", A_qk, v)
 
   in_last = (seg == seg[..., L - 1, None])[..., :, None]  # tokens of the chunk's last segment
   to_end = jnp.exp(g_last - g)
   bbar = jnp.where(in_last, b * to_end, 0.0)
-  kv = _einsum("...lk,...lv->...kv", jnp.where(in_last, k * to_end, 0.0), v)
+  kv = ein("...lk,...lv->...kv", jnp.where(in_last, k * to_end, 0.0), v)
   no_restart = (seg[..., L - 1] == 0)[..., None]  # the chunk holds no segment start
   decay = jnp.where(no_restart, jnp.exp(g_last[..., 0, :]), 0.0)
   if reset_state is not None:
     # Rows of later segments read reset_state, which is known now: fold their reads and outputs into the
     # state-independent terms, and the decayed reset_state into the chunk's leaving state.
     later = (seg > 0)[..., :, None]
-    wy_u = wy_u + _einsum("...lk,...kv->...lv", jnp.where(later, wy_w, 0.0), reset_state)
-    ob = ob + _einsum("...lk,...kv->...lv", jnp.where(later, qo, 0.0), reset_state)
+    wy_u = wy_u + ein("...lk,...kv->...lv", jnp.where(later, wy_w, 0.0), reset_state)
+    ob = ob + ein("...lk,...kv->...lv", jnp.where(later, qo, 0.0), reset_state)
     wy_w, qo = jnp.where(later, 0.0, wy_w), jnp.where(later, 0.0, qo)
     decay_reset = jnp.where(no_restart, 0.0, jnp.exp(g_last[..., 0, :] - start[..., L - 1, :]))
     kv = kv + decay_reset[..., :, None] * reset_state
   return qo, ob, wy_w, wy_u, bbar, decay, kv
 
 
+_SCAN_UNROLL = 2  # chunks per iteration of the state scans (H100, K1: 34.96 -> 33.22 ms fwd+bwd at L = 32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _state_pass(precision, state, wy_w, wy_u, bbar, decay, kv):
+  """The sequential pass over chunks: S_{c+1} = diag(d_c) S_c + Bbar_c^T (W_c S_c + U_wy_c) + KV_c.
+
+  Args:
+    state: [B, H, K, V] float32, the state entering the first chunk.
+    wy_w, bbar: [C, B, H, L, K]; wy_u: [C, B, H, L, V]; decay: [C, B, H, K]; kv: [C, B, H, K, V] (float32).
+
+  Returns (final state [B, H, K, V], the state entering each chunk [C, B, H, K, V]). The VJP is a second scan that
+  carries only the state gradient (two small matmuls per chunk); the per-chunk input gradients are batched matmuls
+  over all chunks after it."""
+  return _state_pass_fwd(precision, state, wy_w, wy_u, bbar, decay, kv)[0]
+
+
+def _state_pass_fwd(precision, state, wy_w, wy_u, bbar, decay, kv):
+  ein = _einsum(precision)
+
+  def step(S, chunk):
+    w_c, u_c, bbar_c, d_c, kv_c = chunk
+    u = ein("bhlk,bhkv->bhlv", w_c, S) + u_c
+    return d_c[..., None] * S + ein("bhlk,bhlv->bhkv", bbar_c, u) + kv_c, S
+
+  final, entering = jax.lax.scan(step, state, (wy_w, wy_u, bbar, decay, kv), unroll=_SCAN_UNROLL)
+  return (final, entering), (entering, wy_w, wy_u, bbar, decay)
+
+
+def _state_pass_bwd(precision, res, grads):
+  entering, wy_w, wy_u, bbar, decay = res
+  d_final, d_entering = grads
+  ein = _einsum(precision)
+
+  def step(g, chunk):  # g: the gradient of the state leaving chunk c -> that of the state entering it
+    w_c, bbar_c, d_c, d_in = chunk
+    du = ein("bhlk,bhkv->bhlv", bbar_c, g)
+    return d_c[..., None] * g + ein("bhlk,bhlv->bhkv", w_c, du) + d_in, (g, du)
+
+  d_state, (g, du) = jax.lax.scan(step, d_final, (wy_w, bbar, decay, d_entering), reverse=True, unroll=_SCAN_UNROLL)
+  u = ein("cbhlk,cbhkv->cbhlv", wy_w, entering) + wy_u
+  return (d_state, ein("cbhlv,cbhkv->cbhlk", du, entering), du, ein("cbhlv,cbhkv->cbhlk", u, g),
+          jnp.sum(entering * g, axis=-1), g)
+
+
+_state_pass.defvjp(_state_pass_fwd, _state_pass_bwd)
+
+
 def wkv7_chunked(r, w, k, v, a, b, initial_state, segment_ids, reset_state=None, *, chunk_size: int | None = None):
   """The `chunked` backend; see `rwkvjax.ops.wkv7` for the contract.
 
   Args:
-    r, w, k, v, a, b: [B, T, H, N], any float dtype (computed in float32).
+    r, w, k, v, a, b: [B, T, H, N], any float dtype (computed in float32; matmul precision: `_matmul_precision`
+      of r, k, v, a, b).
     initial_state: [B, H, K, V] or None (zeros).
     segment_ids: [B, T] ints or None.
     reset_state: [B or 1, H, K, V] or None (zeros): the state segments restart from.
     chunk_size: tokens per chunk L (16, 32 or 64); T < L uses one chunk of T tokens. None: 16 on CPU (the
-      fastest there, see benchmarks/wkv_cpu_bench.py), else 64 (fewer, larger matmuls; fla's RWKV-7 choice).
+      fastest there, see benchmarks/wkv_cpu_bench.py), 32 on GPU (H100, K1 fwd+bwd: 33.2 ms vs 39.2 at 64 and
+      36.3 at 16), else 64 (fewer, larger matmuls; fla's RWKV-7 choice).
 
   Returns:
     o: [B, T, H, V] in the dtype of r; final_state: [B, H, K, V] float32.
   """
   B, T, H, N = r.shape
   if chunk_size is None:
-    chunk_size = 16 if jax.default_backend() == "cpu" else 64
+    chunk_size = {"cpu": 16, "gpu": 32}.get(jax.default_backend(), 64)
+  precision = _matmul_precision(r, k, v, a, b)
   L = min(chunk_size, T)
   C = -(-T // L)  # number of chunks
   pad = C * L - T
@@ -201,16 +268,11 @@ def wkv7_chunked(r, w, k, v, a, b, initial_state, segment_ids, reset_state=None,
 
   # Checkpointed: the backward keeps only the caller's inputs and recomputes the intra-chunk terms.
   restart = None if reset_state is None else reset_state.astype(jnp.float32)[None]  # [1, B or 1, H, K, V]
-  terms = jax.checkpoint(lambda seg, restart, *xs: _chunk_terms(*(to_chunks(x) for x in xs), seg, restart))
+  terms = jax.checkpoint(lambda seg, restart, *xs: _chunk_terms(precision, *(to_chunks(x) for x in xs), seg, restart))
   qo, ob, *transition = terms(seg, restart, r, w, k, v, a, b)
 
-  def step(state, chunk):  # state [B, H, K, V] -> the state after the chunk; also returns the entering state
-    wy_w, wy_u, bbar, decay, kv = chunk
-    u = _einsum("bhlk,bhkv->bhlv", wy_w, state) + wy_u
-    return decay[..., None] * state + _einsum("bhlk,bhlv->bhkv", bbar, u) + kv, state
-
   state = jnp.zeros((B, H, N, N), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
-  final_state, entering = jax.lax.scan(step, state, transition)  # entering: [C, B, H, K, V]
-  o = _einsum("cbhlk,cbhkv->cbhlv", qo, entering) + ob
+  final_state, entering = _state_pass(precision, state, *transition)  # entering: [C, B, H, K, V]
+  o = _einsum(precision)("cbhlk,cbhkv->cbhlv", qo, entering) + ob
   o = o.transpose(1, 0, 3, 2, 4).reshape(B, C * L, H, N)[:, :T]
   return o.astype(r.dtype), final_state

@@ -11,7 +11,7 @@ On CPU (CI) the kernels run in Pallas interpret mode (`interpret=True`; the back
 Lowering: the TPU kernels are lowered to Mosaic for TPU (always) and compiled ahead of time for TPU topologies when
 libtpu is installed (`pip install "libtpu==0.0.48.*"`, the version jax 0.11.2 pins; skipped otherwise); the GPU
 kernels are lowered to Mosaic GPU for CUDA (always). On a Hopper GPU, `pallas_gpu` itself is compared with a float64
-reference (bf16 inputs, <= 1e-2).
+reference (bf16 inputs, <= 1e-2), and so is `chunked` (whose bf16 inputs get x3 tensor-core products on a GPU).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pallas_kernels import mosaic_gpu_tiles
 from pallas_kernels.wkv7 import tpu
 from pallas_kernels.wkv7.gpu import wkv7_pallas_gpu
 from pallas_kernels.wkv7.tpu import wkv7_pallas_tpu
+from rwkvjax.ops.chunked import wkv7_chunked
 from rwkvjax.ops.reference import wkv7_reference
 from tests.ops import pallas_checks
 from tests.ops.wkv7_chunked_test import make_inputs, rel_err, segments_from_starts
@@ -207,7 +208,7 @@ def test_gpu_chunk_grads_fits_two_ctas_per_sm():
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# pallas_gpu on a Hopper GPU, against a float64 reference
+# pallas_gpu (and chunked's GPU numerics for bf16 inputs) on a Hopper GPU, against a float64 reference
 # ------------------------------------------------------------------------------------------------------------------
 
 
@@ -223,14 +224,16 @@ def _reference_f64(r, w, k, v, a, b, s0, segment_ids):
 
 
 @pytest.mark.skipif(not mosaic_gpu_tiles.is_hopper(), reason="needs a Hopper (sm_90) GPU")
+@pytest.mark.parametrize("impl", ["pallas_gpu", "chunked"])  # chunked: its x3 products for bf16 inputs on a GPU
 @pytest.mark.parametrize(
   "B,T,H,N,starts",
   [(2, 256, 4, 64, None), (1, 300, 3, 64, [7, 64, 65, 200]), (2, 192, 2, 128, [100])],
 )
-def test_gpu_matches_float64_reference(B, T, H, N, starts):
+def test_gpu_matches_float64_reference(B, T, H, N, starts, impl):
   seed = secrets.randbelow(2**31)
   r, w, k, v, a, b, s0 = make_inputs(seed, B, T, H, N)
   r, k, v, a, b = (x.astype(jnp.bfloat16) for x in (r, k, v, a, b))
   segment_ids = None if starts is None else segments_from_starts(B, T, starts)
-  pallas_checks.compare_float64(seed, wkv7_pallas_gpu, _reference_f64, (r, w, k, v, a, b, s0), segment_ids, GPU_TOL,
-                                names=NAMES, label=f"pallas_gpu vs float64 B={B} T={T} H={H} N={N} resets={starts}")
+  fn = wkv7_pallas_gpu if impl == "pallas_gpu" else wkv7_chunked
+  pallas_checks.compare_float64(seed, fn, _reference_f64, (r, w, k, v, a, b, s0), segment_ids, GPU_TOL,
+                                names=NAMES, label=f"{impl} vs float64 B={B} T={T} H={H} N={N} resets={starts}")
