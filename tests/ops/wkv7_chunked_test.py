@@ -156,6 +156,19 @@ def test_segment_resets(B, T, H, chunk_size, starts):
   compare(seed, make_inputs(seed, B, T, H, 16), segments_from_starts(B, T, starts), True, chunk_size)
 
 
+@pytest.mark.parametrize("with_reset_state", [False, True])
+def test_grouped_state_pass(monkeypatch, with_reset_state):
+  """From `_GROUPED_FROM` chunks on, the state pass (and its VJP) runs in groups; forced here at 10 chunks of 16
+  (4 groups of 3 steps, the last with 2 identity steps of padding), with resets and the initial state."""
+  from rwkvjax.ops import chunked  # noqa: PLC0415
+
+  monkeypatch.setattr(chunked, "_GROUPED_FROM", 2)
+  seed = secrets.randbelow(2**31)
+  B, T, H = 2, 150, 2
+  reset = jax.random.normal(jax.random.PRNGKey(seed + 2), (1, H, 16, 16)) if with_reset_state else None
+  compare(seed, make_inputs(seed, B, T, H, 16), segments_from_starts(B, T, [20, 64, 100]), True, 16, reset)
+
+
 def test_random_segment_resets_differ_per_row():
   seed = secrets.randbelow(2**31)
   rng = np.random.default_rng(seed)
