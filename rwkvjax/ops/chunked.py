@@ -58,6 +58,7 @@ split-bf16 x3 tensor-core products on a GPU (about 16 significant bits, 1.16x fa
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -187,7 +188,7 @@ def _chunk_terms(precision, r, w, k, v, a, b, seg, reset_state=None):
 
 
 _SCAN_UNROLL = 2  # steps per iteration of the state scans (H100, K1: 34.96 -> 33.22 ms fwd+bwd at L = 32)
-_GROUPED_FROM = 32  # chunks from which `_low_rank_recurrence` runs in groups
+_GROUPED_FROM = 32  # the fewest chunks for which `_low_rank_recurrence` may run in groups
 
 
 def _low_rank_recurrence(precision, x0, d, lhs, rhs, src, reverse=False):
@@ -198,8 +199,11 @@ def _low_rank_recurrence(precision, x0, d, lhs, rhs, src, reverse=False):
 
   Returns (the last x [B, H, K, V], x before each step c [C, B, H, K, V]).
 
-  From _GROUPED_FROM chunks on, the C steps run as G ~ sqrt(C) groups of S = C / G steps side by side (S + G
-  sequential steps instead of C; the scan's per-step cost is launch latency, not work). Each group starts from
+  With at least _GROUPED_FROM chunks and more chunks than (batch, head) rows, the C steps run as G ~ sqrt(C) groups
+  of S = C / G steps side by side (S + G sequential steps instead of C). That pays where each step has little work
+  (H100, K4 = (1, 32768, 32, 64), 1024 chunks of 32 for 32 rows: fwd+bwd 44.8 -> 39.8 ms), not where the rows
+  fill the GPU (K1 = (8, 4096, 32, 64), 128 chunks for 256 rows: 30.9 -> 40.1 ms; it does about twice the work
+  and moves the per-chunk terms into group order). Each group starts from
   [0 | I]: its columns V carry the group-local x from zero, the K extra columns the product P of the group's
   transitions so far (the same update without src, on an identity). A scan over the G groups then gives the x
   entering each group, x_g+1 = P_g x_g + local_g, and x before step c of group g is local_c + P_c x_g."""
@@ -211,7 +215,7 @@ def _low_rank_recurrence(precision, x0, d, lhs, rhs, src, reverse=False):
     return d_c[..., None] * x + ein("...lk,...lv->...kv", l_c, ein("...lk,...kv->...lv", r_c, x)) + s_c, x
 
   C = d.shape[0]
-  if C < _GROUPED_FROM:
+  if C < _GROUPED_FROM or C <= math.prod(x0.shape[:-2]):
     last, xs = jax.lax.scan(step, x0, seq, unroll=_SCAN_UNROLL)
   else:
     G = 1 << (C.bit_length() // 2)

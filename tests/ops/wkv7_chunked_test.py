@@ -158,8 +158,9 @@ def test_segment_resets(B, T, H, chunk_size, starts):
 
 @pytest.mark.parametrize("with_reset_state", [False, True])
 def test_grouped_state_pass(monkeypatch, with_reset_state):
-  """From `_GROUPED_FROM` chunks on, the state pass (and its VJP) runs in groups; forced here at 10 chunks of 16
-  (4 groups of 3 steps, the last with 2 identity steps of padding), with resets and the initial state."""
+  """With at least `_GROUPED_FROM` chunks, more than the (batch, head) rows, the state pass (and its VJP) runs in
+  groups; here 10 chunks of 16 for 4 rows (4 groups of 3 steps, the last with 2 identity steps of padding), with
+  resets and the initial state."""
   from rwkvjax.ops import chunked  # noqa: PLC0415
 
   monkeypatch.setattr(chunked, "_GROUPED_FROM", 2)
