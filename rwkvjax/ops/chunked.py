@@ -188,25 +188,31 @@ def _chunk_terms(precision, r, w, k, v, a, b, seg, reset_state=None):
 
 
 _SCAN_UNROLL = 2  # steps per iteration of the state scans (H100, K1: 34.96 -> 33.22 ms fwd+bwd at L = 32)
-_GROUPED_FROM = 32  # the fewest chunks for which `_low_rank_recurrence` may run in groups
+_GROUPED_FROM = 32  # the fewest chunks for which the state pass may run in groups (`_grouped`)
 
 
-def _low_rank_recurrence(precision, x0, d, lhs, rhs, src, reverse=False):
-  """x_{c+1} = diag(d_c) x_c + lhs_c^T (rhs_c x_c) + src_c over the chunks c = 0 .. C-1 (C-1 .. 0 if `reverse`).
+def _grouped(C, x0):
+  """Whether a state pass over C chunks from x0 [B, H, K, V] runs in groups (`_grouped_recurrence`): at least
+  _GROUPED_FROM chunks, and more chunks than (batch, head) rows."""
+  return C >= _GROUPED_FROM and C > math.prod(x0.shape[:-2])
+
+
+def _grouped_recurrence(precision, x0, d, lhs, rhs, src, reverse=False):
+  """x_{c+1} = diag(d_c) x_c + lhs_c^T (rhs_c x_c) + src_c over the chunks c = 0 .. C-1 (C-1 .. 0 if `reverse`),
+  as G ~ sqrt(C) groups of S = C / G steps side by side: S + G sequential steps instead of C.
 
   Args:
     x0: [B, H, K, V] float32; d: [C, B, H, K]; lhs, rhs: [C, B, H, L, K]; src: [C, B, H, K, V].
 
   Returns (the last x [B, H, K, V], x before each step c [C, B, H, K, V]).
 
-  With at least _GROUPED_FROM chunks and more chunks than (batch, head) rows, the C steps run as G ~ sqrt(C) groups
-  of S = C / G steps side by side (S + G sequential steps instead of C). That pays where each step has little work
-  (H100, K4 = (1, 32768, 32, 64), 1024 chunks of 32 for 32 rows: fwd+bwd 44.8 -> 39.8 ms), not where the rows
-  fill the GPU (K1 = (8, 4096, 32, 64), 128 chunks for 256 rows: 30.9 -> 40.1 ms; it does about twice the work
-  and moves the per-chunk terms into group order). Each group starts from
-  [0 | I]: its columns V carry the group-local x from zero, the K extra columns the product P of the group's
-  transitions so far (the same update without src, on an identity). A scan over the G groups then gives the x
-  entering each group, x_g+1 = P_g x_g + local_g, and x before step c of group g is local_c + P_c x_g."""
+  That pays where each step has little work (H100, K4 = (1, 32768, 32, 64), 1024 chunks of 32 for 32 rows:
+  fwd+bwd 44.8 -> 39.8 ms), not where the rows fill the GPU (K1 = (8, 4096, 32, 64), 128 chunks for 256 rows:
+  30.9 -> 40.1 ms; it does about twice the work and moves the per-chunk terms into group order): see `_grouped`.
+  Each group starts from [0 | I]: its columns V carry the group-local x from zero, the K extra columns the product
+  P of the group's transitions so far (the same update without src, on an identity). A scan over the G groups
+  then gives the x entering each group, x_g+1 = P_g x_g + local_g, and x before step c of group g is
+  local_c + P_c x_g."""
   ein = _einsum(precision)
   seq = tuple(jnp.flip(x, 0) for x in (d, lhs, rhs, src)) if reverse else (d, lhs, rhs, src)
 
@@ -215,27 +221,24 @@ def _low_rank_recurrence(precision, x0, d, lhs, rhs, src, reverse=False):
     return d_c[..., None] * x + ein("...lk,...lv->...kv", l_c, ein("...lk,...kv->...lv", r_c, x)) + s_c, x
 
   C = d.shape[0]
-  if C < _GROUPED_FROM or C <= math.prod(x0.shape[:-2]):
-    last, xs = jax.lax.scan(step, x0, seq, unroll=_SCAN_UNROLL)
-  else:
-    G = 1 << (C.bit_length() // 2)
-    S = -(-C // G)
-    K, V = x0.shape[-2:]
-    d, lhs, rhs, src = (jnp.pad(x, [(0, G * S - C)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
-                        for x, fill in zip(seq, (1.0, 0.0, 0.0, 0.0)))  # identity steps at the end
-    src = jnp.concatenate([src, jnp.zeros((*src.shape[:-1], K), src.dtype)], axis=-1)
-    eye = jnp.broadcast_to(jnp.eye(K, dtype=x0.dtype), (G, *x0.shape[:-1], K))
-    start = jnp.concatenate([jnp.zeros((G, *x0.shape), x0.dtype), eye], axis=-1)  # [G, B, H, K, V + K]
-    by_group = lambda x: x.reshape(G, S, *x.shape[1:]).swapaxes(0, 1)  # noqa: E731  [S, G, ...]
-    ends, before = jax.lax.scan(step, start, tuple(map(by_group, (d, lhs, rhs, src))), unroll=_SCAN_UNROLL)
+  G = 1 << (C.bit_length() // 2)
+  S = -(-C // G)
+  K, V = x0.shape[-2:]
+  d, lhs, rhs, src = (jnp.pad(x, [(0, G * S - C)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
+                      for x, fill in zip(seq, (1.0, 0.0, 0.0, 0.0)))  # identity steps at the end
+  src = jnp.concatenate([src, jnp.zeros((*src.shape[:-1], K), src.dtype)], axis=-1)
+  eye = jnp.broadcast_to(jnp.eye(K, dtype=x0.dtype), (G, *x0.shape[:-1], K))
+  start = jnp.concatenate([jnp.zeros((G, *x0.shape), x0.dtype), eye], axis=-1)  # [G, B, H, K, V + K]
+  by_group = lambda x: x.reshape(G, S, *x.shape[1:]).swapaxes(0, 1)  # noqa: E731  [S, G, ...]
+  ends, before = jax.lax.scan(step, start, tuple(map(by_group, (d, lhs, rhs, src))), unroll=_SCAN_UNROLL)
 
-    def group_step(x, group):
-      local, P = group
-      return ein("bhkj,bhjv->bhkv", P, x) + local, x
+  def group_step(x, group):
+    local, P = group
+    return ein("bhkj,bhjv->bhkv", P, x) + local, x
 
-    last, entering = jax.lax.scan(group_step, x0, (ends[..., :V], ends[..., V:]))  # entering: [G, B, H, K, V]
-    xs = before[..., :V] + ein("sgbhkj,gbhjv->sgbhkv", before[..., V:], entering)
-    xs = xs.swapaxes(0, 1).reshape(G * S, *x0.shape)[:C]
+  last, entering = jax.lax.scan(group_step, x0, (ends[..., :V], ends[..., V:]))  # entering: [G, B, H, K, V]
+  xs = before[..., :V] + ein("sgbhkj,gbhjv->sgbhkv", before[..., V:], entering)
+  xs = xs.swapaxes(0, 1).reshape(G * S, *x0.shape)[:C]
   return last, (jnp.flip(xs, 0) if reverse else xs)
 
 
@@ -247,15 +250,25 @@ def _state_pass(precision, state, wy_w, wy_u, bbar, decay, kv):
     state: [B, H, K, V] float32, the state entering the first chunk.
     wy_w, bbar: [C, B, H, L, K]; wy_u: [C, B, H, L, V]; decay: [C, B, H, K]; kv: [C, B, H, K, V] (float32).
 
-  Returns (final state [B, H, K, V], the state entering each chunk [C, B, H, K, V]). Both directions are a
-  `_low_rank_recurrence`: forward with source Bbar^T U_wy + KV, backward (the VJP) the transposed transition
-  carrying only the state gradient; the per-chunk input gradients are batched matmuls over all chunks after it."""
+  Returns (final state [B, H, K, V], the state entering each chunk [C, B, H, K, V]): a `lax.scan` over the chunks,
+  or `_grouped_recurrence` where `_grouped`. The VJP runs the transposed recurrence, carrying only the state
+  gradient; the per-chunk input gradients are batched matmuls over all chunks after it."""
   return _state_pass_fwd(precision, state, wy_w, wy_u, bbar, decay, kv)[0]
 
 
 def _state_pass_fwd(precision, state, wy_w, wy_u, bbar, decay, kv):
-  src = _einsum(precision)("cbhlk,cbhlv->cbhkv", bbar, wy_u) + kv
-  final, entering = _low_rank_recurrence(precision, state, decay, bbar, wy_w, src)
+  ein = _einsum(precision)
+  if _grouped(decay.shape[0], state):
+    src = ein("cbhlk,cbhlv->cbhkv", bbar, wy_u) + kv
+    final, entering = _grouped_recurrence(precision, state, decay, bbar, wy_w, src)
+    return (final, entering), (entering, wy_w, wy_u, bbar, decay)
+
+  def step(S, chunk):
+    w_c, u_c, bbar_c, d_c, kv_c = chunk
+    u = ein("bhlk,bhkv->bhlv", w_c, S) + u_c
+    return d_c[..., None] * S + ein("bhlk,bhlv->bhkv", bbar_c, u) + kv_c, S
+
+  final, entering = jax.lax.scan(step, state, (wy_w, wy_u, bbar, decay, kv), unroll=_SCAN_UNROLL)
   return (final, entering), (entering, wy_w, wy_u, bbar, decay)
 
 
@@ -264,8 +277,17 @@ def _state_pass_bwd(precision, res, grads):
   d_final, d_entering = grads
   ein = _einsum(precision)
   # g_c: the gradient of the state leaving chunk c; the one entering it is diag(d_c) g_c + W_c^T Bbar_c g_c + dS_c
-  d_state, g = _low_rank_recurrence(precision, d_final, decay, wy_w, bbar, d_entering, reverse=True)
-  du = ein("cbhlk,cbhkv->cbhlv", bbar, g)
+  if _grouped(decay.shape[0], d_final):
+    d_state, g = _grouped_recurrence(precision, d_final, decay, wy_w, bbar, d_entering, reverse=True)
+    du = ein("cbhlk,cbhkv->cbhlv", bbar, g)
+  else:
+    def step(g, chunk):
+      w_c, bbar_c, d_c, d_in = chunk
+      du = ein("bhlk,bhkv->bhlv", bbar_c, g)
+      return d_c[..., None] * g + ein("bhlk,bhlv->bhkv", w_c, du) + d_in, (g, du)
+
+    d_state, (g, du) = jax.lax.scan(step, d_final, (wy_w, bbar, decay, d_entering), reverse=True,
+                                    unroll=_SCAN_UNROLL)
   u = ein("cbhlk,cbhkv->cbhlv", wy_w, entering) + wy_u
   return (d_state, ein("cbhlv,cbhkv->cbhlk", du, entering), du, ein("cbhlv,cbhkv->cbhlk", u, g),
           jnp.sum(entering * g, axis=-1), g)
