@@ -307,7 +307,7 @@ def wkv7_chunked(r, w, k, v, a, b, initial_state, segment_ids, reset_state=None,
     reset_state: [B or 1, H, K, V] or None (zeros): the state segments restart from.
     chunk_size: tokens per chunk L (16, 32 or 64); T < L uses one chunk of T tokens. None: 16 on CPU (the
       fastest there, see benchmarks/wkv_cpu_bench.py), 32 on GPU (H100, K1 fwd+bwd: 33.2 ms vs 39.2 at 64 and
-      36.3 at 16), else 64 (fewer, larger matmuls; fla's RWKV-7 choice).
+      36.3 at 16 with the scan unrolled by 4), else 64 (fewer, larger matmuls; fla's RWKV-7 choice).
 
   Returns:
     o: [B, T, H, V] in the dtype of r; final_state: [B, H, K, V] float32.
