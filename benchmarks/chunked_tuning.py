@@ -8,8 +8,9 @@ Usage (the fifth session's H100 variant tables in docs/benchmarks.md):
 Shapes and inputs are `wkv_bench.py`'s (RWKV-7 structure, bf16-representable values); r, k, v, a, b are given in
 --dtype (bfloat16: split-bf16 x3 matmuls on a GPU; float32: Precision.HIGHEST, see `chunked._matmul_precision`),
 w in float32. A variant L:U sets chunk_size=L and `chunked._SCAN_UNROLL` = U (steps per iteration of the state
-scans). Each variant is jitted (VJP of o and the final state with random cotangents), called twice to warm up,
-then timed `repeats` times around a block_until_ready; the median is reported. Prints a table and a dated row;
+scans). Each variant is jitted (VJP of o and the final state with random cotangents, as `wkv_bench._jax_modes`
+builds it), called once to warm up, then timed `repeats` times around a block_until_ready (`wkv_bench._median_ms`);
+the median and the compiled peak memory (temporaries + outputs) are reported. Prints a table and a dated row;
 --append-docs appends the row to docs/benchmarks.md.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
 import sys
 import time
 
@@ -32,25 +32,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from rwkvjax.ops import chunked  # noqa: E402
 
 
-def fwd_bwd(L, cot):
-  """The jitted VJP of `wkv7_chunked` (chunk L, no initial state or resets) for the cotangents cot."""
-  @jax.jit
-  def run(*x):
-    out, vjp = jax.vjp(lambda *p: chunked.wkv7_chunked(*p, None, None, chunk_size=L), *x)
-    return out, vjp(cot)
-
-  return run
-
-
-def median_ms(fn, args, repeats):
-  for _ in range(2):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times) * 1e3
+def fwd_bwd(L, x, cot):
+  """(a zero-argument call of the jitted VJP of `wkv7_chunked` at chunk L on x, no initial state or resets, for the
+  cotangents cot; its peak memory in bytes), from `wkv_bench._jax_modes`."""
+  modes, _ = wkv_bench._jax_modes(lambda *p: chunked.wkv7_chunked(*p, None, None, chunk_size=L), x, cot)
+  return modes["fwdbwd"]
 
 
 def main(argv=None):
@@ -62,7 +48,6 @@ def main(argv=None):
   p.add_argument("--append-docs", action="store_true")
   args = p.parse_args(argv)
   shape = wkv_bench.SHAPES[args.shape]
-  B, T, H, N = shape
   r, w, k, v, a, b, d_o, d_s = wkv_bench.make_inputs(0, *shape)
   dt = jnp.dtype(args.dtype)
   x = (r.astype(dt), w, k.astype(dt), v.astype(dt), a.astype(dt), b.astype(dt))
@@ -70,7 +55,7 @@ def main(argv=None):
   dev = jax.devices()[0]
   device = getattr(dev, "device_kind", str(dev))
   print(f"chunked WKV-7 fwd+bwd, {args.shape} {shape}, {args.dtype} inputs, {device}, median of {args.repeats}")
-  print("| chunk | scan unroll | ms | build s |\n|---|---|---|---|")
+  print("| chunk | scan unroll | ms | peak MB | build s |\n|---|---|---|---|---|")
   default_unroll = chunked._SCAN_UNROLL
   cells = []
   try:
@@ -78,8 +63,10 @@ def main(argv=None):
       L, unroll = map(int, variant.split(":"))
       chunked._SCAN_UNROLL = unroll
       start = time.time()
-      ms = median_ms(fwd_bwd(L, cot), x, args.repeats)
-      print(f"| {L} | {unroll} | {ms:.2f} | {time.time() - start:.0f} |", flush=True)
+      run, mem = fwd_bwd(L, x, cot)
+      ms = wkv_bench._median_ms({"fwdbwd": run}, args.repeats)["fwdbwd"]
+      mb = "-" if mem is None else f"{mem / 2**20:.0f}"
+      print(f"| {L} | {unroll} | {ms:.2f} | {mb} | {time.time() - start:.0f} |", flush=True)
       cells.append(f"{L}:{unroll} {ms:.2f}")
   finally:
     chunked._SCAN_UNROLL = default_unroll

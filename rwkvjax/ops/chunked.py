@@ -66,6 +66,7 @@ import jax.numpy as jnp
 from pallas_kernels.matops import MatOps, unit_lower_inverse, x3_on_gpu
 from rwkvjax.ops.reference import segment_starts
 
+
 def _matmul_precision(*xs):
   """The precision of the backend's matmuls: split-bf16 x3 products (tensor cores, about 16 significant bits;
   `matops.x3_on_gpu`) on a GPU when every input is a 16-bit float (their own rounding is 2^-9), else
@@ -145,7 +146,8 @@ def _chunk_terms(precision, r, w, k, v, a, b, seg, reset_state=None):
     reads, start = (seg == 0)[..., :, None], 0.0
   else:
     seg_first = jnp.concatenate([jnp.ones_like(seg[..., :1], bool), seg[..., 1:] != seg[..., :-1]], axis=-1)
-    start = _einsum(jax.lax.Precision.HIGHEST)("...ij,...jn->...in", (same & seg_first[..., None, :]).astype(w.dtype), g_ex)
+    to_start = (same & seg_first[..., None, :]).astype(w.dtype)
+    start = _einsum(jax.lax.Precision.HIGHEST)("...ij,...jn->...in", to_start, g_ex)  # exponents: float32
     reads = True
 
   # One [2L, N] x [N, 2L] product gives the four intra-chunk matrices.
@@ -261,14 +263,13 @@ def _state_pass_fwd(precision, state, wy_w, wy_u, bbar, decay, kv):
   if _grouped(decay.shape[0], state):
     src = ein("cbhlk,cbhlv->cbhkv", bbar, wy_u) + kv
     final, entering = _grouped_recurrence(precision, state, decay, bbar, wy_w, src)
-    return (final, entering), (entering, wy_w, wy_u, bbar, decay)
+  else:
+    def step(S, chunk):
+      w_c, u_c, bbar_c, d_c, kv_c = chunk
+      u = ein("bhlk,bhkv->bhlv", w_c, S) + u_c
+      return d_c[..., None] * S + ein("bhlk,bhlv->bhkv", bbar_c, u) + kv_c, S
 
-  def step(S, chunk):
-    w_c, u_c, bbar_c, d_c, kv_c = chunk
-    u = ein("bhlk,bhkv->bhlv", w_c, S) + u_c
-    return d_c[..., None] * S + ein("bhlk,bhlv->bhkv", bbar_c, u) + kv_c, S
-
-  final, entering = jax.lax.scan(step, state, (wy_w, wy_u, bbar, decay, kv), unroll=_SCAN_UNROLL)
+    final, entering = jax.lax.scan(step, state, (wy_w, wy_u, bbar, decay, kv), unroll=_SCAN_UNROLL)
   return (final, entering), (entering, wy_w, wy_u, bbar, decay)
 
 
