@@ -356,9 +356,8 @@ def pieces(label, shape, repeats, log):
   s0 = jnp.zeros((B, H, N, N), jnp.float32)
   prologue = jax.jit(gpu._prologue)
   g_pad, dec, seg_flat = prologue(w, seg)
-  prep = jax.jit(gpu._prep)
-  tiles = prep(bf(r), bf(k), bf(v), bf(a), bf(b), g_pad, seg_flat)
-  ww, wu, qo, ob, bb, kb = tiles
+  prep = jax.jit(functools.partial(gpu._prep, save_inverse=True))  # as in training (the forward saving for the VJP)
+  ww, wu, qo, ob, bb, kb, t_hi, t_lo = prep(bf(r), bf(k), bf(v), bf(a), bf(b), g_pad, seg_flat)
   sf = jax.jit(functools.partial(gpu._state_fwd, bv=bv, save=True))
   o, fin, states = sf(ww, wu, qo, ob, bb, kb, bf(v), dec, s0)
   sb = jax.jit(functools.partial(gpu._state_bwd, bv=bv))
@@ -380,7 +379,7 @@ def pieces(label, shape, repeats, log):
     "prep": lambda: prep(rb, kb_, vb_, ab, bb_, g_pad, seg_flat),
     "state_fwd": lambda: sf(ww, wu, qo, ob, bb, kb, vb_, dec, s0),
     "state_bwd": lambda: sb(ww, qo, bb, dob, dec, ds),
-    "chunk_grads": lambda: cg(rb, kb_, vb_, ab, bb_, g_pad, seg_flat, dec, states, dob, dst),
+    "chunk_grads": lambda: cg(rb, kb_, vb_, ab, bb_, g_pad, seg_flat, dec, states, dob, dst, t_hi, t_lo),
     "xla_chunk_grads": lambda: b1j(rb, w, kb_, vb_, ab, bb_, seg, states, dob, dst),
   }
   out = _median_ms(calls, repeats)

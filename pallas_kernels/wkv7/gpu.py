@@ -9,7 +9,8 @@ sections 2.2-2.4), four pieces:
    by block doubling (`common.unit_lower_inverse`), and writes six bf16 [L, N] tiles per chunk, head-major
    [B, H, T, N]: W = T A0, U_wy = T A_ak V, Qo = Q0 + A_qb W, Ob = A_qb U_wy + A_qk V, Bbar, Kbar. Products whose
    operands are not exact bf16 are "split-bf16 x3" (x = hi + lo; hi hi + hi lo + lo hi, fp32 accumulation, about
-   16 significant bits; FLA keeps these in fp32/tf32, jla uses the same x3 trick); V enters as exact bf16.
+   16 significant bits; FLA keeps these in fp32/tf32, jla uses the same x3 trick); V enters as exact bf16. Under
+   autodiff it also writes the split T (hi, lo bf16 [B, H, C, L, L]: 2 L^2 bf16 per chunk) for 4.
 2. `_state_fwd` (Mosaic GPU, sequential over chunks, grid (V / bv, H, B), one warpgroup): the state S [K, bv]
    in fp32 registers; per chunk, with TMA double-buffered tiles, u = W S + U_wy, o = Qo S + Ob,
    S <- diag(d) S + Bbar^T u + Kbar^T V. S and u enter the tensor cores as split bf16 (hi + lo). Writes o (bf16,
@@ -17,8 +18,8 @@ sections 2.2-2.4), four pieces:
 3. `_state_bwd` (Mosaic GPU, same grid, chunks in reverse): the state gradient dS [K, bv] in registers,
    dU = Bbar dS, dS <- diag(d) dS + W^T dU + Qo^T dO; writes dS after every chunk (fp32) and dS0.
 4. `gpu_bwd.chunk_grads` (Mosaic GPU, chunk-parallel, one warpgroup per CTA, grid (C, H, B)): the input gradients,
-   the math of `common.chunk_backward` per chunk given the saved entering states and the state gradients of 3
-   (recomputing the chunk's forward terms; split-bf16 x3 products). It replaced `common.chunk_backward` vmapped in
+   the math of `common.chunk_backward` per chunk given the saved entering states, the saved T and the state
+   gradients of 3 (recomputing the chunk's other forward terms; split-bf16 x3 products). It replaced `common.chunk_backward` vmapped in
    XLA: at K1 (8, 4096, 32, 64) on an H100, 11.50 ms against XLA's 22.72 ms, forward+backward 25.5 -> 16.08 ms
    (jax-linear-attention 10.70 ms in the same process; docs/benchmarks.md, 2026-11-26, third session).
 
@@ -62,8 +63,10 @@ L = CHUNK  # tokens per chunk
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _prep(r, k, v, a, b, g_pad, seg, *, interpret=False):
-  """Six bf16 tiles [B, H, Tp, N]: (wy_w, wy_u, qo, ob, bbar, kbar), see the module docstring.
+def _prep(r, k, v, a, b, g_pad, seg, *, save_inverse=False, interpret=False):
+  """Six bf16 tiles [B, H, Tp, N]: (wy_w, wy_u, qo, ob, bbar, kbar), see the module docstring; with save_inverse
+  also the split inverse T = (I - A_ab)^{-1} of every chunk, (hi, lo) bf16 [B, H, C, L, L] each, for the backward
+  (`gpu_bwd.chunk_grads` then loads it instead of rebuilding it).
 
   r, k, v, a, b: [B, Tp, H, N] bf16, Tp a multiple of L; g_pad [B, 1 + Tp, H, N] float32: a zero row, then the
   chunk-local inclusive cumulative log-decay; seg [B, Tp] float32 segment index inside each chunk.
@@ -73,8 +76,9 @@ def _prep(r, k, v, a, b, g_pad, seg, *, interpret=False):
   LN, LL = (L, N), (L, L)
   levels = int(math.log2(L))
 
-  def body(r_ref, k_ref, v_ref, a_ref, b_ref, g_ref, s_ref, ww_ref, wu_ref, qo_ref, ob_ref, bb_ref, kb_ref,
-           v_s, R0, R1, R2, R3, I0, I1, I2, I3, *rest):
+  def body(r_ref, k_ref, v_ref, a_ref, b_ref, g_ref, s_ref, ww_ref, wu_ref, qo_ref, ob_ref, bb_ref, kb_ref, *refs):
+    t_refs = refs[:2 * save_inverse]  # the (hi, lo) inverse outputs
+    v_s, R0, R1, R2, R3, I0, I1, I2, I3, *rest = refs[2 * save_inverse:]
     bar = rest[-1]
     stage = None
     if interpret:
@@ -128,6 +132,8 @@ def _prep(r, k, v, a, b, g_pad, seg, *, interpret=False):
       P = mm(LL, x3(split(D), (I0, I1)))
       D = D + mm(LL, x3(split(P), (I2, I3)))
     Ts = split(D)
+    for t_ref, t in zip(t_refs, Ts):
+      t_ref.at[bi, h, c][...] = t
 
     # q rows: A_qk, A_qb
     rv = load(r_ref.at[bi, tok, h]).astype(F32)
@@ -164,7 +170,9 @@ def _prep(r, k, v, a, b, g_pad, seg, *, interpret=False):
     scratch += [swizzled(LN) for _ in range(4)] + ([] if N == L else [swizzled(LL) for _ in range(4)])
   scratch += [plgpu.Barrier(num_arrivals=1)]
   out = jax.ShapeDtypeStruct((B, H, Tp, N), BF16)
-  kern = plgpu.kernel(body, out_type=(out,) * 6, grid=(C, H, B), grid_names=("c", "h", "b"),
+  inverse = jax.ShapeDtypeStruct((B, H, C, L, L), BF16)
+  kern = plgpu.kernel(body, out_type=(out,) * 6 + (inverse,) * (2 * save_inverse), grid=(C, H, B),
+                      grid_names=("c", "h", "b"),
                       scratch_types=tuple(scratch), compiler_params=compiler_params(),
                       interpret=interpret_params(interpret), kernel_name="wkv7_prep")
   return kern(r, k, v, a, b, g_pad, seg)
@@ -255,18 +263,17 @@ def _wkv7_fwd(r, w, k, v, a, b, s0, seg, interpret, save=True):
   Tp = C * L
   xs = [pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
   g_pad, dec, seg_flat = _prologue(w, seg)
-  tiles = _prep(*xs, g_pad, seg_flat, interpret=interpret)
-  ww, wu, qo, ob, bb, kb = tiles
+  ww, wu, qo, ob, bb, kb, *inverse = _prep(*xs, g_pad, seg_flat, save_inverse=save, interpret=interpret)
   bv = block_v(B, H, N)
   outs = _state_fwd(ww, wu, qo, ob, bb, kb, xs[2], dec, s0, bv=bv, save=save, interpret=interpret)
   o, final = outs[0][:, :T], outs[1]
   if not save:
     return (o.astype(r.dtype), final), None
-  return (o.astype(r.dtype), final), (r, g_pad, k, v, a, b, seg, outs[2], ww, qo, bb, dec)
+  return (o.astype(r.dtype), final), (r, g_pad, k, v, a, b, seg, outs[2], ww, qo, bb, dec, inverse)
 
 
 def _wkv7_bwd(interpret, res, cts):
-  r, g_pad, k, v, a, b, seg, states, ww, qo, bb, dec = res
+  r, g_pad, k, v, a, b, seg, states, ww, qo, bb, dec, inverse = res
   d_o, d_final = cts
   B, T, H, N = r.shape
   C = seg.shape[1]
@@ -276,7 +283,7 @@ def _wkv7_bwd(interpret, res, cts):
   d_states, ds0 = _state_bwd(ww, qo, bb, d_o_p, dec, d_final.astype(F32), bv=bv, interpret=interpret)
   xs = [pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
   dtypes = [r.dtype, F32, k.dtype, v.dtype, a.dtype, b.dtype]  # w is float32 here (`wkv7_pallas_gpu`)
-  grads = gpu_bwd.chunk_grads(*xs, g_pad, seg.reshape(B, Tp), dec, states, d_o_p, d_states, dtypes,
+  grads = gpu_bwd.chunk_grads(*xs, g_pad, seg.reshape(B, Tp), dec, states, d_o_p, d_states, *inverse, dtypes,
                               interpret=interpret)
   return tuple(g[:, :T] for g in grads) + (ds0, None)
 

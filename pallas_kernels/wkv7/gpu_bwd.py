@@ -3,8 +3,9 @@
 `chunk_grads` computes, for every chunk of L = 64 tokens, the gradients dr, dw, dk, dv, da, db of the chunk's inputs
 given the state S entering the chunk (saved by the forward state pass) and the state gradient dS' after it (from the
 backward state pass): the math of `common.chunk_backward` (spec section 2.3), the VJP of `common.chunk_forward` with
-S held fixed (dS0 comes from the state pass). It recomputes the forward terms of the chunk (factors, the four
-intra-chunk matrices, T = (I - A_ab)^{-1} by block doubling, u = T (A0 S + A_ak V)) with the numerics of `gpu._prep`:
+S held fixed (dS0 comes from the state pass). It loads the chunk's split inverse T = (I - A_ab)^{-1} saved by
+`gpu._prep` (by TMA, with v and dO) and recomputes the other forward terms (factors, three intra-chunk matrices,
+u = T (A0 S + A_ak V)) with the numerics of `gpu._prep`:
 bf16 tensor-core products with fp32 accumulation, "split-bf16 x3" (hi hi + hi lo + lo hi) where neither operand is
 exact bf16, two passes (hi, lo) where one operand is exact bf16 (v, dO, 0/1 matrices).
 
@@ -19,9 +20,9 @@ as non-transposed lhs stay in registers (split bf16), values are recomputed rath
 factors q~, a~, k^, b^ and S are rebuilt in the gradient phase), and the four matrix gradients dA are never stored:
 each is a product into registers in the orientation where it is used (dA for dq~, da~; dA^T for dk^, db^), so those
 8 products run twice. The slot plan is written at each step of `body`. Registers: a 64 x 64 fp32 value is 32 per
-thread (64 x 128: 64), a split bf16 one as many; about seven 64 x 64 values are live at most (the dk / db steps);
-not yet measured (MOSAIC_GPU_DUMP_PTXAS=1 on a GPU). At N = 64, about 124 tensor-core products of 64 x 64 x 64 per
-chunk (x3 counted as 3), 30 of them in the inverse T.
+thread (64 x 128: 64), a split bf16 one as many; about seven 64 x 64 values are live at most (the dk / db steps).
+ptxas (H100, before T was loaded): 255 registers, spills, serialised WGMMAs (docs/benchmarks.md, fourth session).
+At N = 64, about 91 tensor-core products of 64 x 64 x 64 per chunk (x3 counted as 3); rebuilding T took 33 more.
 
 The log-decay gradient is assembled as in `chunk_backward`, regrouped so that the last-segment terms cancel exactly:
     dw = M_>= P + M_> dgm + M_< Q + dec * diag(dS' S^T)      (M_op[i, j] = [j op i], 0/1 bf16 matrices)
@@ -31,8 +32,6 @@ four terms is its own product (see the note in `body`).
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.experimental.pallas as pl
@@ -52,21 +51,21 @@ L = CHUNK  # tokens per chunk
 __all__ = ["chunk_grads", "HEAD_DIMS"]
 
 
-def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtypes, *, interpret=False):
+def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, out_dtypes, *, interpret=False):
   """(dr, dw, dk, dv, da, db), each [B, Tp, H, N] in `out_dtypes` (a sequence of six dtypes).
 
   r, k, v, a, b, d_o: [B, Tp, H, N] bf16 (Tp a multiple of L); g_pad [B, 1 + Tp, H, N] float32 (a zero row, then
   the chunk-local inclusive cumulative log-decay); seg [B, Tp] float32 segment index inside each chunk;
   dec [B, H, C, N] float32 chunk decay (0 for chunks with a segment start); states [B, H, C, N, N] float32 the state
-  entering each chunk; d_states [B, H, C, N, N] float32 the state gradient after each chunk."""
+  entering each chunk; d_states [B, H, C, N, N] float32 the state gradient after each chunk; t_hi, t_lo
+  [B, H, C, L, L] bf16 the split inverse T = (I - A_ab)^{-1} of each chunk (saved by `gpu._prep`)."""
   B, Tp, H, N = r.shape
   if N not in HEAD_DIMS:
     raise ValueError(f"chunk_grads: head dim {N} not in {HEAD_DIMS}")
   C = Tp // L
   LN, LL, KB = (L, N), (L, L), N // L  # KB: 64-wide blocks of the K (state row / key channel) dimension
-  levels = int(math.log2(L))
 
-  def body(r_ref, k_ref, v_ref, a_ref, b_ref, g_ref, s_ref, dec_ref, st_ref, do_ref, dst_ref,
+  def body(r_ref, k_ref, v_ref, a_ref, b_ref, g_ref, s_ref, dec_ref, st_ref, do_ref, dst_ref, thi_ref, tlo_ref,
            dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref, wide, square, v_s, do_s, bar, *stage):
     Q0, Q1, Q2, Q3 = ((square.at[i, 0], square.at[i, 1]) for i in range(4))  # [L, L] (hi, lo) pairs
     W = [(wide.at[i, 0], wide.at[i, 1]) for i in range(wide.shape[0])]  # [L, N] (hi, lo) pairs
@@ -77,6 +76,8 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
     tok = pl.ds(c * L, L)
     plgpu.copy_gmem_to_smem(v_ref.at[bi, tok, h], v_s, bar)
     plgpu.copy_gmem_to_smem(do_ref.at[bi, tok, h], do_s, bar)
+    plgpu.copy_gmem_to_smem(thi_ref.at[bi, h, c], Q0[0], bar)  # T (the forward's) into Q0
+    plgpu.copy_gmem_to_smem(tlo_ref.at[bi, h, c], Q0[1], bar)
 
     def put(x, dst):  # x (float32 registers) -> the (hi, lo) pair dst
       store_split(x, *dst)
@@ -139,28 +140,17 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
     # Slot plan: [L, N] pairs W0, W1 (and W2 if N > L; else W2 is Q2), [L, L] pairs Q0..Q3, v, dO. Operands used
     # only as non-transposed lhs stay in registers (split), the rest are SMEM tiles, values are recomputed rather
     # than kept across phases, and S / dS' pass through W0 in 64-row blocks kb.
-    # --- forward recompute: T (Q0), A_ak (Q1), A_qb (Q2), A_qk (Q3), u (W1)
+    # --- forward recompute: A_ak (Q1), A_qb (Q2), A_qk (Q3), u (W1); T (Q0) arrives with v and dO
     put(bh(), W0)
     put(kh(), W1)
     plgpu.commit_smem()
-    A_ab = jnp.where(causal(gt), mm(LL, x3(split(at()), transposed(W0))), 0.0)
-    ri, ci = iota(LL, 0), iota(LL, 1)
-    # T = (I - A_ab)^{-1} by block doubling (`common.unit_lower_inverse`): D <- D + (D A_off) D
-    D = jnp.where(ri == ci, 1.0, 0.0) + jnp.where(((ri >> 1) == (ci >> 1)) & (ri != ci), A_ab, 0.0)
-    for shift in range(1, levels):
-      off = jnp.where(((ri >> (shift + 1)) == (ci >> (shift + 1))) & ((ri >> shift) != (ci >> shift)), A_ab, 0.0)
-      put(off, Q0)
-      put(D, Q1)
-      plgpu.commit_smem()
-      D = D + mm(LL, x3(split(mm(LL, x3(split(D), Q0))), Q1))
-    put(D, Q0)
     a_t = split(at())
     put(jnp.where(causal(gt), mm(LL, x3(a_t, transposed(W1))), 0.0), Q1)
     q_t = split(qt())
     put(jnp.where(causal(ge), mm(LL, x3(q_t, transposed(W0))), 0.0), Q2)
     put(jnp.where(causal(ge), mm(LL, x3(q_t, transposed(W1))), 0.0), Q3)
     plgpu.commit_smem()
-    plgpu.barrier_wait(bar)  # v and dO are in SMEM
+    plgpu.barrier_wait(bar)  # v, dO and T are in SMEM
     R = None  # A0 S + A_ak V
     for kb in range(KB):
       put(state(st_ref, kb), W0)
@@ -257,11 +247,11 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, out_dtype
       out(dw_ref, parts[0] + parts[1] + parts[2] + parts[3], kb)
 
   scratch = [swizzled((3 if KB > 1 else 2, 2, L, N)), swizzled((4, 2, L, L)), swizzled(LN), swizzled(LN),
-             plgpu.Barrier(num_arrivals=2)]
+             plgpu.Barrier(num_arrivals=4)]
   if interpret:
     scratch += [swizzled(LL) for _ in range(4)] + ([swizzled(LN) for _ in range(2)] if KB > 1 else [])
   out_type = tuple(jax.ShapeDtypeStruct((B, Tp, H, N), dt) for dt in out_dtypes)
   kern = plgpu.kernel(body, out_type=out_type, grid=(C, H, B), grid_names=("c", "h", "b"),
                       scratch_types=tuple(scratch), compiler_params=compiler_params(),
                       interpret=interpret_params(interpret), kernel_name="wkv7_chunk_grads")
-  return kern(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states)
+  return kern(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo)

@@ -202,7 +202,8 @@ def test_gpu_chunk_grads_fits_two_ctas_per_sm():
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
   x = jax.ShapeDtypeStruct((B, Tp, H, N), jnp.bfloat16)
   fn = functools.partial(gpu_bwd.chunk_grads, out_dtypes=[jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 4)
-  args = (x,) * 5 + (f32(B, 1 + Tp, H, N), f32(B, Tp), f32(B, H, C, N), f32(B, H, C, N, N), x, f32(B, H, C, N, N))
+  t = jax.ShapeDtypeStruct((B, H, C, 64, 64), jnp.bfloat16)
+  args = (x,) * 5 + (f32(B, 1 + Tp, H, N), f32(B, Tp), f32(B, H, C, N), f32(B, H, C, N, N), x, f32(B, H, C, N, N), t, t)
   text = pallas_checks.lower_for_two_ctas_per_sm(fn, *args)
   assert "wkv7_chunk_grads" in text
 
