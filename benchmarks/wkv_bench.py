@@ -359,16 +359,17 @@ def pieces(label, shape, repeats, log):
   prep = jax.jit(functools.partial(gpu._prep, save_inverse=True))  # as in training (the forward saving for the VJP)
   ww, wu, qo, ob, bb, kb, t_hi, t_lo = prep(bf(r), bf(k), bf(v), bf(a), bf(b), g_pad, seg_flat)
   sf = jax.jit(functools.partial(gpu._state_fwd, bv=bv, save=True))
-  o, fin, states = sf(ww, wu, qo, ob, bb, kb, bf(v), dec, s0)
+  o, fin, states, u = sf(ww, wu, qo, ob, bb, kb, bf(v), dec, s0)
   sb = jax.jit(functools.partial(gpu._state_bwd, bv=bv))
-  dst, ds0 = sb(ww, qo, bb, bf(do), dec, ds)
+  dst, ds0, du = sb(ww, qo, bb, bf(do), dec, ds)
 
   def b1(r, w, k, v, a, b, seg, states, d_o, d_states):
     xs = [to_chunks(x.astype(jnp.float32), gpu.L) for x in (r, w, k, v, a, b)]
     seg_col = jnp.broadcast_to(seg[:, None, :, :, None], (B, H, C, gpu.L, 1))
     seg_row = jnp.broadcast_to(seg[:, None, :, None, :], (B, H, C, 1, gpu.L))
     bwd = vmap_chunks(functools.partial(cm.chunk_backward, ops=x3_on_gpu()))
-    return bwd(*xs, seg_col, seg_row, states, to_chunks(d_o.astype(jnp.float32), gpu.L), d_states)
+    f32 = lambda t: t.astype(jnp.float32)  # noqa: E731
+    return bwd(*xs, seg_col, seg_row, f32(states), to_chunks(f32(d_o), gpu.L), f32(d_states))
 
   b1j = jax.jit(b1)
   cg = jax.jit(functools.partial(gpu_bwd.chunk_grads, out_dtypes=[jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 4))
@@ -379,7 +380,7 @@ def pieces(label, shape, repeats, log):
     "prep": lambda: prep(rb, kb_, vb_, ab, bb_, g_pad, seg_flat),
     "state_fwd": lambda: sf(ww, wu, qo, ob, bb, kb, vb_, dec, s0),
     "state_bwd": lambda: sb(ww, qo, bb, dob, dec, ds),
-    "chunk_grads": lambda: cg(rb, kb_, vb_, ab, bb_, g_pad, seg_flat, dec, states, dob, dst, t_hi, t_lo),
+    "chunk_grads": lambda: cg(rb, kb_, vb_, ab, bb_, g_pad, seg_flat, dec, states, dob, dst, t_hi, t_lo, u, du),
     "xla_chunk_grads": lambda: b1j(rb, w, kb_, vb_, ab, bb_, seg, states, dob, dst),
   }
   out = _median_ms(calls, repeats)

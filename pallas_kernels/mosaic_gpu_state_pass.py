@@ -4,7 +4,8 @@ One kernel builder for both ops' forward state pass and backward state-gradient 
 "v", "h", "b"), one warpgroup per CTA, the state S [K, bv] (float32) in registers, walked over the C chunks of L
 tokens (in reverse for the backward) with TMA double-buffered SMEM tiles. Each op supplies the per-chunk transition:
 from S and the chunk's tiles, the tensor-core products P such that the next state is diag(dec) S + sum(lhs @ rhs for
-lhs, rhs in P), and, in a forward pass, the chunk's output rows.
+lhs, rhs in P), and, in a forward pass, the chunk's output rows; it may also emit per-chunk tiles for the backward
+(WKV-7's u and dU).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ __all__ = ["state_pass"]
 
 
 def state_pass(transition: Callable, k_tiles, v_tiles, tok_tiles, dec, s0, *, L: int, bv: int, reverse: bool,
-               save: bool, with_output: bool, scratch=(), name: str, interpret: bool = False):
-  """Runs a state pass; returns the tuple (o if with_output, final, states if save).
+               save: bool, with_output: bool, tile_outs: int = 0, state_dtype=F32, scratch=(), name: str,
+               interpret: bool = False):
+  """Runs a state pass; returns the tuple (o if with_output, final, states if save, *tiles).
 
   k_tiles: [B, H, Tp, N] bf16 arrays (Tp = C * L) whose chunk tiles enter whole ([L, N], the key side);
   v_tiles: [B, H, Tp, N] bf16 arrays whose chunk tiles enter at the CTA's bv value columns ([L, bv]);
@@ -36,15 +38,18 @@ def state_pass(transition: Callable, k_tiles, v_tiles, tok_tiles, dec, s0, *, L:
   the walk (before chunk 0, or after chunk C - 1 when `reverse`).
   transition(S, k, v, extra, emit) -> P: S the [N, bv] float32 state (registers); k, v this chunk's SMEM tiles
   (tuples in the order of k_tiles, and of v_tiles then tok_tiles); extra the refs of `scratch` (SMEM types the
-  transition needs); emit(o) writes o [L, bv] float32 as the chunk's output rows (None unless `with_output`).
+  transition needs); emit(x, i=None) writes x [L, bv] float32 as the chunk's output rows (i None; only with
+  `with_output`) or as the chunk's rows of tile output i < tile_outs.
   Outputs: o [B, Tp, H, N] bf16; final [B, H, N, N] float32, the state after the walk; states [B, H, C, N, N]
-  float32, the state at the start of each chunk's step (entering chunk n, or after chunk n when `reverse`).
+  `state_dtype`, the state at the start of each chunk's step (entering chunk n, or after chunk n when `reverse`);
+  tiles: `tile_outs` arrays [B, H, Tp, N] bf16 (head-major, like k_tiles) of what the transition emitted.
   """
   B, H, C, N = dec.shape
   Tp = C * L
   KV = (N, bv)
   nk, nv = len(k_tiles), len(v_tiles) + len(tok_tiles)
-  n_in, n_out = nk + nv + 2, int(with_output) + 1 + int(save)
+  n_in, n_out = nk + nv + 2, int(with_output) + 1 + int(save) + tile_outs
+  n_tok_out = int(with_output) + tile_outs  # [L, bv] outputs per chunk, each staged in SMEM for its TMA store
   mm = Mma(None)  # every left operand of the update is an SMEM tile
   chunk = (lambda i: C - 1 - i) if reverse else (lambda i: i)
 
@@ -53,8 +58,12 @@ def state_pass(transition: Callable, k_tiles, v_tiles, tok_tiles, dec, s0, *, L:
     k_refs, v_refs, tok_refs = ins[:nk], ins[nk:nk + len(v_tiles)], ins[nk + len(v_tiles):nk + nv]
     dec_ref, s0_ref = ins[nk + nv:]
     o_ref = outs[0] if with_output else None
-    fin_ref, st_ref = outs[int(with_output)], outs[-1] if save else None
-    k_s, v_s, dec_s, extra, bars = scr[:nk], scr[nk:nk + nv], scr[nk + nv], scr[nk + nv + 1:-1], scr[-1]
+    fin_ref = outs[int(with_output)]
+    st_ref = outs[int(with_output) + 1] if save else None
+    tile_refs = outs[n_out - tile_outs:]
+    k_s, v_s, dec_s = scr[:nk], scr[nk:nk + nv], scr[nk + nv]
+    out_s, st_s = scr[nk + nv + 1:nk + nv + 1 + n_tok_out], scr[nk + nv + 1 + n_tok_out]  # TMA store staging
+    extra, bars = scr[nk + nv + 2 + n_tok_out:-1], scr[-1]
     vt, h, bi = lax.axis_index("v"), lax.axis_index("h"), lax.axis_index("b")
     vcols = pl.ds(vt * bv, bv)
 
@@ -77,26 +86,37 @@ def state_pass(transition: Callable, k_tiles, v_tiles, tok_tiles, dec, s0, *, L:
       def _():
         fetch(chunk(i + 1), 1 - slot)
 
-      def emit(o):
-        o_ref.at[bi, pl.ds(n * L, L), h, vcols][...] = o.astype(o_ref.dtype)
+      def store(x, stage, dst):  # registers -> SMEM staging tile -> GMEM by TMA (waited for a chunk later)
+        stage[...] = x.astype(stage.dtype)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(stage, dst)
 
+      def emit(x, i=None):
+        rows_n = pl.ds(n * L, L)
+        dst = o_ref.at[bi, rows_n, h, vcols] if i is None else tile_refs[i].at[bi, h, rows_n, vcols]
+        store(x, out_s[0 if i is None else int(with_output) + i], dst)
+
+      plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous chunk's stores have left the staging tiles
       plgpu.barrier_wait(bars.at[slot])
       if save:
-        st_ref.at[bi, h, n, :, vcols][...] = S
-      pairs = transition(S, tuple(x.at[slot] for x in k_s), tuple(x.at[slot] for x in v_s), extra,
-                         emit if with_output else None)
+        store(S, st_s, st_ref.at[bi, h, n, :, vcols])
+      pairs = transition(S, tuple(x.at[slot] for x in k_s), tuple(x.at[slot] for x in v_s), extra, emit)
       d = rows(load(dec_s.at[slot], ROW), KV)
       return S * d + mm(KV, pairs)
 
     S = lax.fori_loop(0, C, step, s_in)
     fin_ref.at[bi, h, :, vcols][...] = S
+    plgpu.wait_smem_to_gmem(0)
 
   sw = min(2 * bv, 128)  # the swizzle of a bv-wide bf16 row: the K-side tiles must match it
   scratch_types = ([swizzled((2, L, N), swizzle=sw) for _ in range(nk)] + [swizzled((2, L, bv)) for _ in range(nv)]
-                   + [plgpu.SMEM((2, N), F32), *scratch, plgpu.Barrier(num_arrivals=nk + nv + 1, num_barriers=2)])
+                   + [plgpu.SMEM((2, N), F32)] + [swizzled((L, bv)) for _ in range(n_tok_out)]
+                   + [swizzled(KV, state_dtype) if save else plgpu.SMEM((8,), F32),  # (a placeholder without save)
+                      *scratch, plgpu.Barrier(num_arrivals=nk + nv + 1, num_barriers=2)])
   out = ([jax.ShapeDtypeStruct((B, Tp, H, N), BF16)] if with_output else []) + [jax.ShapeDtypeStruct((B, H, N, N), F32)]
   if save:
-    out.append(jax.ShapeDtypeStruct((B, H, C, N, N), F32))
+    out.append(jax.ShapeDtypeStruct((B, H, C, N, N), state_dtype))
+  out += [jax.ShapeDtypeStruct((B, H, Tp, N), BF16)] * tile_outs
   kern = plgpu.kernel(body, out_type=tuple(out), grid=(N // bv, H, B), grid_names=("v", "h", "b"),
                       scratch_types=tuple(scratch_types), compiler_params=compiler_params(),
                       interpret=interpret_params(interpret), kernel_name=name)

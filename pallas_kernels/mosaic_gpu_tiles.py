@@ -85,10 +85,11 @@ class Mma:
   Reading the result waits for the products, so their SMEM operands may be rewritten afterwards; the optimization
   barrier keeps LLVM from scheduling uses of the result before that wait (jla's note on wgmma.wait_group).
 
-  On the H100 (jax 0.11.2), bf16 register lhs operands built from `iota` (0/1 masks) gave wrong results twice:
-  NaN rows when four of them fed one chain of 8 products (wkv7 `gpu_bwd`'s dw; right as four separate products),
-  and a wrong N = 128 forward when two fed [64, 128] products (wkv56 `_prep`; right from SMEM). Keep such
-  operands in SMEM, or give each its own product."""
+  On the H100 (jax 0.11.2), bf16 register lhs operands built from `iota` (0/1 masks) gave wrong results three
+  times: NaN rows when four of them fed one chain of 8 products (wkv7 `gpu_bwd`'s dw; right as four separate
+  products, until a later change of that kernel made even those NaN or wrong), and a wrong N = 128 forward when two
+  fed [64, 128] products (wkv56 `_prep`; right from SMEM). Keep such operands in SMEM, or load them from GMEM into
+  registers (wkv7 `gpu_bwd`'s dw, right on the H100 since)."""
 
   def __init__(self, stage):
     self.stage = stage  # None, or {shape: [bf16 scratch refs]} in interpret mode

@@ -14,19 +14,17 @@ sections 2.2-2.4), four pieces:
 2. `_state_fwd` (Mosaic GPU, sequential over chunks, grid (V / bv, H, B), one warpgroup): the state S [K, bv]
    in fp32 registers; per chunk, with TMA double-buffered tiles, u = W S + U_wy, o = Qo S + Ob,
    S <- diag(d) S + Bbar^T u + Kbar^T V. S and u enter the tensor cores as split bf16 (hi + lo). Writes o (bf16,
-   [B, T, H, N]), the final state and, for the backward, the state entering every chunk (fp32).
+   [B, T, H, N]), the final state and, for the backward, the state entering every chunk and u (both bf16).
 3. `_state_bwd` (Mosaic GPU, same grid, chunks in reverse): the state gradient dS [K, bv] in registers,
-   dU = Bbar dS, dS <- diag(d) dS + W^T dU + Qo^T dO; writes dS after every chunk (fp32) and dS0.
+   dU = Bbar dS, dS <- diag(d) dS + W^T dU + Qo^T dO; writes dS after every chunk and dU (both bf16), and dS0.
 4. `gpu_bwd.chunk_grads` (Mosaic GPU, chunk-parallel, one warpgroup per CTA, grid (C, H, B)): the input gradients,
-   the math of `common.chunk_backward` per chunk given the saved entering states, the saved T and the state
-   gradients of 3 (recomputing the chunk's other forward terms; split-bf16 x3 products). It replaced `common.chunk_backward` vmapped in
-   XLA: at K1 (8, 4096, 32, 64) on an H100, 11.50 ms against XLA's 22.72 ms, forward+backward 25.5 -> 16.08 ms
-   (jax-linear-attention 10.70 ms in the same process; docs/benchmarks.md, 2026-11-26, third session).
+   the math of `common.chunk_backward` per chunk from what 1-3 saved (S, dS', T, u, dU) and the chunk's recomputed
+   factors and intra-chunk matrices. At K1 (8, 4096, 32, 64) on an H100 it takes 8.96 ms (XLA's vmapped
+   `common.chunk_backward` 22.7 ms; docs/benchmarks.md, sixth session).
 
-Verified on an H100 against a float64 reference (bf16 inputs, resets, T % 64 != 0, N = 64 and 128): max relative
-error 5.2e-3 (the bf16 output), <= 3.3e-3 for the final state and all gradients (tests/ops/wkv7_pallas_test.py,
-with the input gradients of 4 still in XLA); with `chunk_grads`, against a float32 reference (no resets, N = 64 and
-128): <= 6.3e-3 for all gradients.
+Verified on an H100 against a float64 reference (`tests/ops/wkv7_pallas_test.py`: bf16 inputs, resets,
+T % 64 != 0, N = 64 and 128): max relative error 5.1e-3 (the bf16 output), <= 4.3e-3 for the final state and all
+gradients (2026-11-26, sixth session).
 
 Resets: `segment_ids` -> the per-token segment index inside each chunk (float32 [B, T]); masks as in `common`.
 `interpret=True` runs the Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).
@@ -184,7 +182,8 @@ def _prep(r, k, v, a, b, g_pad, seg, *, save_inverse=False, interpret=False):
 
 
 def _state_fwd(ww, wu, qo, ob, bb, kb, v, dec, h0, *, bv: int, save: bool, interpret=False):
-  """o [B, Tp, H, N] bf16, final [B, H, N, N] f32 and (save) entering states [B, H, C, N, N] f32.
+  """o [B, Tp, H, N] bf16, final [B, H, N, N] f32 and, if `save` (for the backward), the entering states
+  [B, H, C, N, N] bf16 and u = W S + U_wy [B, H, Tp, N] bf16 of every chunk.
 
   ww, wu, qo, ob, bb, kb: [B, H, Tp, N] bf16 (from `_prep`); v [B, Tp, H, N] bf16; dec [B, H, C, N] f32;
   h0 [B, H, N, N] f32."""
@@ -196,6 +195,8 @@ def _state_fwd(ww, wu, qo, ob, bb, kb, v, dec, h0, *, bv: int, save: bool, inter
     plgpu.commit_smem()
     u = load(wu_s).astype(F32) + mm((L, bv), [(ww_s, S_hi), (ww_s, S_lo)])
     emit(load(ob_s).astype(F32) + mm((L, bv), [(qo_s, S_hi), (qo_s, S_lo)]))
+    if save:
+      emit(u, 0)
     store_split(u, U_hi, U_lo)
     plgpu.commit_smem()
     return [(bb_s.T, U_hi), (bb_s.T, U_lo), (kb_s.T, v_s)]
@@ -203,7 +204,8 @@ def _state_fwd(ww, wu, qo, ob, bb, kb, v, dec, h0, *, bv: int, save: bool, inter
   N = ww.shape[-1]
   scratch = (swizzled((N, bv)), swizzled((N, bv)), swizzled((L, bv)), swizzled((L, bv)))
   return state_pass(transition, (ww, qo, bb, kb), (wu, ob), (v,), dec, h0, L=L, bv=bv, reverse=False, save=save,
-                    with_output=True, scratch=scratch, name="wkv7_state_fwd", interpret=interpret)
+                    with_output=True, tile_outs=int(save), state_dtype=BF16, scratch=scratch, name="wkv7_state_fwd",
+                    interpret=interpret)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -212,7 +214,7 @@ def _state_fwd(ww, wu, qo, ob, bb, kb, v, dec, h0, *, bv: int, save: bool, inter
 
 
 def _state_bwd(ww, qo, bb, d_o, dec, d_final, *, bv: int, interpret=False):
-  """(dS after each chunk [B, H, C, N, N] f32, dS0 [B, H, N, N] f32).
+  """(dS after each chunk [B, H, C, N, N] bf16, dS0 [B, H, N, N] f32, dU = Bbar dS of each chunk [B, H, Tp, N] bf16).
 
   ww, qo, bb: [B, H, Tp, N] bf16; d_o [B, Tp, H, N] bf16; dec [B, H, C, N]; d_final [B, H, N, N] f32."""
   mm = Mma(None)  # every left operand is an SMEM tile
@@ -222,16 +224,17 @@ def _state_bwd(ww, qo, bb, d_o, dec, d_final, *, bv: int, interpret=False):
     store_split(dS, D_hi, D_lo)
     plgpu.commit_smem()
     dU = mm((L, bv), [(bb_s, D_hi), (bb_s, D_lo)])
+    emit(dU, 0)
     store_split(dU, E_hi, E_lo)
     plgpu.commit_smem()
     return [(ww_s.T, E_hi), (ww_s.T, E_lo), (qo_s.T, do_s)]
 
   N = ww.shape[-1]
   scratch = (swizzled((N, bv)), swizzled((N, bv)), swizzled((L, bv)), swizzled((L, bv)))
-  ds0, d_states = state_pass(transition, (ww, qo, bb), (), (d_o,), dec, d_final, L=L, bv=bv, reverse=True,
-                             save=True, with_output=False, scratch=scratch, name="wkv7_state_bwd",
-                             interpret=interpret)
-  return d_states, ds0
+  ds0, d_states, du = state_pass(transition, (ww, qo, bb), (), (d_o,), dec, d_final, L=L, bv=bv, reverse=True,
+                                 save=True, with_output=False, tile_outs=1, state_dtype=BF16, scratch=scratch,
+                                 name="wkv7_state_bwd", interpret=interpret)
+  return d_states, ds0, du
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -269,21 +272,21 @@ def _wkv7_fwd(r, w, k, v, a, b, s0, seg, interpret, save=True):
   o, final = outs[0][:, :T], outs[1]
   if not save:
     return (o.astype(r.dtype), final), None
-  return (o.astype(r.dtype), final), (r, g_pad, k, v, a, b, seg, outs[2], ww, qo, bb, dec, inverse)
+  return (o.astype(r.dtype), final), (r, g_pad, k, v, a, b, seg, outs[2], outs[3], ww, qo, bb, dec, inverse)
 
 
 def _wkv7_bwd(interpret, res, cts):
-  r, g_pad, k, v, a, b, seg, states, ww, qo, bb, dec, inverse = res
+  r, g_pad, k, v, a, b, seg, states, u, ww, qo, bb, dec, inverse = res
   d_o, d_final = cts
   B, T, H, N = r.shape
   C = seg.shape[1]
   Tp = C * L
   bv = block_v(B, H, N)
   d_o_p = pad_time(d_o.astype(BF16), Tp)
-  d_states, ds0 = _state_bwd(ww, qo, bb, d_o_p, dec, d_final.astype(F32), bv=bv, interpret=interpret)
+  d_states, ds0, du = _state_bwd(ww, qo, bb, d_o_p, dec, d_final.astype(F32), bv=bv, interpret=interpret)
   xs = [pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
   dtypes = [r.dtype, F32, k.dtype, v.dtype, a.dtype, b.dtype]  # w is float32 here (`wkv7_pallas_gpu`)
-  grads = gpu_bwd.chunk_grads(*xs, g_pad, seg.reshape(B, Tp), dec, states, d_o_p, d_states, *inverse, dtypes,
+  grads = gpu_bwd.chunk_grads(*xs, g_pad, seg.reshape(B, Tp), dec, states, d_o_p, d_states, *inverse, u, du, dtypes,
                               interpret=interpret)
   return tuple(g[:, :T] for g in grads) + (ds0, None)
 

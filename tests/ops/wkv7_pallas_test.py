@@ -202,8 +202,9 @@ def test_gpu_chunk_grads_fits_two_ctas_per_sm():
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
   x = jax.ShapeDtypeStruct((B, Tp, H, N), jnp.bfloat16)
   fn = functools.partial(gpu_bwd.chunk_grads, out_dtypes=[jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 4)
-  t = jax.ShapeDtypeStruct((B, H, C, 64, 64), jnp.bfloat16)
-  args = (x,) * 5 + (f32(B, 1 + Tp, H, N), f32(B, Tp), f32(B, H, C, N), f32(B, H, C, N, N), x, f32(B, H, C, N, N), t, t)
+  bf16 = lambda *s: jax.ShapeDtypeStruct(s, jnp.bfloat16)  # noqa: E731
+  t, state, tile = bf16(B, H, C, 64, 64), bf16(B, H, C, N, N), bf16(B, H, Tp, N)
+  args = (x,) * 5 + (f32(B, 1 + Tp, H, N), f32(B, Tp), f32(B, H, C, N), state, x, state, t, t, tile, tile)
   text = pallas_checks.lower_for_two_ctas_per_sm(fn, *args)
   assert "wkv7_chunk_grads" in text
 
