@@ -76,7 +76,7 @@ def _prep(r, k, v, a, b, g_pad, seg, *, save_inverse=False, interpret=False):
 
   def body(r_ref, k_ref, v_ref, a_ref, b_ref, g_ref, s_ref, ww_ref, wu_ref, qo_ref, ob_ref, bb_ref, kb_ref, *refs):
     t_refs = refs[:2 * save_inverse]  # the (hi, lo) inverse outputs
-    v_s, R0, R1, R2, R3, I0, I1, I2, I3, *rest = refs[2 * save_inverse:]
+    v_s, R0, R1, R2, R3, I0, I1, I2, I3, O0, O1, *rest = refs[2 * save_inverse:]
     bar = rest[-1]
     stage = None
     if interpret:
@@ -86,6 +86,14 @@ def _prep(r, k, v, a, b, g_pad, seg, *, save_inverse=False, interpret=False):
     c, h, bi = lax.axis_index("c"), lax.axis_index("h"), lax.axis_index("b")
     tok = pl.ds(c * L, L)
     plgpu.copy_gmem_to_smem(v_ref.at[bi, tok, h], v_s, bar)
+
+    def store_pair(x0, ref0, x1, ref1):  # two bf16 output tiles through the staging tiles O0, O1, by TMA
+      plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the staging tiles' previous stores have read them
+      O0[...] = x0
+      O1[...] = x1
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(O0, ref0.at[bi, h, tok])
+      plgpu.copy_smem_to_gmem(O1, ref1.at[bi, h, tok])
 
     G = load(g_ref.at[bi, pl.ds(c * L + 1, L), h])
     mid = cols(load(g_ref.at[bi, c * L + (L - 1) // 2 + 1, h], COL), LN)
@@ -102,11 +110,10 @@ def _prep(r, k, v, a, b, g_pad, seg, *, save_inverse=False, interpret=False):
     to_end = jnp.exp(last - G)
     kk = load(k_ref.at[bi, tok, h]).astype(F32)
     store_split(kk * e_out, R0, R1)
-    kb_ref.at[bi, h, tok][...] = jnp.where(last_rows, kk * to_end, 0.0).astype(BF16)
     bv = load(b_ref.at[bi, tok, h]).astype(F32)
     store_split(bv * e_out, R2, R3)
-    bb_ref.at[bi, h, tok][...] = jnp.where(last_rows, bv * to_end, 0.0).astype(BF16)
-    plgpu.commit_smem()
+    store_pair(jnp.where(last_rows, kk * to_end, 0.0).astype(BF16), kb_ref,
+               jnp.where(last_rows, bv * to_end, 0.0).astype(BF16), bb_ref)
 
     ri, ci = iota(LL, 0), iota(LL, 1)
     same = rows(seg_i, LL) == cols(seg_j, LL)
@@ -130,8 +137,11 @@ def _prep(r, k, v, a, b, g_pad, seg, *, save_inverse=False, interpret=False):
       P = mm(LL, x3(split(D), (I0, I1)))
       D = D + mm(LL, x3(split(P), (I2, I3)))
     Ts = split(D)
-    for t_ref, t in zip(t_refs, Ts):
-      t_ref.at[bi, h, c][...] = t
+    if save_inverse:  # staged in I0, I1 (free from here on)
+      I0[...], I1[...] = Ts
+      plgpu.commit_smem()
+      for t_ref, t_s in zip(t_refs, (I0, I1)):
+        plgpu.copy_smem_to_gmem(t_s, t_ref.at[bi, h, c])
 
     # q rows: A_qk, A_qb
     rv = load(r_ref.at[bi, tok, h]).astype(F32)
@@ -149,8 +159,7 @@ def _prep(r, k, v, a, b, g_pad, seg, *, save_inverse=False, interpret=False):
     store_split(AV, R2, R3)
     plgpu.commit_smem()
     U = mm(LN, x3(Ts, (R2, R3)))
-    ww_ref.at[bi, h, tok][...] = W.astype(BF16)
-    wu_ref.at[bi, h, tok][...] = U.astype(BF16)
+    store_pair(W.astype(BF16), ww_ref, U.astype(BF16), wu_ref)
 
     # outputs: Qo = Q0 + A_qb W, Ob = A_qb U_wy + A_qk V
     store_split(W, R0, R1)
@@ -160,10 +169,11 @@ def _prep(r, k, v, a, b, g_pad, seg, *, save_inverse=False, interpret=False):
     q0 = jnp.where(first_rows, rv * jnp.exp(G), 0.0)
     qo = q0 + mm(LN, x3(qb, (R0, R1)))
     ob = mm(LN, x3(qb, (R2, R3)) + [(qk[0], v_s), (qk[1], v_s)])
-    qo_ref.at[bi, h, tok][...] = qo.astype(BF16)
-    ob_ref.at[bi, h, tok][...] = ob.astype(BF16)
+    store_pair(qo.astype(BF16), qo_ref, ob.astype(BF16), ob_ref)
+    plgpu.wait_smem_to_gmem(0)
 
   scratch = [swizzled(LN)] + [swizzled(LN) for _ in range(4)] + [swizzled(LL) for _ in range(4)]
+  scratch += [swizzled(LN), swizzled(LN)]  # O0, O1: output staging
   if interpret:
     scratch += [swizzled(LN) for _ in range(4)] + ([] if N == L else [swizzled(LL) for _ in range(4)])
   scratch += [plgpu.Barrier(num_arrivals=1)]
