@@ -24,14 +24,15 @@ is a product into registers in the orientation where it is used (dA for dq~, da~
 products run twice. The slot plan is written at each step of `body`. Registers: a 64 x 64 fp32 value is 32 per
 thread (64 x 128: 64), a split bf16 one as many; about seven 64 x 64 values are live at most (the dk / db steps).
 ptxas (H100, N = 64): 255 registers, 908 / 948 bytes of spill stores / loads (1676 / 2228 when the kernel rebuilt T,
-u and the states' terms itself). At N = 64, 70 tensor-core products of 64 x 64 x 64 per chunk (x3 counted as 3);
+u and the states' terms itself). At N = 64, 68 tensor-core products of 64 x 64 x 64 per chunk (x3 counted as 3);
 rebuilding T, u and Bbar dS' and splitting the float32 states took 124.
 
 The log-decay gradient is assembled as in `chunk_backward`, regrouped so that the last-segment terms cancel exactly:
     dw = M_>= P + M_> dgm + M_< Q + dec * diag(dS' S^T)      (M_op[i, j] = [j op i], 0/1 bf16 matrices)
+       = M_>= (P + dgm) - dgm + M_< Q + dec * diag(dS' S^T)      (M_> = M_>= - I)
 with P = q~ dq~ + Q0 dQ0 - k^ dk^ - b^ db^ (dg without the Kbar / Bbar terms), dgm = a~ da~ + A0 dA0 and
 Q = Kbar dKbar + Bbar dBbar; the last term enters as ones (diag(dec) S o dS')^T, every row the same. Each of the
-four terms is its own product, and their 0/1 matrices come from GMEM (see the note in `body`).
+three products is its own, and their 0/1 matrices come from GMEM (see the note in `body`).
 """
 
 from __future__ import annotations
@@ -116,17 +117,19 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     def gl(kb=None):  # the chunk's last row
       return cols(load(g_ref.at[bi, c * L + L, h, ks(kb)], COL), shape(kb))
 
+    seg_i, seg_last = load(s_ref.at[bi, tok], ROW), s_ref[bi, c * L + L - 1]  # loaded once (3 registers)
+
     def seg_rows(shape):
-      return rows(load(s_ref.at[bi, tok], ROW), shape)
+      return rows(seg_i, shape)
 
     def first(kb=None):  # rows that see the entering state
       return seg_rows(shape(kb)) == 0.0
 
     def last(kb=None):  # rows of the chunk's last segment
-      return seg_rows(shape(kb)) == s_ref[bi, c * L + L - 1]
+      return seg_rows(shape(kb)) == seg_last
 
     def causal(op):  # same segment and op(row, column): the masks of A (op >, >=) and of A^T (op <, <=)
-      same = seg_rows(LL) == cols(load(s_ref.at[bi, tok], COL), LL)
+      same = seg_rows(LL) == cols(load(s_ref.at[bi, tok], COL), LL)  # (a COL vector: 16 registers, not kept)
       return same & op(iota(LL, 0), iota(LL, 1))
 
     gt, ge, lt, le = jnp.greater, jnp.greater_equal, jnp.less, jnp.less_equal
@@ -227,9 +230,10 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       dA_ak = masked(gt, x2(W2, v_s.T))
       av, d_at, da0, e_a, ea0 = factor_grad((dA_ab, dA_ak), first, x2(W2, st_rows(kb).T), in_exps(Gm),
                                             a_ref, da_ref, kb)
-      put(P, Q0)
-      put((av * e_a) * d_at + jnp.where(first(kb), av * ea0, 0.0) * da0, Q1)  # dgm
-      # dw = M_>= P + M_> dgm + M_< Q + ones (diag(dec) S o dS')^T (the last term: dec * diag(dS' S^T) in every row)
+      dgm = (av * e_a) * d_at + jnp.where(first(kb), av * ea0, 0.0) * da0
+      put(P + dgm, Q0)  # M_>= P + M_> dgm = M_>= (P + dgm) - dgm
+      # dw = M_>= (P + dgm) - dgm + M_< Q + ones (diag(dec) S o dS')^T (the last term: dec * diag(dS' S^T) in every
+      # row)
       # S and dS' rows from GMEM (with S read from the state tile, and the masks below built with iota, dw came out
       # wrong on the H100, 2026-11-26; which of the two was at fault was not isolated)
       dec_rows = rows(load(dec_ref.at[bi, h, c, ks(kb)], ROW), LN)
@@ -238,8 +242,8 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       plgpu.commit_smem()
       # the 0/1 lhs operands come from GMEM (built with iota in registers, they gave NaN or wrong dw on the H100,
       # 2026-11-26, depending on register allocation), one accumulator per term
-      parts = [mm(LL, x2(load(tri_ref.at[i]), x)) for i, x in enumerate((Q0, Q1, Q3))]
-      out(dw_ref, sum(parts) + mm(LL, x2(load(ones_ref), transposed(W1))), kb)
+      parts = [mm(LL, x2(load(tri_ref.at[i]), x)) for i, x in enumerate((Q0, Q3))]
+      out(dw_ref, sum(parts) + mm(LL, x2(load(ones_ref), transposed(W1))) - dgm, kb)
 
   scratch = [swizzled((KB, 2, L, N)), swizzled((4, 2, L, L)), swizzled(LN), swizzled(LN), swizzled(LN),
              swizzled((N, N)), plgpu.Barrier(num_arrivals=6), plgpu.Barrier(num_arrivals=1, num_barriers=KB)]
@@ -250,6 +254,6 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
                       scratch_types=tuple(scratch), compiler_params=compiler_params(),
                       interpret=interpret_params(interpret), kernel_name="wkv7_chunk_grads")
   ri, ci = jnp.indices((L, L))
-  tri = jnp.stack([ci >= ri, ci > ri, ci < ri]).astype(BF16)  # M_>=, M_>, M_< of dw's products
+  tri = jnp.stack([ci >= ri, ci < ri]).astype(BF16)  # M_>=, M_< of dw's products
   return kern(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, u, du_state, tri,
               jnp.ones(LN, BF16))
