@@ -425,7 +425,8 @@ def pieces_v56(label, shape, repeats, log, op):
     seg_col = jnp.broadcast_to(seg[:, None, :, :, None], (B, H, C, gpu.L, 1))
     seg_row = jnp.broadcast_to(seg[:, None, :, None, :], (B, H, C, 1, gpu.L))
     bwd = vmap_chunks(functools.partial(cm.chunk_backward, ops=x3_on_gpu()))
-    return bwd(*xs, uc, seg_col, seg_row, states, to_chunks(d_o.astype(jnp.float32), gpu.L), d_states)
+    f32 = lambda t: t.astype(jnp.float32)  # noqa: E731
+    return bwd(*xs, uc, seg_col, seg_row, f32(states), to_chunks(f32(d_o), gpu.L), f32(d_states))
 
   xla = jax.jit(xla_grads)
   cg = jax.jit(functools.partial(gpu_bwd.chunk_grads, out_dtypes=[jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 2))

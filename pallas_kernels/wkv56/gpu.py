@@ -130,11 +130,18 @@ def _prep(r, k, v, w, u, seg, *, interpret=False):
     E, F = exponents(LEVELS)
     first_rows = rows(seg_i, LN) == 0.0
     last_rows = rows(seg_i, LN) == seg_last
-    qo_ref.at[bi, h, tok][...] = jnp.where(first_rows, rv * jnp.exp(E), 0.0).astype(BF16)
-    kb_ref.at[bi, h, tok][...] = jnp.where(last_rows, kv * jnp.exp(F), 0.0).astype(BF16)
+    # the outputs go through SMEM by TMA, staged in tiles whose products are done: w's (W0, W1), k's (Q0)
+    W0[...] = jnp.where(first_rows, rv * jnp.exp(E), 0.0).astype(BF16)
+    W1[...] = jnp.where(last_rows, kv * jnp.exp(F), 0.0).astype(BF16)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(W0, qo_ref.at[bi, h, tok])
+    plgpu.copy_smem_to_gmem(W1, kb_ref.at[bi, h, tok])
     plgpu.barrier_wait(bar)  # v is in SMEM
     a_hi, a_lo = split(A)
-    ob_ref.at[bi, h, tok][...] = mm(LN, [(a_hi, v_s), (a_lo, v_s)]).astype(BF16)
+    Q0[...] = mm(LN, [(a_hi, v_s), (a_lo, v_s)]).astype(BF16)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(Q0, ob_ref.at[bi, h, tok])
+    plgpu.wait_smem_to_gmem(0)
 
   scratch = [swizzled(LN) for _ in range(5)] + [swizzled(LL) for _ in range(2)]
   if interpret:
@@ -153,7 +160,7 @@ def _prep(r, k, v, w, u, seg, *, interpret=False):
 
 
 def _state_fwd(qo, ob, kb, v, dec, h0, *, bv: int, save: bool, interpret=False):
-  """o [B, Tp, H, N] bf16, final [B, H, N, N] f32 and (save) entering states [B, H, C, N, N] f32.
+  """o [B, Tp, H, N] bf16, final [B, H, N, N] f32 and (save) entering states [B, H, C, N, N] bf16.
 
   qo, ob, kb: [B, H, Tp, N] bf16 (from `_prep`); v [B, Tp, H, N] bf16; dec [B, H, C, N] f32; h0 [B, H, N, N] f32."""
   mm = Mma(None)  # every left operand is an SMEM tile
@@ -167,7 +174,8 @@ def _state_fwd(qo, ob, kb, v, dec, h0, *, bv: int, save: bool, interpret=False):
 
   N = qo.shape[-1]
   return state_pass(transition, (qo, kb), (ob,), (v,), dec, h0, L=L, bv=bv, reverse=False, save=save,
-                    with_output=True, scratch=(swizzled((N, bv)), swizzled((N, bv))), name="wkv6_state_fwd",
+                    with_output=True, state_dtype=BF16, scratch=(swizzled((N, bv)), swizzled((N, bv))),
+                    name="wkv6_state_fwd",
                     interpret=interpret)
 
 
@@ -186,7 +194,7 @@ def _state_bwd(qo, d_o, dec, d_final, *, bv: int, interpret=False):
     return [(qo_s.T, do_s)]
 
   ds0, d_states = state_pass(transition, (qo,), (), (d_o,), dec, d_final, L=L, bv=bv, reverse=True, save=True,
-                             with_output=False, name="wkv6_state_bwd", interpret=interpret)
+                             with_output=False, state_dtype=BF16, name="wkv6_state_bwd", interpret=interpret)
   return d_states, ds0
 
 

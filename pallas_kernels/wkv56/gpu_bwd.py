@@ -32,7 +32,8 @@ Slot plan (bf16 SMEM):
   W [L, 64] x2   w of block kb (hi, lo); at the chunk level d_bonus r k for du; w again for dv's Kbar
   P, Q [L, 64] x2 each   the level factors (level 1: r and k in the hi tiles); at the chunk level X - Y and Z
   M0, M1 [L, L]  the in-block lower / upper 0/1 triangles of a level; the chunk level leaves D in M0, U in M1
-  Sx, Dx [64, N] x2 each   rows kb of S and dS' (hi, lo); then dec S o dS' in Sx and ones in Dx's hi tile
+  Sx, Dx [64, N] x2 each   rows kb of S and dS' (bf16, as saved by the state passes, in the first tile of each);
+                           then dec S o dS' (hi, lo) in Sx and ones in Dx's first tile
   v, dO [L, N]   (TMA, exact bf16)
   N = 64:  14 tiles of 8 KiB = 112 KiB per CTA (and an 8-byte barrier), so two CTAs fit on an H100 SM;
   N = 128: 160 KiB, one CTA per SM
@@ -41,8 +42,8 @@ data (the split dA_h, A^T and Kbar), never iota-built masks (see `Mma`); registe
 the products that read them. Registers: the level loop holds A^T, dr_pairs and dk_pairs (three 64 x 64 fp32
 values) plus e^{E_h}, e^{F_h}, the split dA_h and a product, about seven at most; not yet measured.
 Tensor-core products per chunk in units of 64 x 64 x 64 (x3 counted as 3, x2 as 2), at N = 64: 7 for the first
-pair level, 15 for each of the five others, 16 for the chunk level (E, F 4; dQo, dKbar 4; dw 6; du 2) and 7 for
-dv (Kbar recomputed 2, A^T dO 2, Kbar dS' 3): 105. At N = 128: 256 (the level loop runs per K block, and dA, dQo,
+pair level, 15 for each of the five others, 14 for the chunk level (E, F 4; dQo, dKbar 2; dw 6; du 2) and 6 for
+dv (Kbar recomputed 2, A^T dO 2, Kbar dS' 2): 102. At N = 128: 256 (the level loop runs per K block, and dA, dQo,
 dKbar, dw's last term and du contract over or produce 128).
 
 Checked in the Mosaic GPU interpreter (tests/ops/wkv56_pallas_test.py: against `common.chunk_backward` in float32,
@@ -77,8 +78,8 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
 
   r, k, v, d_o: [B, Tp, H, N] bf16 (Tp a multiple of L); w [B, Tp, H, N] float32 log-decay (zero-padded);
   u [H, N] float32; seg [B, Tp] float32 segment index inside each chunk; dec [B, H, C, N] float32 chunk decay (0 for
-  chunks with a segment start); states [B, H, C, N, N] float32 the state entering each chunk; d_states
-  [B, H, C, N, N] float32 the state gradient after each chunk."""
+  chunks with a segment start); states [B, H, C, N, N] bf16 the state entering each chunk; d_states
+  [B, H, C, N, N] bf16 the state gradient after each chunk."""
   B, Tp, H, N = r.shape
   if N not in HEAD_DIMS:
     raise ValueError(f"chunk_grads: head dim {N} not in {HEAD_DIMS}")
@@ -89,7 +90,7 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
            dr_ref, dw_ref, dk_ref, dv_ref, du_ref, narrow, tri, wide, v_s, do_s, bar, *stage):
     W, P, Q = ((narrow.at[i], narrow.at[i + 1]) for i in (0, 2, 4))  # [L, 64] (hi, lo) pairs
     M0, M1 = tri.at[0], tri.at[1]  # [L, L] 0/1 matrices
-    Sx, Dx = (wide.at[0], wide.at[1]), (wide.at[2], wide.at[3])  # rows kb of S and dS' [64, N], (hi, lo)
+    Sx, Dx = (wide.at[0], wide.at[1]), (wide.at[2], wide.at[3])  # rows kb of S and dS' [64, N]; (hi, lo) pairs
     mm = Mma({LL: list(stage)} if interpret else None)  # register lhs operands go through `stage` when interpreted
     c, h, bi = lax.axis_index("c"), lax.axis_index("h"), lax.axis_index("b")
     tok = pl.ds(c * L, L)
@@ -174,11 +175,11 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
       # chunk level: the readout Qo = [first] r e^{E_L} of S and the key factors Kbar = [last] k e^{F_L} of S'
       E, F = exponents(LEVELS)  # leaves D (strict lower over the chunk) in M0, U (strict upper) in M1
       e_in, e_out = jnp.exp(E), jnp.exp(F)
-      store_split(state(st_ref, kb), *Sx)
-      store_split(state(dst_ref, kb), *Dx)
+      Sx[0][...] = state(st_ref, kb)  # the states are bf16: exact single operands
+      Dx[0][...] = state(dst_ref, kb)
       plgpu.commit_smem()
-      d_qo = jnp.where(first(), mm(LL, x2(do_s, transposed(Sx))), 0.0)  # dO S^T
-      d_kbar = jnp.where(last(), mm(LL, x2(v_s, transposed(Dx))), 0.0)  # V dS'^T
+      d_qo = jnp.where(first(), mm(LL, [(do_s, Sx[0].T)]), 0.0)  # dO S^T
+      d_kbar = jnp.where(last(), mm(LL, [(v_s, Dx[0].T)]), 0.0)  # V dS'^T
       rv, kv = inp(r_ref, kb), inp(k_ref, kb)
       d_bonus = rows(d_bonus_row, LL)
       out(dr_ref, d_bonus * u_cols(kb) * kv + d_qo * e_in + dr_pairs, kb)
@@ -189,7 +190,7 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
       store_split(jnp.where(last(), kv * e_out, 0.0) * d_kbar, *Q)
       store_split(d_bonus * rv * kv, *W)
       dec_rows = rows(load(dec_ref.at[bi, h, c, ks(kb)], ROW), LN)
-      store_split(dec_rows * state(st_ref, kb) * state(dst_ref, kb), *Sx)
+      store_split(dec_rows * state(st_ref, kb).astype(F32) * state(dst_ref, kb).astype(F32), *Sx)
       Dx[0][...] = jnp.where(iota(LN, 0) >= 0, 1.0, 0.0).astype(BF16)  # ones [64, N]
       plgpu.commit_smem()
       out(dw_ref, mm(LL, x2(M1, P) + x2(M0, Q) + x2(Dx[0], transposed(Sx))) - y, kb)
@@ -199,10 +200,10 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
     dv = mm(LN, x2(split(AT), do_s))
     for kb in range(KB):
       store_split(inp(w_ref, kb), *W)
-      store_split(state(dst_ref, kb), *Dx)
+      Dx[0][...] = state(dst_ref, kb)
       plgpu.commit_smem()
       kbar = jnp.where(last(), inp(k_ref, kb) * jnp.exp(mm(LL, x2(M1, W))), 0.0)
-      dv = dv + mm(LN, x3(split(kbar), Dx))
+      dv = dv + mm(LN, x2(split(kbar), Dx[0]))
     out(dv_ref, dv, None)
 
   scratch = [swizzled((6, L, L)), swizzled((2, L, L)), swizzled((4, L, N)), swizzled(LN), swizzled(LN),

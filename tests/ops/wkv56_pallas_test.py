@@ -160,7 +160,7 @@ def test_gpu_interpret_matches_reference(op, B, T, H, N, starts, dtype):
                                                     (1, 128, 2, 128, [40], "extreme")])
 def test_gpu_chunk_grads_interpret_matches_chunk_backward(B, T, H, N, starts, decays):
   """The gradient kernel alone against `common.chunk_backward` (float32, vmapped over chunks) on the same bf16 r, k,
-  v, dO and random entering states / state gradients: relative error <= 1e-4 (the kernel's split-bf16 products;
+  v, dO and random bf16 entering states / state gradients: relative error <= 1e-4 (the kernel's split-bf16 products;
   it measures ~3e-6, dw ~2e-5). Tighter than the backend tests, whose error is the forward's bf16 tiles."""
   seed = secrets.randbelow(2**31)
   r, w, k, v, u, _ = make_inputs(seed, B, T, H, N, "wkv6", decays)
@@ -169,15 +169,15 @@ def test_gpu_chunk_grads_interpret_matches_chunk_backward(B, T, H, N, starts, de
   rb, kb, vb, dob = (x.astype(jnp.bfloat16) for x in (r, k, v, f(B, T, H, N)))
   seg = segment_index(segments_from_starts(B, T, starts), B, T, gpu.L)
   C = seg.shape[1]
-  states, d_states = f(B, H, C, N, N), f(B, H, C, N, N)
+  states, d_states = (f(B, H, C, N, N).astype(jnp.bfloat16) for _ in range(2))  # bf16, as the state passes save them
   got = gpu_bwd.chunk_grads(rb, kb, vb, w, u, seg.reshape(B, T), gpu._chunk_decay(w, seg), states, dob, d_states,
                             [jnp.float32] * 4, interpret=True)
   xs = [to_chunks(x.astype(jnp.float32), gpu.L) for x in (rb, w, kb, vb)]
   uc = jnp.broadcast_to(u[None, :, None, None, :], (B, H, C, 1, N))
   seg_col = jnp.broadcast_to(seg[:, None, :, :, None], (B, H, C, gpu.L, 1))
   seg_row = jnp.broadcast_to(seg[:, None, :, None, :], (B, H, C, 1, gpu.L))
-  ref = vmap_chunks(common.chunk_backward)(*xs, uc, seg_col, seg_row, states, to_chunks(dob.astype(jnp.float32), gpu.L),
-                                           d_states)
+  ref = vmap_chunks(common.chunk_backward)(*xs, uc, seg_col, seg_row, states.astype(jnp.float32),
+                                           to_chunks(dob.astype(jnp.float32), gpu.L), d_states.astype(jnp.float32))
   refs = tuple(from_chunks(g, T) for g in ref[:4]) + (ref[4][:, :, :, 0],)
   errors = {name: rel_err(x, y) for name, x, y in zip(("dr", "dw", "dk", "dv", "du"), got, refs)}
   assert all(e <= 1e-4 for e in errors.values()), f"seed={seed} N={N} {decays}: {errors}"
@@ -251,8 +251,8 @@ def test_gpu_chunk_grads_fits_two_ctas_per_sm():
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
   x = jax.ShapeDtypeStruct((B, Tp, H, N), jnp.bfloat16)
   fn = functools.partial(gpu_bwd.chunk_grads, out_dtypes=[jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 2)
-  args = (x, x, x, f32(B, Tp, H, N), f32(H, N), f32(B, Tp), f32(B, H, C, N), f32(B, H, C, N, N), x,
-          f32(B, H, C, N, N))
+  state = jax.ShapeDtypeStruct((B, H, C, N, N), jnp.bfloat16)
+  args = (x, x, x, f32(B, Tp, H, N), f32(H, N), f32(B, Tp), f32(B, H, C, N), state, x, state)
   text = pallas_checks.lower_for_two_ctas_per_sm(fn, *args)
   assert "wkv6_chunk_grads" in text
 
