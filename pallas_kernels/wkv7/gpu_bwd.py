@@ -72,12 +72,17 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
   C = Tp // L
   LN, LL, KB = (L, N), (L, L), N // L  # KB: 64-wide blocks of the K (state row / key channel) dimension
 
+  W2H, W2L, V_, DO_, U_ = range(2, 7)  # tiles of `wide` (0, 1: W1)
+
   def body(r_ref, k_ref, v_ref, a_ref, b_ref, g_ref, s_ref, dec_ref, st_ref, do_ref, dst_ref, thi_ref, tlo_ref,
-           u_ref, dus_ref, tri_ref, ones_ref, dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref, wide, square, v_s,
-           do_s, u_s, st_s, bar, st_bar, *stage):
-    Q0, Q1, Q2, Q3 = ((square.at[i, 0], square.at[i, 1]) for i in range(4))  # [L, L] (hi, lo) pairs
-    W = [(wide.at[i, 0], wide.at[i, 1]) for i in range(wide.shape[0])]  # [L, N] (hi, lo) pairs
-    W1, W2 = W if KB > 1 else W + [Q2]  # N = L: du / dR take A_qb's slot when it dies
+           u_ref, dus_ref, tri_ref, ones_ref, dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref, wide, square, st_s,
+           bar, st_bar, *stage):
+    # `wide` [7, L, N]: the (hi, lo) pairs W1, W2 and the tiles v, dO, u (one stack, so that a role's operands are
+    # picked by index); `square` [L, L] (hi, lo) pairs Q0, Q1, Q3 and (N > L) Q2. N = L: Q2 is W2 (du / dR take
+    # A_qb's slot when it dies).
+    W1, W2, v_s, do_s, u_s = (wide.at[0], wide.at[1]), (wide.at[W2H], wide.at[W2L]), *(wide.at[i] for i in (V_, DO_, U_))
+    Q0, Q1, Q3 = ((square.at[i, 0], square.at[i, 1]) for i in range(3))
+    Q2 = (square.at[3, 0], square.at[3, 1]) if KB > 1 else W2
     staged = {LL: list(stage[:4])} | ({LN: list(stage[4:])} if KB > 1 else {})
     mm = Mma(staged if interpret else None)  # register lhs operands go through `stage` when interpreted
     c, h, bi = lax.axis_index("c"), lax.axis_index("h"), lax.axis_index("b")
@@ -122,17 +127,12 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     def seg_rows(shape):
       return rows(seg_i, shape)
 
-    def first(kb=None):  # rows that see the entering state
-      return seg_rows(shape(kb)) == 0.0
-
     def last(kb=None):  # rows of the chunk's last segment
       return seg_rows(shape(kb)) == seg_last
 
-    def causal(op):  # same segment and op(row, column): the masks of A (op >, >=) and of A^T (op <, <=)
+    def causal(s, t):  # same segment and s (row - column) >= t: the masks of A (s 1; t 1: >, t 0: >=) and of A^T
       same = seg_rows(LL) == cols(load(s_ref.at[bi, tok], COL), LL)  # (a COL vector: 16 registers, not kept)
-      return same & op(iota(LL, 0), iota(LL, 1))
-
-    gt, ge, lt, le = jnp.greater, jnp.greater_equal, jnp.less, jnp.less_equal
+      return same & (s * (iota(LL, 0) - iota(LL, 1)) >= t)
 
     def kh(kb=None):
       return inp(k_ref, kb) * jnp.exp(mid(kb) - G(kb))
@@ -153,11 +153,11 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     put(kh(), W1)
     plgpu.commit_smem()
     q_t = split(qt())
-    put(jnp.where(causal(gt), mm(LL, x3(split(at()), transposed(W1))), 0.0), Q1)
-    put(jnp.where(causal(ge), mm(LL, x3(q_t, transposed(W1))), 0.0), Q3)
+    put(jnp.where(causal(1, 1), mm(LL, x3(split(at()), transposed(W1))), 0.0), Q1)
+    put(jnp.where(causal(1, 0), mm(LL, x3(q_t, transposed(W1))), 0.0), Q3)
     put(bh(), W1)
     plgpu.commit_smem()
-    put(jnp.where(causal(ge), mm(LL, x3(q_t, transposed(W1))), 0.0), Q2)
+    put(jnp.where(causal(1, 0), mm(LL, x3(q_t, transposed(W1))), 0.0), Q2)
     plgpu.commit_smem()
     plgpu.barrier_wait(bar)  # v, dO, T, u and dS' are in SMEM
     # --- du = Bbar dS' (the backward state pass's) + A_qb^T dO, dR = T^T du, dv = Kbar dS' + A_qk^T dO + A_ak^T dR
@@ -171,82 +171,120 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       dv = dv + mm(LN, x2(kbar, st_rows(kb)))
     out(dv_ref, dv, None)
 
-    # live: dR (W2), v, dO, u, dS'. The matrix gradients dA_ab = M_<(dR u^T), dA_ak = M_<(dR V^T),
-    # dA_qb = M_<=(dO u^T), dA_qk = M_<=(dO V^T) are products into registers, each orientation where it is used.
-    # The rest goes by 64-column blocks kb of dr, dw, dk, da, db.
-    def factor_grad(dA, side_mask, side_pairs, exps, x_ref, dx_ref, kb):
-      """One input's gradient block kb: d (its chunk factor) = dA[0] Q0 + dA[1] Q1 (dA: split pairs), d (its
-      state-side factor) = side_mask(kb) o (side_pairs), dx = d_factor e_factor + d_side e_side with (e_factor,
-      e_side) = exps(kb). Returns (x (the input block, float32), d_factor, d_side, e_factor, e_side)."""
-      d_fac = mm(LL, x3(dA[0], Q0) + x3(dA[1], Q1))
-      d_side = jnp.where(side_mask(kb), mm(LL, side_pairs), 0.0)
-      e_fac, e_side = exps(kb)
-      x = inp(x_ref, kb)
-      out(dx_ref, d_fac * e_fac + d_side * e_side, kb)
-      return x, d_fac, d_side, e_fac, e_side
+    # live: dR (W2), v, dO, u, dS'. The rest goes by 64-column blocks kb of dr, dw, dk, da, db, and inside a block by
+    # a loop over the four inputs ("roles" k, b, r, a: one body, so the code is fetched once; unrolled, the kernel's
+    # instruction fetch stalled it). Role j's gradient: its two matrix gradients dA0, dA1 (products into registers,
+    # masked, split for use as register lhs), d (its chunk factor) = dA0 Q0 + dA1 Q1 with the other pair's factors in
+    # Q0, Q1 (a~, q~ for k, b; b^, k^ for r, a), d (its state-side factor) = side_mask o (Y S^T or Y dS'^T), and
+    # dx = d_factor e_factor + d_side e_side:
+    #   role  dA0                dA1                Y    X    sigma  tau  side_mask
+    #   k     M_<  (v dR^T)      M_<= (v dO^T)      v    G    -1     1    last segment (Kbar)
+    #   b     M_<  (u dR^T)      M_<= (u dO^T)      u    G    -1     1    last segment (Bbar)
+    #   r     M_>= (dO u^T)      M_>= (dO v^T)      dO   G    +1     0    first segment (entering state)
+    #   a     M_>  (dR u^T)      M_>  (dR v^T)      dR   Gm   +1     0    first segment
+    # with e_factor = exp(sigma (X - m)), e_side = exp(sigma X + tau g_last), x e_factor the role's own factor
+    # (k^, b^, q~, a~). The roles' terms of dw: P = q~ dq~ + Q0 dQ0 - k^ dk^ - b^ db^ + dgm, Q (k, b side terms).
+    K_, B_, R_, A_ = range(4)
+    role_refs = ((k_ref, dk_ref), (b_ref, db_ref), (r_ref, dr_ref), (a_ref, da_ref))
 
-    def out_exps(kb):  # the factors of k^, b^ and of Kbar, Bbar
-      return jnp.exp(mid(kb) - G(kb)), jnp.exp(gl(kb) - G(kb))
+    def pick(j, values):  # values[j] for a traced role index j (int32 scalars)
+      out = jnp.int32(values[-1])
+      for i in range(len(values) - 2, -1, -1):
+        out = jnp.where(j == i, jnp.int32(values[i]), out)
+      return out
 
-    def in_exps(cumulative):  # the factors of q~ (cumulative = G) or a~ (Gm) and of the entering state's readout
-      def exps(kb):
-        Gv = cumulative(kb)
-        return jnp.exp(Gv - mid(kb)), jnp.exp(Gv)
-      return exps
+    def role_input(j, kb):  # the role's input block (float32) and its cumulative log-decay X (G, or Gm for a)
+      x = lax.switch(j, [lambda ref=ref: inp(ref, kb) for ref, _ in role_refs])
+      X = load(g_ref.at[bi, pl.ds(c * L + pick(j, (1, 1, 1, 0)), L), h, ks(kb)])
+      return x, jnp.where(iota(LL, 0) < pick(j, (0, 0, 0, 1)), 0.0, X)  # Gm's first row is 0
 
-    def masked(op, pairs):  # a matrix gradient: the product masked by causal(op), split for use as a register lhs
-      return split(jnp.where(causal(op), mm(LL, pairs), 0.0))
+    def sigma(j):
+      return jnp.where(j < R_, -1.0, 1.0).astype(F32)
 
+    def factor(j, kb):  # the role's chunk factor x e_factor (k^, b^, q~, a~)
+      x, X = role_input(j, kb)
+      return x * jnp.exp(sigma(j) * (X - mid(kb)))
+
+    def wide_at(j, idx):  # the `wide` tile idx[j]
+      return wide.at[pick(j, idx)]
+
+    def products(lhs, rhs, second, two):  # lhs rhs^T (+ second[0] second[1]^T if `two`): SMEM operands
+      one = lambda: mm(LL, [(lhs, rhs.T)])  # noqa: E731
+      both = lambda: mm(LL, [(lhs, rhs.T), (second[0], second[1].T)])  # noqa: E731
+      return lax.cond(two, both, one)
+
+    def masked(s, t, product):  # a matrix gradient: the product masked by causal(s, t), split (a register lhs)
+      return split(jnp.where(causal(s, t), product, 0.0))
+
+    Y = (V_, U_, DO_, W2H)  # the roles' lhs in `wide`
     for kb in range(KB):
-      # dk, db (with the Kbar / Bbar terms), P and Q; a~ (Q0), q~ (Q1), dS' rows kb
-      put(at(kb), Q0)
-      put(qt(kb), Q1)
-      plgpu.commit_smem()
-      dA_akT = masked(lt, x2(v_s, transposed(W2)))
-      dA_qkT = masked(le, [(v_s, do_s.T)])
-      kv, d_kh, d_kbar, e_out, to_end = factor_grad((dA_akT, dA_qkT), last, [(v_s, st_rows(kb).T)], out_exps, k_ref,
-                                                    dk_ref, kb)
-      P = -(kv * e_out) * d_kh
-      Q = jnp.where(last(kb), kv * to_end, 0.0) * d_kbar
-      dA_abT = masked(lt, x2(u_s, transposed(W2)))
-      dA_qbT = masked(le, [(u_s, do_s.T)])
-      bv, d_bh, d_bbar, e_out, to_end = factor_grad((dA_abT, dA_qbT), last, [(u_s, st_rows(kb).T)], out_exps, b_ref,
-                                                    db_ref, kb)
-      # the tensor cores are done with dS' rows kb (their last product's result is read): S's take their place
-      plgpu.copy_gmem_to_smem(st_ref.at[bi, h, c, ks(kb)], st_rows(kb), st_bar.at[kb])
-      P = P - (bv * e_out) * d_bh
-      put(Q + jnp.where(last(kb), bv * to_end, 0.0) * d_bbar, Q3)  # Q (A_qk is dead)
-      # dr, da and dgm; b^ (Q0), k^ (Q1), S rows kb
-      put(bh(kb), Q0)
-      put(kh(kb), Q1)
-      plgpu.commit_smem()
-      dA_qb = masked(ge, [(do_s, u_s.T)])
-      dA_qk = masked(ge, [(do_s, v_s.T)])
-      plgpu.barrier_wait(st_bar.at[kb])
-      rv, d_qt, dq0, e_q, eq0 = factor_grad((dA_qb, dA_qk), first, [(do_s, st_rows(kb).T)], in_exps(G),
-                                            r_ref, dr_ref, kb)
-      P = P + (rv * e_q) * d_qt + jnp.where(first(kb), rv * eq0, 0.0) * dq0
-      dA_ab = masked(gt, x2(W2, u_s.T))
-      dA_ak = masked(gt, x2(W2, v_s.T))
-      av, d_at, da0, e_a, ea0 = factor_grad((dA_ab, dA_ak), first, x2(W2, st_rows(kb).T), in_exps(Gm),
-                                            a_ref, da_ref, kb)
-      dgm = (av * e_a) * d_at + jnp.where(first(kb), av * ea0, 0.0) * da0
-      put(P + dgm, Q0)  # M_>= P + M_> dgm = M_>= (P + dgm) - dgm
-      # dw = M_>= (P + dgm) - dgm + M_< Q + ones (diag(dec) S o dS')^T (the last term: dec * diag(dS' S^T) in every
-      # row)
-      # S and dS' rows from GMEM (with S read from the state tile, and the masks below built with iota, dw came out
-      # wrong on the H100, 2026-11-26; which of the two was at fault was not isolated)
-      dec_rows = rows(load(dec_ref.at[bi, h, c, ks(kb)], ROW), LN)
-      s_kb, ds_kb = (load(ref.at[bi, h, c, ks(kb)]).astype(F32) for ref in (st_ref, dst_ref))
-      put(dec_rows * s_kb * ds_kb, W1)
-      plgpu.commit_smem()
-      # the 0/1 lhs operands come from GMEM (built with iota in registers, they gave NaN or wrong dw on the H100,
-      # 2026-11-26, depending on register allocation), one accumulator per term
-      parts = [mm(LL, x2(load(tri_ref.at[i]), x)) for i, x in enumerate((Q0, Q3))]
-      out(dw_ref, sum(parts) + mm(LL, x2(load(ones_ref), transposed(W1))) - dgm, kb)
+      def role(j, P):
+        @pl.when(j % 2 == 0)  # the other pair's factors: a~ (Q0), q~ (Q1) for k, b; b^ (Q0), k^ (Q1) for r, a
+        def _():
+          put(factor(A_ - j, kb), Q0)
+          put(factor(R_ - j, kb), Q1)
+          plgpu.commit_smem()
 
-  scratch = [swizzled((KB, 2, L, N)), swizzled((4, 2, L, L)), swizzled(LN), swizzled(LN), swizzled(LN),
-             swizzled((N, N)), plgpu.Barrier(num_arrivals=6), plgpu.Barrier(num_arrivals=1, num_barriers=KB)]
+        y = wide_at(j, Y)
+        sign = pick(j, (-1, -1, 1, 1))
+        second = (wide_at(j, (V_, U_, V_, W2L)), wide_at(j, (W2L, W2L, U_, U_)))
+        dA0 = products(y, wide_at(j, (W2H, W2H, U_, U_)), second, j != R_)
+        dA0 = masked(sign, pick(j, (1, 1, 0, 1)), dA0)
+        dA1 = products(y, wide_at(j, (DO_, DO_, V_, V_)), (wide.at[W2L], wide.at[V_]), j == A_)
+        dA1 = masked(sign, pick(j, (0, 0, 0, 1)), dA1)
+        d_fac = mm(LL, x3(dA0, Q0) + x3(dA1, Q1))
+
+        @pl.when(j == R_)  # S rows kb have arrived in the state tile (fetched after role b)
+        def _():
+          plgpu.barrier_wait(st_bar.at[kb])
+
+        d_side = products(y, st_rows(kb), (wide.at[W2L], st_rows(kb)), j == A_)
+        side = seg_rows(LL) == jnp.where(j < R_, seg_last, 0.0)
+        d_side = jnp.where(side, d_side, 0.0)
+        x, X = role_input(j, kb)
+        e_fac = jnp.exp(sigma(j) * (X - mid(kb)))
+        e_side = jnp.exp(sigma(j) * X + jnp.where(j < R_, 1.0, 0.0).astype(F32) * gl(kb))
+        dx = d_fac * e_fac + d_side * e_side
+        lax.switch(j, [lambda dx_ref=dx_ref: out(dx_ref, dx, kb) for _, dx_ref in role_refs])
+
+        @pl.when(j == B_)  # the tensor cores are done with dS' rows kb: S's take their place
+        def _():
+          plgpu.copy_gmem_to_smem(st_ref.at[bi, h, c, ks(kb)], st_rows(kb), st_bar.at[kb])
+
+        term_fac, term_side = (x * e_fac) * d_fac, (x * e_side) * d_side
+
+        @pl.when(j == K_)  # Q = the k and b side terms (Kbar dKbar + Bbar dBbar), kept in Q3 (A_qk is dead)
+        def _():
+          put(term_side, Q3)
+
+        @pl.when(j == B_)
+        def _():
+          put(term_side + Q3[0][...].astype(F32) + Q3[1][...].astype(F32), Q3)
+
+        P = P + sigma(j) * term_fac + jnp.where(j < R_, 0.0, 1.0).astype(F32) * term_side
+
+        @pl.when(j == A_)
+        def _():
+          dgm = term_fac + term_side
+          put(P, Q0)  # M_>= P + M_> dgm = M_>= (P + dgm) - dgm, P including dgm
+          # dw = M_>= P - dgm + M_< Q + ones (diag(dec) S o dS')^T (the last term: dec * diag(dS' S^T) in every row)
+          # S and dS' rows from GMEM (with S read from the state tile, and the masks below built with iota, dw came
+          # out wrong on the H100, 2026-11-26; which of the two was at fault was not isolated)
+          dec_rows = rows(load(dec_ref.at[bi, h, c, ks(kb)], ROW), LN)
+          s_kb, ds_kb = (load(ref.at[bi, h, c, ks(kb)]).astype(F32) for ref in (st_ref, dst_ref))
+          put(dec_rows * s_kb * ds_kb, W1)
+          plgpu.commit_smem()
+          # the 0/1 lhs operands come from GMEM (built with iota in registers, they gave NaN or wrong dw on the
+          # H100, 2026-11-26, depending on register allocation), one accumulator per term
+          parts = [mm(LL, x2(load(tri_ref.at[i]), x)) for i, x in enumerate((Q0, Q3))]
+          out(dw_ref, sum(parts) + mm(LL, x2(load(ones_ref), transposed(W1))) - dgm, kb)
+
+        return P
+
+      lax.fori_loop(0, 4, role, plgpu.layout_cast(jnp.zeros(LL, F32), plgpu.Layout.WGMMA))
+
+  scratch = [swizzled((7, L, N)), swizzled((3 + (KB > 1), 2, L, L)), swizzled((N, N)), plgpu.Barrier(num_arrivals=6),
+             plgpu.Barrier(num_arrivals=1, num_barriers=KB)]
   if interpret:
     scratch += [swizzled(LL) for _ in range(4)] + ([swizzled(LN) for _ in range(2)] if KB > 1 else [])
   out_type = tuple(jax.ShapeDtypeStruct((B, Tp, H, N), dt) for dt in out_dtypes)
