@@ -120,11 +120,14 @@ def _prep(r, k, v, w, u, seg, *, interpret=False):
     bonus = jnp.sum(rv * cols(load(u_ref.at[h], COL), LN) * kv, axis=1)  # r_t . u . k_t (ROW layout)
     A = jnp.where(ri == ci, rows(bonus, LL), 0.0)
     A = jnp.where(pairs(0), mm(LL, [(rb, Q0.T)]), A)
-    for shift in range(1, LEVELS):
+
+    def level(shift, A):  # pair levels 2 .. L/2 as one loop body (so the code is fetched once)
       E, F = exponents(shift)
       store_split(kv * jnp.exp(F), Q0, Q1)
       plgpu.commit_smem()
-      A = jnp.where(pairs(shift), mm(LL, x3(split(rv * jnp.exp(E)), (Q0.T, Q1.T))), A)
+      return jnp.where(pairs(shift), mm(LL, x3(split(rv * jnp.exp(E)), (Q0.T, Q1.T))), A)
+
+    A = lax.fori_loop(1, LEVELS, level, A)
 
     # chunk level: the readout of the entering state and the transition's key factors
     E, F = exponents(LEVELS)

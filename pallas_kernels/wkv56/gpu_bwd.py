@@ -163,7 +163,9 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
       AT = AT + jnp.where(pairs(0, True), mm(LL, [(Q[0], P[0].T)]), 0.0)
       dr_pairs = mm(LL, x2(d_attn(0), Q[0]))
       dk_pairs = mm(LL, x2(d_attn_t(0), P[0]))
-      for shift in range(1, LEVELS):
+
+      def level(shift, carry):  # pair levels 2 .. L/2 as one loop body (so the code is fetched once)
+        AT, dr_pairs, dk_pairs = carry
         E, F = exponents(shift)
         eE, eF = jnp.exp(E), jnp.exp(F)
         store_split(inp(r_ref, kb) * eE, *P)
@@ -172,6 +174,9 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
         AT = AT + jnp.where(pairs(shift, True), mm(LL, x3(Q, transposed(P))), 0.0)
         dr_pairs = dr_pairs + mm(LL, x3(d_attn(shift), Q)) * eE
         dk_pairs = dk_pairs + mm(LL, x3(d_attn_t(shift), P)) * eF
+        return AT, dr_pairs, dk_pairs
+
+      AT, dr_pairs, dk_pairs = lax.fori_loop(1, LEVELS, level, (AT, dr_pairs, dk_pairs))
       # chunk level: the readout Qo = [first] r e^{E_L} of S and the key factors Kbar = [last] k e^{F_L} of S'
       E, F = exponents(LEVELS)  # leaves D (strict lower over the chunk) in M0, U (strict upper) in M1
       e_in, e_out = jnp.exp(E), jnp.exp(F)

@@ -129,13 +129,16 @@ def _prep(r, k, v, a, b, g_pad, seg, *, save_inverse=False, interpret=False):
 
     # T = (I - A_ab)^{-1}: block doubling, D <- D + (D A_off) D
     D = jnp.where(ri == ci, 1.0, 0.0) + jnp.where(((ri >> 1) == (ci >> 1)) & (ri != ci), A_ab, 0.0)
-    for shift in range(1, levels):
+
+    def doubling(shift, D):  # one loop body (so the code is fetched once)
       off = jnp.where(((ri >> (shift + 1)) == (ci >> (shift + 1))) & ((ri >> shift) != (ci >> shift)), A_ab, 0.0)
       store_split(off, I0, I1)
       store_split(D, I2, I3)
       plgpu.commit_smem()
       P = mm(LL, x3(split(D), (I0, I1)))
-      D = D + mm(LL, x3(split(P), (I2, I3)))
+      return D + mm(LL, x3(split(P), (I2, I3)))
+
+    D = lax.fori_loop(1, levels, doubling, D)
     Ts = split(D)
     if save_inverse:  # staged in I0, I1 (free from here on)
       I0[...], I1[...] = Ts
