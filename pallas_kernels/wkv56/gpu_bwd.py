@@ -48,7 +48,7 @@ dKbar, dw's last term and du contract over or produce 128).
 
 Checked in the Mosaic GPU interpreter (tests/ops/wkv56_pallas_test.py: against `common.chunk_backward` in float32,
 relative errors ~5e-6 and dw ~1e-5, resets and extreme decays, N = 64 and 128; and through the backend's gradients
-against the float32 reference) and by lowering to Mosaic GPU; NOT yet run on a GPU.
+against the float32 reference), by lowering to Mosaic GPU, and on an H100 against float64 (`-k float64`).
 """
 
 from __future__ import annotations
@@ -164,7 +164,8 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
       dr_pairs = mm(LL, x2(d_attn(0), Q[0]))
       dk_pairs = mm(LL, x2(d_attn_t(0), P[0]))
 
-      def level(shift, carry):  # pair levels 2 .. L/2 as one loop body (so the code is fetched once)
+      def level(shift, carry):  # pair levels 2 .. L/2 as one loop body (so the code is fetched once; folding level 1
+        # into it as well, at 8 more product units, measured the same on the H100)
         AT, dr_pairs, dk_pairs = carry
         E, F = exponents(shift)
         eE, eF = jnp.exp(E), jnp.exp(F)

@@ -112,9 +112,6 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     def G(kb=None):  # chunk-local inclusive cumulative log-decay
       return load(g_ref.at[bi, pl.ds(c * L + 1, L), h, ks(kb)])
 
-    def Gm(kb=None):  # exclusive
-      return jnp.where(iota(shape(kb), 0) == 0, 0.0, load(g_ref.at[bi, pl.ds(c * L, L), h, ks(kb)]))
-
     # masks and broadcast rows are rebuilt where they are used (cheap loads and iotas) rather than kept live
     def mid(kb=None):  # the centring row m
       return cols(load(g_ref.at[bi, c * L + (L - 1) // 2 + 1, h, ks(kb)], COL), shape(kb))
@@ -134,31 +131,46 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       same = seg_rows(LL) == cols(load(s_ref.at[bi, tok], COL), LL)  # (a COL vector: 16 registers, not kept)
       return same & (s * (iota(LL, 0) - iota(LL, 1)) >= t)
 
-    def kh(kb=None):
-      return inp(k_ref, kb) * jnp.exp(mid(kb) - G(kb))
+    K_, B_, R_, A_ = range(4)
+    role_refs = ((k_ref, dk_ref), (b_ref, db_ref), (r_ref, dr_ref), (a_ref, da_ref))
 
-    def bh(kb=None):
-      return inp(b_ref, kb) * jnp.exp(mid(kb) - G(kb))
+    def pick(j, values):  # values[j] for a traced role index j (int32 scalars)
+      out = jnp.int32(values[-1])
+      for i in range(len(values) - 2, -1, -1):
+        out = jnp.where(j == i, jnp.int32(values[i]), out)
+      return out
 
-    def at(kb=None):
-      return inp(a_ref, kb) * jnp.exp(Gm(kb) - mid(kb))
+    def role_input(j, kb=None):  # the role's input block (float32) and its cumulative log-decay X (G, or Gm for a)
+      x = lax.switch(j, [lambda ref=ref: inp(ref, kb) for ref, _ in role_refs])
+      X = load(g_ref.at[bi, pl.ds(c * L + pick(j, (1, 1, 1, 0)), L), h, ks(kb)])
+      return x, jnp.where(iota(shape(kb), 0) < pick(j, (0, 0, 0, 1)), 0.0, X)  # Gm's first row is 0
 
-    def qt(kb=None):
-      return inp(r_ref, kb) * jnp.exp(G(kb) - mid(kb))
+    def sigma(j):
+      return jnp.where(j < R_, -1.0, 1.0).astype(F32)
 
-    # Slot plan: [L, L] pairs Q0..Q3, [L, N] pairs W1 (and W2 if N > L; else W2 is Q2), bf16 tiles v, dO, u and the
-    # state tile [N, N] (dS', its 64-row blocks replaced by S's as the gradient phase goes). Operands used only as
-    # non-transposed lhs stay in registers (split) and values are recomputed rather than kept across phases.
-    # --- forward recompute: A_ak (Q1), A_qk (Q3), A_qb (Q2) from k^, then b^ (W1); T (Q0) arrives by TMA
-    put(kh(), W1)
-    plgpu.commit_smem()
-    q_t = split(qt())
-    put(jnp.where(causal(1, 1), mm(LL, x3(split(at()), transposed(W1))), 0.0), Q1)
-    put(jnp.where(causal(1, 0), mm(LL, x3(q_t, transposed(W1))), 0.0), Q3)
-    put(bh(), W1)
-    plgpu.commit_smem()
-    put(jnp.where(causal(1, 0), mm(LL, x3(q_t, transposed(W1))), 0.0), Q2)
-    plgpu.commit_smem()
+    def factor(j, kb=None):  # the role's chunk factor x e_factor (k^, b^, q~, a~)
+      x, X = role_input(j, kb)
+      return x * jnp.exp(sigma(j) * (X - mid(kb)))
+
+    # Slot plan: `wide` (W1, W2, v, dO, u), `square` (Q0, Q1, Q3, Q2) and the state tile [N, N] (dS', its 64-row
+    # blocks replaced by S's as the gradient phase goes). Operands used only as non-transposed lhs stay in registers
+    # (split) and values are recomputed rather than kept across phases. The parts that repeat with other operands are
+    # loop bodies over an index (roles, products) that picks the operands: unrolled, the kernel stalled on fetching
+    # its instructions (docs/benchmarks.md, seventh session).
+    # --- forward recompute, one loop body: A_ak = M_>(a~ k^T) (Q1), A_qk = M_>=(q~ k^T) (Q3), A_qb = M_>=(q~ b^T) (Q2),
+    # the right factor (k^, then b^) in W1; T (Q0) arrives by TMA
+    def attention(i):
+      @pl.when(i != 1)
+      def _():
+        put(factor(jnp.where(i == 0, K_, B_)), W1)
+        plgpu.commit_smem()
+
+      left = split(factor(jnp.where(i == 0, A_, R_)))  # a~, then q~ twice
+      A = jnp.where(causal(1, pick(i, (1, 0, 0))), mm(LL, x3(left, transposed(W1))), 0.0)
+      lax.switch(i, [lambda dst=dst: put(A, dst) for dst in (Q1, Q3, Q2)])
+      plgpu.commit_smem()
+
+    lax.fori_loop(0, 3, lambda i, _: attention(i), None)
     plgpu.barrier_wait(bar)  # v, dO, T, u and dS' are in SMEM
     # --- du = Bbar dS' (the backward state pass's) + A_qb^T dO, dR = T^T du, dv = Kbar dS' + A_qk^T dO + A_ak^T dR
     put(load(dus_ref.at[bi, h, tok]).astype(F32) + mm(LN, x2(transposed(Q2), do_s)), W2)
@@ -184,27 +196,6 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     #   a     M_>  (dR u^T)      M_>  (dR v^T)      dR   Gm   +1     0    first segment
     # with e_factor = exp(sigma (X - m)), e_side = exp(sigma X + tau g_last), x e_factor the role's own factor
     # (k^, b^, q~, a~). The roles' terms of dw: P = q~ dq~ + Q0 dQ0 - k^ dk^ - b^ db^ + dgm, Q (k, b side terms).
-    K_, B_, R_, A_ = range(4)
-    role_refs = ((k_ref, dk_ref), (b_ref, db_ref), (r_ref, dr_ref), (a_ref, da_ref))
-
-    def pick(j, values):  # values[j] for a traced role index j (int32 scalars)
-      out = jnp.int32(values[-1])
-      for i in range(len(values) - 2, -1, -1):
-        out = jnp.where(j == i, jnp.int32(values[i]), out)
-      return out
-
-    def role_input(j, kb):  # the role's input block (float32) and its cumulative log-decay X (G, or Gm for a)
-      x = lax.switch(j, [lambda ref=ref: inp(ref, kb) for ref, _ in role_refs])
-      X = load(g_ref.at[bi, pl.ds(c * L + pick(j, (1, 1, 1, 0)), L), h, ks(kb)])
-      return x, jnp.where(iota(LL, 0) < pick(j, (0, 0, 0, 1)), 0.0, X)  # Gm's first row is 0
-
-    def sigma(j):
-      return jnp.where(j < R_, -1.0, 1.0).astype(F32)
-
-    def factor(j, kb):  # the role's chunk factor x e_factor (k^, b^, q~, a~)
-      x, X = role_input(j, kb)
-      return x * jnp.exp(sigma(j) * (X - mid(kb)))
-
     def wide_at(j, idx):  # the `wide` tile idx[j]
       return wide.at[pick(j, idx)]
 
