@@ -7,8 +7,9 @@ its custom call, and counts the module's MLIR operations: all of them, by kind (
 float arithmetic, inline assembly: the WGMMAs, fences and barriers), and the most frequent ones. The module is what
 Mosaic GPU hands to LLVM, which folds constants and shares address arithmetic, so the counts are a proxy for a
 kernel's instruction volume, not instruction counts and not timings. They are meant for comparing versions of one
-kernel between GPU runs: for WKV-7's `chunk_grads` the count followed the H100 time over three versions
-(docs/benchmarks.md, sixth session). Prints a table; `--append-docs` appends a dated row to docs/benchmarks.md.
+kernel between GPU runs: for WKV-7's unrolled `chunk_grads` the count followed the H100 time over three versions
+(docs/benchmarks.md, sixth session). A loop body is counted once however often it runs, so for kernels with loops
+the count measures code size (what the instruction caches must hold), not work (seventh session). Prints a table; `--append-docs` appends a dated row to docs/benchmarks.md.
 """
 
 from __future__ import annotations

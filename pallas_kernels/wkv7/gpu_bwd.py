@@ -23,8 +23,11 @@ factors q~, a~, k^, b^ are rebuilt in the gradient phase), and the four matrix g
 is a product into registers in the orientation where it is used (dA for dq~, da~; dA^T for dk^, db^), so those 8
 products run twice. The slot plan is written at each step of `body`. Registers: a 64 x 64 fp32 value is 32 per
 thread (64 x 128: 64), a split bf16 one as many; about seven 64 x 64 values are live at most (the dk / db steps).
-ptxas (H100, N = 64): 255 registers, 908 / 948 bytes of spill stores / loads (1676 / 2228 when the kernel rebuilt T,
-u and the states' terms itself). At N = 64, 68 tensor-core products of 64 x 64 x 64 per chunk (x3 counted as 3);
+ptxas (H100, N = 64): 255 registers, 492 / 528 bytes of spill stores / loads (1676 / 2228 when the kernel rebuilt T,
+u and the states' terms itself). The parts that repeat with other operands (the gradients of k, b, r, a; the forward
+recompute's three matrices) are loop bodies whose operands the loop index picks: fully unrolled, the kernel was one
+straight block of about 13,000 instructions per thread that stalled on instruction fetch and took twice the time
+(docs/benchmarks.md, seventh session). At N = 64, 68 tensor-core products of 64 x 64 x 64 per chunk (x3 counted as 3);
 rebuilding T, u and Bbar dS' and splitting the float32 states took 124.
 
 The log-decay gradient is assembled as in `chunk_backward`, regrouped so that the last-segment terms cancel exactly:
