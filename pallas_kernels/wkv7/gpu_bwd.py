@@ -215,8 +215,11 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       def role(j, P):
         @pl.when(j % 2 == 0)  # the other pair's factors: a~ (Q0), q~ (Q1) for k, b; b^ (Q0), k^ (Q1) for r, a
         def _():
-          put(factor(A_ - j, kb), Q0)
-          put(factor(R_ - j, kb), Q1)
+          def put_factor(i, _):  # A_ - j - i: a, r for j = 0; b, k for j = 2
+            x = factor(A_ - j - i, kb)
+            lax.switch(i, [lambda dst=dst: put(x, dst) for dst in (Q0, Q1)])
+
+          lax.fori_loop(0, 2, put_factor, None)
           plgpu.commit_smem()
 
         y = wide_at(j, Y)
