@@ -12,9 +12,10 @@ exact bf16, two passes (hi, lo) where one operand is exact bf16 (v, dO, u, S, dS
 
 Grid (C, H, B), one warpgroup per CTA, head dims N = 64 and 128. All tiles are 64 rows; the K dimension (state rows,
 key channels) goes by 64-wide blocks kb: dr, dw, dk, da, db are computed and written by 64-column blocks (at N = 128
-the register-only matrix gradients below are recomputed per block). SMEM (bf16): [L, L] pairs Q0..Q3, [L, N] pairs
-W1 (and W2 if N > L, else W2 is Q2), tiles v, dO, u [L, N] and the state tile [N, N] (dS', whose 64-row block kb is
-replaced by S's by TMA once the dk / db step of block kb is done with it):
+the register-only matrix gradients below are recomputed per block). SMEM (bf16): one stack `wide` [7, L, N] of the
+pairs W1, W2 and the tiles v, dO, u (so that a loop index can pick them), the [L, L] pairs Q0, Q1, Q3 and Q2 (N = L:
+Q2 is W2) and the state tile [N, N] (dS', whose 64-row block kb is replaced by S's by TMA once the role loop is done
+with it, after role b):
   N = 64:  14 tiles of 8 KiB = 112 KiB per CTA, so two CTAs fit on an H100 SM;
   N = 128: 208 KiB, one CTA per SM
 (tests/ops/wkv7_pallas_test.py checks the N = 64 figure through Mosaic GPU's lowering). To fit, operands used only
