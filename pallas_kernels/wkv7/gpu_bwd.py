@@ -27,7 +27,7 @@ thread (64 x 128: 64), a split bf16 one as many; about seven 64 x 64 values are 
 ptxas (H100, N = 64): 255 registers, 492 / 528 bytes of spill stores / loads (1676 / 2228 when the kernel rebuilt T,
 u and the states' terms itself). The parts that repeat with other operands (the gradients of k, b, r, a; the forward
 recompute's three matrices) are loop bodies whose operands the loop index picks: fully unrolled, the kernel was one
-straight block of about 13,000 instructions per thread that stalled on instruction fetch and took twice the time
+straight block of about 11,400 PTX instructions per thread that stalled on instruction fetch and took twice the time
 (docs/benchmarks.md, seventh session). At N = 64, 68 tensor-core products of 64 x 64 x 64 per chunk (x3 counted as 3);
 rebuilding T, u and Bbar dS' and splitting the float32 states took 124.
 
@@ -84,7 +84,8 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     # `wide` [7, L, N]: the (hi, lo) pairs W1, W2 and the tiles v, dO, u (one stack, so that a role's operands are
     # picked by index); `square` [L, L] (hi, lo) pairs Q0, Q1, Q3 and (N > L) Q2. N = L: Q2 is W2 (du / dR take
     # A_qb's slot when it dies).
-    W1, W2, v_s, do_s, u_s = (wide.at[0], wide.at[1]), (wide.at[W2H], wide.at[W2L]), *(wide.at[i] for i in (V_, DO_, U_))
+    W1, W2 = (wide.at[0], wide.at[1]), (wide.at[W2H], wide.at[W2L])
+    v_s, do_s, u_s = (wide.at[i] for i in (V_, DO_, U_))
     Q0, Q1, Q3 = ((square.at[i, 0], square.at[i, 1]) for i in range(3))
     Q2 = (square.at[3, 0], square.at[3, 1]) if KB > 1 else W2
     staged = {LL: list(stage[:4])} | ({LN: list(stage[4:])} if KB > 1 else {})
