@@ -9,7 +9,7 @@
 #
 # `run` first runs each tree's `tests/ops/<file>_pallas_test.py -k float64` (wkv7, or wkv56 for wkv6) in its own
 # process, then `wkv_bench.py --op OP --shapes K1 --impls pallas_gpu --pieces K1` in each tree, ROUNDS times
-# (default 2) in turn. Output in $OUT (or out/compare_trees): tests_<tree>.log and bench.log, whose lines start
+# (default 2) in turn; TESTS=0 skips the tests, ROUNDS=0 the timings. Output in $OUT (or out/compare_trees): tests_<tree>.log and bench.log, whose lines start
 # with the tree. "." is the working tree itself (main).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +30,7 @@ case $mode in
     mkdir -p "$OUT"
     export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
     site=${PYTHONPATH:-}
-    for tree in "$@"; do
+    [ "${TESTS:-1}" = 0 ] || for tree in "$@"; do
       echo "== float64 tests: $tree ($(date -u +%H:%M:%S))"
       (cd "$tree" && PYTHONPATH=$PWD:$site JAX_PLATFORMS=cuda timeout 200 python3 -m pytest -q -p no:cacheprovider \
           "tests/ops/${file}_pallas_test.py" -k float64 2>&1 | tail -5) | tee "$OUT/tests_${tree//\//-}.log"
