@@ -31,8 +31,11 @@ per block; A^T [L, L] accumulates over the blocks and dv [L, N] is computed last
 Slot plan (bf16 SMEM):
   W [L, 64] x2   w of block kb (hi, lo); at the chunk level d_bonus r k for du; w again for dv's Kbar
   P, Q [L, 64] x2 each   the level factors (level 1: r and k in the hi tiles); at the chunk level X - Y and Z
-  M0, M1 [L, L]  the in-block lower / upper 0/1 triangles of a level; the chunk level leaves D in M0, U in M1
-  Sx, Dx [64, N] x2 each   rows kb of S and dS' (bf16, as saved by the state passes, in the first tile of each);
+  M0, M1 [L, L]  the in-block lower / upper 0/1 triangles of a level, by TMA from a [7, 2, L, L] constant (the next
+                 level's fetched once the current one's exponent products are done); the chunk level leaves D in
+                 M0, U in M1
+  Sx, Dx [64, N] x2 each   r and k (TMA, in the second tile of each; r fetched again per K block) for the level
+                           loop; rows kb of S and dS' (bf16, as saved by the state passes, in the first tile of each);
                            then dec S o dS' (hi, lo) in Sx and ones in Dx's first tile
   v, dO [L, N]   (TMA, exact bf16)
   N = 64:  14 tiles of 8 KiB = 112 KiB per CTA (and an 8-byte barrier), so two CTAs fit on an H100 SM;
@@ -86,16 +89,18 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
   C = Tp // L
   LN, LL, KB = (L, N), (L, L), N // L  # KB: 64-wide blocks of the K (key channel / state row) dimension
 
-  def body(r_ref, k_ref, v_ref, w_ref, u_ref, s_ref, dec_ref, st_ref, do_ref, dst_ref,
-           dr_ref, dw_ref, dk_ref, dv_ref, du_ref, narrow, tri, wide, v_s, do_s, bar, *stage):
+  def body(r_ref, k_ref, v_ref, w_ref, u_ref, s_ref, dec_ref, st_ref, do_ref, dst_ref, tri_ref,
+           dr_ref, dw_ref, dk_ref, dv_ref, du_ref, narrow, tri, wide, v_s, do_s, bar, r_bar, mask_bar, *stage):
     W, P, Q = ((narrow.at[i], narrow.at[i + 1]) for i in (0, 2, 4))  # [L, 64] (hi, lo) pairs
     M0, M1 = tri.at[0], tri.at[1]  # [L, L] 0/1 matrices
     Sx, Dx = (wide.at[0], wide.at[1]), (wide.at[2], wide.at[3])  # rows kb of S and dS' [64, N]; (hi, lo) pairs
     mm = Mma({LL: list(stage)} if interpret else None)  # register lhs operands go through `stage` when interpreted
     c, h, bi = lax.axis_index("c"), lax.axis_index("h"), lax.axis_index("b")
     tok = pl.ds(c * L, L)
-    plgpu.copy_gmem_to_smem(v_ref.at[bi, tok, h], v_s, bar)
-    plgpu.copy_gmem_to_smem(do_ref.at[bi, tok, h], do_s, bar)
+    # v, dO, and r, k into the lo tiles of Sx, Dx (free until the chunk level; Dx's stays free, so k stays there, and
+    # r is fetched again for each later K block), so the level loop reads r and k from SMEM
+    for src, dst in ((v_ref, v_s), (do_ref, do_s), (r_ref, Sx[1]), (k_ref, Dx[1])):
+      plgpu.copy_gmem_to_smem(src.at[bi, tok, h], dst, bar)
 
     def ks(kb):  # the K columns of block kb (None: all)
       return slice(None) if kb is None else pl.ds(kb * L, L)
@@ -105,6 +110,12 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
 
     def out(ref, x, kb):
       ref.at[bi, tok, h, ks(kb)][...] = x.astype(ref.dtype)
+
+    def r_blk(kb):  # columns kb of r (bf16, from SMEM)
+      return Sx[1].at[:, ks(kb)][...]
+
+    def k_blk(kb):  # columns kb of k
+      return Dx[1].at[:, ks(kb)][...]
 
     def state(ref, kb):  # rows kb of S or dS' [64, N]
       return load(ref.at[bi, h, c, ks(kb)])
@@ -131,13 +142,17 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
       same = seg_rows() == cols(load(s_ref.at[bi, tok], COL), LL)
       return same & ((t >> (shift + 1)) == (s >> (shift + 1))) & ((t >> shift) != (s >> shift)) & (t > s)
 
-    def exponents(shift):  # (E, F) [L, 64] of block kb (in W): in-block exclusive prefix / suffix sums of w
-      ri, ci = iota(LL, 0), iota(LL, 1)
-      blk = (ri >> shift) == (ci >> shift)
-      M0[...] = jnp.where(blk & (ci < ri), 1.0, 0.0).astype(BF16)  # lower
-      M1[...] = jnp.where(blk & (ci > ri), 1.0, 0.0).astype(BF16)  # upper
-      plgpu.commit_smem()
-      return mm(LL, x2(M0, W)), mm(LL, x2(M1, W))
+    def fetch_masks(shift):  # the in-block lower / upper 0/1 triangles of blocks of 2^shift into M0, M1 (TMA; the
+      # products that read the previous ones must be done)
+      plgpu.copy_gmem_to_smem(tri_ref.at[shift], tri, mask_bar)
+
+    def exponents(shift, fetch_next=True):  # (E, F) [L, 64] of block kb (in W): in-block exclusive prefix / suffix
+      # sums of w; then fetches the next level's triangles (not after the chunk level: its D, U stay for dw and dv)
+      plgpu.barrier_wait(mask_bar)
+      E, F = mm(LL, x2(M0, W)), mm(LL, x2(M1, W))
+      if fetch_next:
+        fetch_masks(shift + 1)
+      return E, F
 
     def d_attn(shift):  # dA_h = M_h (dO V^T), split
       return split(jnp.where(pairs(shift), mm(LL, [(do_s, v_s.T)]), 0.0))
@@ -147,18 +162,22 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
 
     def put_block(kb):  # w, r and k of block kb: w split into W, r into P's and k into Q's hi tile (level 1)
       store_split(inp(w_ref, kb), *W)
-      P[0][...] = load(r_ref.at[bi, tok, h, ks(kb)])
-      Q[0][...] = load(k_ref.at[bi, tok, h, ks(kb)])
+      P[0][...] = r_blk(kb)
+      Q[0][...] = k_blk(kb)
       plgpu.commit_smem()
 
+    plgpu.barrier_wait(bar)  # v, dO, r and k are in SMEM
     # the bonus A_tt = r_t . u . k_t and its cotangent dO_t . v_t (ROW layout, over all N)
-    bonus = jnp.sum(inp(r_ref) * cols(load(u_ref.at[h], COL), LN) * inp(k_ref), axis=1)
-    d_bonus_row = jnp.sum(inp(do_ref) * inp(v_ref), axis=1)  # kept as one value per row, broadcast where used
+    f32 = lambda tile: tile[...].astype(F32)  # noqa: E731
+    bonus = jnp.sum(f32(Sx[1]) * cols(load(u_ref.at[h], COL), LN) * f32(Dx[1]), axis=1)
+    d_bonus_row = jnp.sum(f32(do_s) * f32(v_s), axis=1)  # kept as one value per row, broadcast where used
     AT = jnp.where(diagonal(), rows(bonus, LL), 0.0)  # A^T, accumulated over levels and K blocks
+    fetch_masks(1)
     for kb in range(KB):
+      if kb > 0:  # r again (the chunk level of block kb - 1 overwrote it; its products are done)
+        plgpu.copy_gmem_to_smem(r_ref.at[bi, tok, h], Sx[1], r_bar.at[kb - 1])
+        plgpu.barrier_wait(r_bar.at[kb - 1])
       put_block(kb)
-      if kb == 0:
-        plgpu.barrier_wait(bar)  # v and dO are in SMEM
       # level h = 1: P = r, Q = k (exact bf16, the hi tiles), no decay between the pair
       AT = AT + jnp.where(pairs(0, True), mm(LL, [(Q[0], P[0].T)]), 0.0)
       dr_pairs = mm(LL, x2(d_attn(0), Q[0]))
@@ -169,8 +188,8 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
         AT, dr_pairs, dk_pairs = carry
         E, F = exponents(shift)
         eE, eF = jnp.exp(E), jnp.exp(F)
-        store_split(inp(r_ref, kb) * eE, *P)
-        store_split(inp(k_ref, kb) * eF, *Q)
+        store_split(r_blk(kb).astype(F32) * eE, *P)
+        store_split(k_blk(kb).astype(F32) * eF, *Q)
         plgpu.commit_smem()
         AT = AT + jnp.where(pairs(shift, True), mm(LL, x3(Q, transposed(P))), 0.0)
         dr_pairs = dr_pairs + mm(LL, x3(d_attn(shift), Q)) * eE
@@ -179,14 +198,14 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
 
       AT, dr_pairs, dk_pairs = lax.fori_loop(1, LEVELS, level, (AT, dr_pairs, dk_pairs))
       # chunk level: the readout Qo = [first] r e^{E_L} of S and the key factors Kbar = [last] k e^{F_L} of S'
-      E, F = exponents(LEVELS)  # leaves D (strict lower over the chunk) in M0, U (strict upper) in M1
+      E, F = exponents(LEVELS, fetch_next=False)  # leaves D (strict lower over the chunk) in M0, U (strict upper) in M1
       e_in, e_out = jnp.exp(E), jnp.exp(F)
       Sx[0][...] = state(st_ref, kb)  # the states are bf16: exact single operands
       Dx[0][...] = state(dst_ref, kb)
       plgpu.commit_smem()
       d_qo = jnp.where(first(), mm(LL, [(do_s, Sx[0].T)]), 0.0)  # dO S^T
       d_kbar = jnp.where(last(), mm(LL, [(v_s, Dx[0].T)]), 0.0)  # V dS'^T
-      rv, kv = inp(r_ref, kb), inp(k_ref, kb)
+      rv, kv = r_blk(kb).astype(F32), k_blk(kb).astype(F32)  # (before the split dw term overwrites r's tile)
       d_bonus = rows(d_bonus_row, LL)
       out(dr_ref, d_bonus * u_cols(kb) * kv + d_qo * e_in + dr_pairs, kb)
       out(dk_ref, d_bonus * u_cols(kb) * rv + d_kbar * e_out + dk_pairs, kb)
@@ -200,6 +219,8 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
       Dx[0][...] = jnp.where(iota(LN, 0) >= 0, 1.0, 0.0).astype(BF16)  # ones [64, N]
       plgpu.commit_smem()
       out(dw_ref, mm(LL, x2(M1, P) + x2(M0, Q) + x2(Dx[0], transposed(Sx))) - y, kb)
+      if kb + 1 < KB:
+        fetch_masks(1)  # for the next block's level loop (this block's products with D, U are done)
       du_cols = mm(LN, x2(transposed(W), Dx[0]))  # (d_bonus r k)^T ones: du of block kb in every column
       du_ref.at[bi, h, c, ks(kb)][...] = jnp.sum(jnp.where(iota(LN, 1) == 0, du_cols, 0.0), axis=1)
     # dv = A^T dO + Kbar dS', Kbar recomputed by block (U is still in M1)
@@ -208,12 +229,13 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
       store_split(inp(w_ref, kb), *W)
       Dx[0][...] = state(dst_ref, kb)
       plgpu.commit_smem()
-      kbar = jnp.where(last(), inp(k_ref, kb) * jnp.exp(mm(LL, x2(M1, W))), 0.0)
+      kbar = jnp.where(last(), k_blk(kb).astype(F32) * jnp.exp(mm(LL, x2(M1, W))), 0.0)
       dv = dv + mm(LN, x2(split(kbar), Dx[0]))
     out(dv_ref, dv, None)
 
   scratch = [swizzled((6, L, L)), swizzled((2, L, L)), swizzled((4, L, N)), swizzled(LN), swizzled(LN),
-             plgpu.Barrier(num_arrivals=2)]
+             plgpu.Barrier(num_arrivals=4), plgpu.Barrier(num_arrivals=1, num_barriers=max(KB - 1, 1)),
+             plgpu.Barrier(num_arrivals=1)]
   if interpret:
     scratch += [swizzled(LL) for _ in range(2)]
   out_type = tuple(jax.ShapeDtypeStruct((B, Tp, H, N), dt) for dt in out_dtypes)
@@ -221,4 +243,7 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
   kern = plgpu.kernel(body, out_type=out_type, grid=(C, H, B), grid_names=("c", "h", "b"),
                       scratch_types=tuple(scratch), compiler_params=compiler_params(cross_warp_sums=False),
                       interpret=interpret_params(interpret), kernel_name="wkv6_chunk_grads")
-  return kern(r, k, v, w, u, seg, dec, states, d_o, d_states)
+  ri, ci = jnp.indices((L, L))
+  blocks = [(ri >> shift) == (ci >> shift) for shift in range(LEVELS + 1)]
+  tri = jnp.stack([jnp.stack([blk & (ci < ri), blk & (ci > ri)]) for blk in blocks]).astype(BF16)  # [7, 2, L, L]
+  return kern(r, k, v, w, u, seg, dec, states, d_o, d_states, tri)
