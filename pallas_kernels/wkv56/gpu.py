@@ -84,16 +84,19 @@ def _prep(r, k, v, w, u, seg, *, interpret=False):
   C = Tp // L
   LN, LL = (L, N), (L, L)
 
-  def body(r_ref, k_ref, v_ref, w_ref, u_ref, s_ref, qo_ref, ob_ref, kb_ref, v_s, W0, W1, Q0, Q1, M0, M1, *rest):
-    bar = rest[-1]
+  def body(r_ref, k_ref, v_ref, w_ref, u_ref, s_ref, tri_ref, qo_ref, ob_ref, kb_ref, v_s, W0, W1, Q0, Q1, tri,
+           *rest):
+    M0, M1 = tri.at[0], tri.at[1]
+    bar, mask_bar = rest[-2:]
     stage = None
     if interpret:
-      st = rest[:-1]
+      st = rest[:-2]
       stage = {LN: list(st[:2])} if N == L else {LN: list(st[:2]), LL: list(st[2:4])}
     mm = Mma(stage)
     c, h, bi = lax.axis_index("c"), lax.axis_index("h"), lax.axis_index("b")
     tok = pl.ds(c * L, L)
     plgpu.copy_gmem_to_smem(v_ref.at[bi, tok, h], v_s, bar)
+    plgpu.copy_gmem_to_smem(tri_ref.at[1], tri, mask_bar)  # the first pair level's triangles
 
     store_split(load(w_ref.at[bi, tok, h]), W0, W1)  # w = hi + lo, the right operand of the exponent sums
     rb = load(r_ref.at[bi, tok, h])
@@ -110,12 +113,13 @@ def _prep(r, k, v, w, u, seg, *, interpret=False):
     def pairs(shift):  # t in the right, s in the left half of an aligned block of 2^(shift+1) tokens
       return same & ((ri >> (shift + 1)) == (ci >> (shift + 1))) & ((ri >> shift) != (ci >> shift)) & (ri > ci)
 
-    def exponents(shift):  # (E, F) [L, N]: in-block exclusive prefix / suffix sums of w over blocks of 2^shift
-      blk = (ri >> shift) == (ci >> shift)
-      M0[...] = jnp.where(blk & (ci < ri), 1.0, 0.0).astype(BF16)  # lower
-      M1[...] = jnp.where(blk & (ci > ri), 1.0, 0.0).astype(BF16)  # upper
-      plgpu.commit_smem()
-      return mm(LN, [(M0, W0), (M0, W1)]), mm(LN, [(M1, W0), (M1, W1)])
+    def exponents(shift, fetch_next=True):  # (E, F) [L, N]: in-block exclusive prefix / suffix sums of w over blocks
+      # of 2^shift, with that level's lower / upper 0/1 triangles in M0, M1 (TMA); then fetches the next level's
+      plgpu.barrier_wait(mask_bar)
+      E, F = mm(LN, [(M0, W0), (M0, W1)]), mm(LN, [(M1, W0), (M1, W1)])
+      if fetch_next:  # (the products that read M0, M1 are done)
+        plgpu.copy_gmem_to_smem(tri_ref.at[shift + 1], tri, mask_bar)
+      return E, F
 
     bonus = jnp.sum(rv * cols(load(u_ref.at[h], COL), LN) * kv, axis=1)  # r_t . u . k_t (ROW layout)
     A = jnp.where(ri == ci, rows(bonus, LL), 0.0)
@@ -130,7 +134,7 @@ def _prep(r, k, v, w, u, seg, *, interpret=False):
     A = lax.fori_loop(1, LEVELS, level, A)
 
     # chunk level: the readout of the entering state and the transition's key factors
-    E, F = exponents(LEVELS)
+    E, F = exponents(LEVELS, fetch_next=False)
     first_rows = rows(seg_i, LN) == 0.0
     last_rows = rows(seg_i, LN) == seg_last
     # the outputs go through SMEM by TMA, staged in tiles whose products are done: w's (W0, W1), k's (Q0)
@@ -146,15 +150,15 @@ def _prep(r, k, v, w, u, seg, *, interpret=False):
     plgpu.copy_smem_to_gmem(Q0, ob_ref.at[bi, h, tok])
     plgpu.wait_smem_to_gmem(0)
 
-  scratch = [swizzled(LN) for _ in range(5)] + [swizzled(LL) for _ in range(2)]
+  scratch = [swizzled(LN) for _ in range(5)] + [swizzled((2, L, L))]
   if interpret:
     scratch += [swizzled(LN) for _ in range(2)] + ([] if N == L else [swizzled(LL) for _ in range(2)])
-  scratch += [plgpu.Barrier(num_arrivals=1)]
+  scratch += [plgpu.Barrier(num_arrivals=1), plgpu.Barrier(num_arrivals=1)]
   out = jax.ShapeDtypeStruct((B, H, Tp, N), BF16)
   kern = plgpu.kernel(body, out_type=(out,) * 3, grid=(C, H, B), grid_names=("c", "h", "b"),
                       scratch_types=tuple(scratch), compiler_params=compiler_params(),
                       interpret=interpret_params(interpret), kernel_name="wkv6_prep")
-  return kern(r, k, v, w, u, seg)
+  return kern(r, k, v, w, u, seg, gpu_bwd.level_triangles())
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -66,13 +66,14 @@ from pallas_kernels.mosaic_gpu_tiles import (
   CHUNK, COL, HEAD_DIMS, ROW, cols, compiler_params, interpret_params, iota, load, Mma, rows, split, store_split,
   swizzled, transposed, x2, x3,
 )
+from pallas_kernels.wkv56 import common
 
 F32 = jnp.float32
 BF16 = jnp.bfloat16
 L = CHUNK  # tokens per chunk
 LEVELS = L.bit_length() - 1  # pair levels of the hierarchy (h = 1 .. L/2); block size L is the chunk level
 
-__all__ = ["chunk_grads", "HEAD_DIMS"]
+__all__ = ["chunk_grads", "level_triangles", "HEAD_DIMS"]
 
 
 def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, interpret=False):
@@ -243,7 +244,10 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
   kern = plgpu.kernel(body, out_type=out_type, grid=(C, H, B), grid_names=("c", "h", "b"),
                       scratch_types=tuple(scratch), compiler_params=compiler_params(cross_warp_sums=False),
                       interpret=interpret_params(interpret), kernel_name="wkv6_chunk_grads")
-  ri, ci = jnp.indices((L, L))
-  blocks = [(ri >> shift) == (ci >> shift) for shift in range(LEVELS + 1)]
-  tri = jnp.stack([jnp.stack([blk & (ci < ri), blk & (ci > ri)]) for blk in blocks]).astype(BF16)  # [7, 2, L, L]
-  return kern(r, k, v, w, u, seg, dec, states, d_o, d_states, tri)
+  return kern(r, k, v, w, u, seg, dec, states, d_o, d_states, level_triangles())
+
+
+def level_triangles():
+  """[LEVELS + 1, 2, L, L] bf16: the in-block (lower, upper) 0/1 triangles of blocks of 2^shift tokens for every
+  shift 0..LEVELS (`common.block_triangles`), fetched into SMEM by TMA level by level."""
+  return jnp.stack([jnp.stack(common.block_triangles(L, shift)) for shift in range(LEVELS + 1)]).astype(BF16)
