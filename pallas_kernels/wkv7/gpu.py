@@ -127,15 +127,16 @@ def _prep(r, k, v, a, b, g_pad, seg, *, save_inverse=False, interpret=False):
     A_ak = jnp.where(strict, mm(LL, x3(at, (R0.T, R1.T))), 0.0)
     A_ab = jnp.where(strict, mm(LL, x3(at, (R2.T, R3.T))), 0.0)
 
-    # T = (I - A_ab)^{-1}: block doubling, D <- D + (D A_off) D
+    # T = (I - A_ab)^{-1}: block doubling, D <- D + (D A_off) D, with A_off the level's off-diagonal blocks of A_ab.
+    # D is block diagonal (blocks of 2^shift), so D A_off is D A_ab masked to those blocks: A_ab is stored once.
     D = jnp.where(ri == ci, 1.0, 0.0) + jnp.where(((ri >> 1) == (ci >> 1)) & (ri != ci), A_ab, 0.0)
+    store_split(A_ab, I0, I1)
 
     def doubling(shift, D):  # one loop body (so the code is fetched once)
-      off = jnp.where(((ri >> (shift + 1)) == (ci >> (shift + 1))) & ((ri >> shift) != (ci >> shift)), A_ab, 0.0)
-      store_split(off, I0, I1)
+      off = ((ri >> (shift + 1)) == (ci >> (shift + 1))) & ((ri >> shift) != (ci >> shift))
       store_split(D, I2, I3)
       plgpu.commit_smem()
-      P = mm(LL, x3(split(D), (I0, I1)))
+      P = jnp.where(off, mm(LL, x3(split(D), (I0, I1))), 0.0)
       return D + mm(LL, x3(split(P), (I2, I3)))
 
     D = lax.fori_loop(1, levels, doubling, D)
