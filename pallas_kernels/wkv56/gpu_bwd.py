@@ -137,10 +137,11 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
     def diagonal():
       return iota(LL, 0) == iota(LL, 1)
 
+    same = seg_rows() == cols(load(s_ref.at[bi, tok], COL), LL)  # (symmetric) loaded once, kept for the level loop
+
     def pairs(shift, transposed=False):  # the pair mask of level 2^shift (transposed: of A^T, rows s, columns t)
       ri, ci = iota(LL, 0), iota(LL, 1)
       t, s = (ci, ri) if transposed else (ri, ci)
-      same = seg_rows() == cols(load(s_ref.at[bi, tok], COL), LL)
       return same & ((t >> (shift + 1)) == (s >> (shift + 1))) & ((t >> shift) != (s >> shift)) & (t > s)
 
     def fetch_masks(shift):  # the in-block lower / upper 0/1 triangles of blocks of 2^shift into M0, M1 (TMA; the
