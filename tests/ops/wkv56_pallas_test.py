@@ -276,7 +276,7 @@ def _reference_f64(r, w, k, v, u, s0, segment_ids):
 @pytest.mark.parametrize(
   "op,B,T,H,N,starts",
   [("wkv6", 2, 256, 4, 64, None), ("wkv6", 1, 300, 3, 64, [7, 64, 65, 200]), ("wkv6", 2, 192, 2, 128, [100]),
-   ("wkv5", 2, 200, 2, 64, [64, 130])],
+   ("wkv5", 2, 200, 2, 64, [64, 130]), ("wkv6", 2, 128, 66, 64, [50])],  # 132 heads: block_v 64
 )
 def test_gpu_matches_float64_reference(op, B, T, H, N, starts):
   seed = secrets.randbelow(2**31)

@@ -230,7 +230,8 @@ def _reference_f64(r, w, k, v, a, b, s0, segment_ids):
 @pytest.mark.parametrize(
   "B,T,H,N,starts",
   [(2, 256, 4, 64, None), (1, 300, 3, 64, [7, 64, 65, 200]), (2, 192, 2, 128, [100]),
-   (1, 1100, 2, 64, [500])],  # 35 chunks of 32: chunked's grouped state pass
+   (1, 1100, 2, 64, [500]),  # 35 chunks of 32: chunked's grouped state pass
+   (2, 128, 66, 64, [50])],  # 132 heads: the state passes' widest V tile (block_v 64)
 )
 def test_gpu_matches_float64_reference(B, T, H, N, starts, impl):
   seed = secrets.randbelow(2**31)
