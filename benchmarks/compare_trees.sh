@@ -9,8 +9,8 @@
 #
 # `run` first runs each tree's `tests/ops/<file>_pallas_test.py -k float64` (wkv7, or wkv56 for wkv6) in its own
 # process, then `wkv_bench.py --op OP --shapes K1 --impls pallas_gpu --pieces K1` in each tree, ROUNDS times
-# (default 2) in turn; TESTS=0 skips the tests, ROUNDS=0 the timings. Output in $OUT (or out/compare_trees): tests_<tree>.log and bench.log, whose lines start
-# with the tree. "." is the working tree itself (main).
+# (default 2) in turn; TESTS=0 skips the tests, ROUNDS=0 the timings. Output in $OUT (or out/compare_trees):
+# tests_<tree>.log and bench.log, whose lines start with the tree. "." is the working tree itself (main).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?usage: compare_trees.sh export BRANCH... | run OP TREE...}

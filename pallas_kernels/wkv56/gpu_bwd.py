@@ -38,12 +38,14 @@ Slot plan (bf16 SMEM):
                            loop; rows kb of S and dS' (bf16, as saved by the state passes, in the first tile of each);
                            then dec S o dS' (hi, lo) in Sx and ones in Dx's first tile
   v, dO [L, N]   (TMA, exact bf16)
-  N = 64:  14 tiles of 8 KiB = 112 KiB per CTA (and an 8-byte barrier), so two CTAs fit on an H100 SM;
+  N = 64:  14 tiles of 8 KiB = 112 KiB per CTA (and three 8-byte barriers: inputs, the triangles, and r's refetch,
+           which only N = 128 uses), so two CTAs fit on an H100 SM;
   N = 128: 160 KiB, one CTA per SM
 (tests/ops/wkv56_pallas_test.py checks the N = 64 figure through Mosaic GPU's lowering). Register lhs operands are
 data (the split dA_h, A^T and Kbar), never iota-built masks (see `Mma`); register->SMEM stores are committed before
 the products that read them. Registers: the level loop holds A^T, dr_pairs and dk_pairs (three 64 x 64 fp32
-values) plus e^{E_h}, e^{F_h}, the split dA_h and a product, about seven at most; not yet measured.
+values) and the same-segment mask (loaded once: reloading it at every level cost 0.4 ms at K1 on an H100) plus
+e^{E_h}, e^{F_h}, the split dA_h and a product, about seven at most; not yet measured.
 Tensor-core products per chunk in units of 64 x 64 x 64 (x3 counted as 3, x2 as 2), at N = 64: 7 for the first
 pair level, 15 for each of the five others, 14 for the chunk level (E, F 4; dQo, dKbar 2; dw 6; du 2) and 6 for
 dv (Kbar recomputed 2, A^T dO 2, Kbar dS' 2): 102. At N = 128: 256 (the level loop runs per K block, and dA, dQo,
