@@ -77,6 +77,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
   LN, LL, KB = (L, N), (L, L), N // L  # KB: 64-wide blocks of the K (state row / key channel) dimension
 
   W2H, W2L, V_, DO_, U_ = range(2, 7)  # tiles of `wide` (0, 1: W1)
+  ZERO = 1  # W1's lo tile, zeros during the roles k, b, r
 
   def body(r_ref, k_ref, v_ref, a_ref, b_ref, g_ref, s_ref, dec_ref, st_ref, do_ref, dst_ref, thi_ref, tlo_ref,
            u_ref, dus_ref, tri_ref, ones_ref, dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref, wide, square, st_s,
@@ -204,10 +205,10 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     def wide_at(j, idx):  # the `wide` tile idx[j]
       return wide.at[pick(j, idx)]
 
-    def products(lhs, rhs, second, two):  # lhs rhs^T (+ second[0] second[1]^T if `two`): SMEM operands
-      one = lambda: mm(LL, [(lhs, rhs.T)])  # noqa: E731
-      both = lambda: mm(LL, [(lhs, rhs.T), (second[0], second[1].T)])  # noqa: E731
-      return lax.cond(two, both, one)
+    def products(lhs, rhs, second):  # lhs rhs^T + second[0] second[1]^T (SMEM operands). Roles with one product
+      # take W1's lo tile as second[0], zeros while roles k, b, r run: a zero product, not a branch (a `lax.cond`
+      # around loads in a hot loop cost more than the loads, eighth session)
+      return mm(LL, [(lhs, rhs.T), (second[0], second[1].T)])
 
     def masked(s, t, product):  # a matrix gradient: the product masked by causal(s, t), split (a register lhs)
       return split(jnp.where(causal(s, t), product, 0.0))
@@ -226,10 +227,11 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
 
         y = wide_at(j, Y)
         sign = pick(j, (-1, -1, 1, 1))
-        second = (wide_at(j, (V_, U_, V_, W2L)), wide_at(j, (W2L, W2L, U_, U_)))
-        dA0 = products(y, wide_at(j, (W2H, W2H, U_, U_)), second, j != R_)
+        second = (wide_at(j, (V_, U_, ZERO, W2L)), wide_at(j, (W2L, W2L, U_, U_)))
+        dA0 = products(y, wide_at(j, (W2H, W2H, U_, U_)), second)
         dA0 = masked(sign, pick(j, (1, 1, 0, 1)), dA0)
-        dA1 = products(y, wide_at(j, (DO_, DO_, V_, V_)), (wide.at[W2L], wide.at[V_]), j == A_)
+        dR_lo = wide_at(j, (ZERO, ZERO, ZERO, W2L))  # dR's lo tile for role a, else the zero tile
+        dA1 = products(y, wide_at(j, (DO_, DO_, V_, V_)), (dR_lo, wide.at[V_]))
         dA1 = masked(sign, pick(j, (0, 0, 0, 1)), dA1)
         d_fac = mm(LL, x3(dA0, Q0) + x3(dA1, Q1))
 
@@ -237,7 +239,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
         def _():
           plgpu.barrier_wait(st_bar.at[kb])
 
-        d_side = products(y, st_rows(kb), (wide.at[W2L], st_rows(kb)), j == A_)
+        d_side = products(y, st_rows(kb), (dR_lo, st_rows(kb)))
         side = seg_rows(LL) == jnp.where(j < R_, seg_last, 0.0)
         d_side = jnp.where(side, d_side, 0.0)
         x, X = role_input(j, kb)
@@ -280,6 +282,8 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
 
         return P
 
+      W1[1][...] = plgpu.layout_cast(jnp.zeros(LN, BF16), plgpu.Layout.WGMMA)  # the zero tile (role a overwrites it)
+      plgpu.commit_smem()
       lax.fori_loop(0, 4, role, plgpu.layout_cast(jnp.zeros(LL, F32), plgpu.Layout.WGMMA))
 
   scratch = [swizzled((7, L, N)), swizzled((3 + (KB > 1), 2, L, L)), swizzled((N, N)), plgpu.Barrier(num_arrivals=6),
