@@ -10,7 +10,8 @@
 # `run` first runs each tree's `tests/ops/<file>_pallas_test.py -k float64` (wkv7, or wkv56 for wkv6) in its own
 # process, then `wkv_bench.py --op OP --shapes K1 --impls pallas_gpu --pieces K1` in each tree, ROUNDS times
 # (default 2) in turn; TESTS=0 skips the tests, ROUNDS=0 the timings. Output in $OUT (or out/compare_trees):
-# tests_<tree>.log and bench.log, whose lines start with the tree. "." is the working tree itself (main).
+# tests_<tree>.log (each case's relative errors, then the summary) and bench.log, whose lines start with the tree.
+# "." is the working tree itself (main).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?usage: compare_trees.sh export BRANCH... | run OP TREE...}
@@ -33,7 +34,7 @@ case $mode in
     [ "${TESTS:-1}" = 0 ] || for tree in "$@"; do
       echo "== float64 tests: $tree ($(date -u +%H:%M:%S))"
       (cd "$tree" && PYTHONPATH=$PWD:$site JAX_PLATFORMS=cuda timeout 200 python3 -m pytest -q -p no:cacheprovider \
-          "tests/ops/${file}_pallas_test.py" -k float64 2>&1 | tail -5) | tee "$OUT/tests_${tree//\//-}.log"
+          "tests/ops/${file}_pallas_test.py" -k float64 -s 2>&1 | grep -E "vs float64|passed|failed|Error" | tail -20) | tee "$OUT/tests_${tree//\//-}.log"
     done
     for round in $(seq "${ROUNDS:-2}"); do
       for tree in "$@"; do
