@@ -8,7 +8,8 @@ kernels and XLA mirrors `pallas_kernels.wkv7.gpu` (both use `pallas_kernels.mosa
    in the caller's [B, T, H, N] layout), w (float32) and u, the intra-chunk matrix A with exact decays over the
    binary hierarchy of `common` (the in-block exponent sums E_h, F_h of every level as tensor-core products of a
    0/1 block-triangular matrix with w split into two bf16 halves, fp32 accumulation: a direct sum, about 16
-   significant bits per term; the level products (r e^{E_h}) (k e^{F_h})^T as split-bf16 x3 products), the bonus
+   significant bits per term; the level products (r e^{E_h}) (k e^{F_h})^T with both factors rounded once to bf16,
+   as fla's kernels round theirs: split-bf16 x3 products cost 0.3 ms more at K1 on an H100), the bonus
    on A's diagonal, and writes three bf16 [L, N] tiles per chunk, head-major [B, H, T, N]: Qo = r e^{Λ(c0..t-1)}
    (rows that see the entering state), Ob = A V, Kbar = k e^{Λ(s+1..end)} (the chunk's last segment).
 2. `_state_fwd` (Mosaic GPU, sequential over chunks, grid (V / bv, H, B), one warpgroup): the state S [K, bv] in
@@ -20,23 +21,23 @@ kernels and XLA mirrors `pallas_kernels.wkv7.gpu` (both use `pallas_kernels.mosa
 4. `gpu_bwd.chunk_grads` (Mosaic GPU, chunk-parallel, one warpgroup per CTA, grid (C, H, B)): the input gradients
    dr, dw, dk, dv and each chunk's share of du (XLA sums it), the math of `common.chunk_backward` per chunk given
    the saved entering states and the state gradients of 3, recomputing the chunk's level factors with the numerics
-   of 1 (split-bf16 x3 products, fp32 accumulation); dw regrouped (products over the whole chunk instead of
-   two per level). It replaces `common.chunk_backward` vmapped in XLA, which dominated the backward: at K1 (8, 4096, 32,
-   64) on an H100, forward 2.83 ms, forward+backward 25.77 ms with it (fla's chunk_rwkv6: 2.25 / 7.45 ms;
-   docs/benchmarks.md, 2026-11-26, third session). The kernel is checked in the Mosaic GPU interpreter (the
-   gradients of tests/ops/wkv56_pallas_test.py, and against the XLA version: relative differences ~3e-6, dw ~2e-5)
-   by lowering to Mosaic GPU (112 KiB SMEM per CTA at N = 64, two CTAs per SM) and on an H100 against float64 (below).
-   `benchmarks/wkv_bench.py --pieces` times it against the XLA version: at K1 on an H100, about 4.2 ms against
-   23.8 ms (2026-11-26, eighth session), and the whole backend's forward+backward 6.06 ms against fla's 7.59.
+   of 1 (bf16 level factors, fp32 accumulation; its docstring says what that does to dw); dw regrouped (products
+   over the whole chunk instead of two per level). It replaces `common.chunk_backward` vmapped in XLA, which
+   dominated the backward: at K1 (8, 4096, 32, 64) on an H100, forward 2.83 ms, forward+backward 25.77 ms with it
+   (fla's chunk_rwkv6: 2.25 / 7.45 ms; docs/benchmarks.md, 2026-11-26, third session). The kernel is checked in the
+   Mosaic GPU interpreter (the gradients of tests/ops/wkv56_pallas_test.py, and against the XLA version: relative
+   differences ~2e-3, dw ~3e-3, the bf16 factors), by lowering to Mosaic GPU (112 KiB SMEM per CTA at N = 64, two
+   CTAs per SM) and on an H100 against float64 (below). `benchmarks/wkv_bench.py --pieces` times it against the XLA
+   version: at K1 on an H100, about 3.5 ms against 23.8 ms (ninth session), and the whole backend's forward+backward
+   about 5.0 ms (fla's was 7.59 in the eighth session).
 
 The chunk decay dec = e^{Λ(chunk)} (0 for chunks with a segment start) is computed by XLA (a [B, H, C, N] sum).
 Resets: `segment_ids` -> the per-token segment index inside each chunk (float32 [B, T]); masks as in `common`.
 WKV-5 broadcasts its [H, N] decay over [B, T] and runs the WKV-6 kernels.
 `interpret=True` runs the four Mosaic GPU kernels in the Mosaic GPU interpreter (CPU tests).
-On an H100 (2026-11-26, bf16 inputs, with the input gradients of 4 still in XLA): against a float64 reference,
-wkv6 at N = 64 with and without resets, all outputs and gradients <= 3.3e-3 (tests/ops/wkv56_pallas_test.py); the
-forward against float32 (o, final state): wkv6 N = 128 with a reset and wkv5 N = 64 with and without resets
-<= 4.4e-3. The 0/1 block-triangular matrices of
+On an H100 (ninth session, bf16 inputs, bf16 level factors): against a float64 reference
+(tests/ops/wkv56_pallas_test.py -k float64: wkv6 N = 64 and 128, 132 heads, wkv5, with and without resets), all
+outputs and gradients <= 4.1e-3. The 0/1 block-triangular matrices of
 the exponent sums go through SMEM (M0, M1): built in registers and used as the register lhs of the products, they
 gave a wrong forward at N = 128 (relative error 0.57). One float64 test run of wkv5 with resets gave NaN outputs
 (seed 1883794506, before that change, after the N = 128 failure in the same process); not reproduced since
@@ -57,7 +58,7 @@ from pallas_kernels.chunking import pad_time, segment_index
 from pallas_kernels.mosaic_gpu_state_pass import state_pass
 from pallas_kernels.mosaic_gpu_tiles import (
   CHUNK, COL, HEAD_DIMS, ROW, block_v, cols, compiler_params, interpret_params, iota, load, Mma, rows, split,
-  store_split, swizzled, unsupported_reason, x3,
+  store_split, swizzled, unsupported_reason,
 )
 from pallas_kernels.wkv56 import gpu_bwd
 from rwkvjax.ops.wkv5 import broadcast_decay
@@ -128,9 +129,9 @@ def _prep(r, k, v, w, u, seg, *, interpret=False):
 
     def level(shift, A):  # pair levels 2 .. L/2 as one loop body (so the code is fetched once)
       E, F = exponents(shift)
-      store_split(kv * jnp.exp(F), Q0, Q1)
+      Q0[...] = (kv * jnp.exp(F)).astype(BF16)
       plgpu.commit_smem()
-      return jnp.where(pairs(shift), mm(LL, x3(split(rv * jnp.exp(E)), (Q0.T, Q1.T))), A)
+      return jnp.where(pairs(shift), mm(LL, [((rv * jnp.exp(E)).astype(BF16), Q0.T)]), A)
 
     A = lax.fori_loop(1, LEVELS, level, A)
 

@@ -5,9 +5,15 @@ given the state S entering the chunk (saved by the forward state pass) and the s
 backward state pass): the math of `common.chunk_backward` without a reset state, the VJP of `common.chunk_forward`
 with S held fixed (dS0 comes from the state pass). It recomputes the chunk's forward terms level by level with the
 numerics of `gpu._prep`: the exponent sums E_h, F_h of every pair level as products of a 0/1 block-triangular
-matrix (SMEM) with w split into two bf16 halves, the level factors P_h = r e^{E_h}, Q_h = k e^{F_h} as split bf16
-("x3": hi hi + hi lo + lo hi, fp32 accumulation, about 16 significant bits), and two passes (hi, lo) where one
-operand is exact bf16 (r, k, v, dO, 0/1 matrices).
+matrix (SMEM) with w split into two bf16 halves (fp32 accumulation, about 16 significant bits, so the decays stay
+exact to that), the level factors P_h = r e^{E_h}, Q_h = k e^{F_h} rounded once to bf16 (as fla's kernels round
+theirs), A^T's level products one bf16 pass, dr's and dk's two passes of the split dA_h (hi, lo) with the bf16
+factors, and two passes (hi, lo) wherever one operand is exact bf16 (r, k, v, dO, states, 0/1 matrices).
+Precision: the bf16 factors give the pair terms relative errors of about 2^-9, the size of the bf16 rounding of the
+outputs; dw's regrouping (below) cancels X against Y, whose pair terms carry different roundings (Q's in X, P's in
+Y), so dw's error is about twice the others'. Against float64 on an H100 (ninth session) every gradient <= 3.7e-3;
+in the Mosaic GPU interpreter over 24 cases dw max 4.9e-3 (mean 3.5e-3), against 2.5e-3 (1.4e-3) with split-bf16
+"x3" factors (hi hi + hi lo + lo hi, about 16 bits), which cost 0.6 ms more at K1 (chunk_grads 4.1 against 3.5 ms).
 
 Per pair level h (pairs t > s of one segment, t in the right and s in the left half of an aligned 2h block):
     dA_h = M_h (dO V^T),  dP_h = dA_h Q_h,  dQ_h = dA_h^T P_h,
@@ -46,10 +52,10 @@ data (the split dA_h, A^T and Kbar), never iota-built masks (see `Mma`); registe
 the products that read them. Registers: the level loop holds A^T, dr_pairs and dk_pairs (three 64 x 64 fp32
 values) and the same-segment mask (loaded once: reloading it at every level cost 0.4 ms at K1 on an H100) plus
 e^{E_h}, e^{F_h}, the split dA_h and a product, about seven at most; not yet measured.
-Tensor-core products per chunk in units of 64 x 64 x 64 (x3 counted as 3, x2 as 2), at N = 64: 7 for the first
-pair level, 15 for each of the five others, 14 for the chunk level (E, F 4; dQo, dKbar 2; dw 6; du 2) and 6 for
-dv (Kbar recomputed 2, A^T dO 2, Kbar dS' 2): 102. At N = 128: 256 (the level loop runs per K block, and dA, dQo,
-dKbar, dw's last term and du contract over or produce 128).
+Tensor-core products per chunk in units of 64 x 64 x 64 (two passes counted as 2), at N = 64: 7 for the first
+pair level, 11 for each of the five others (E, F 4; dA, dA^T 2; A^T 1; dr, dk 4), 14 for the chunk level (E, F 4;
+dQo, dKbar 2; dw 6; du 2) and 6 for dv (Kbar recomputed 2, A^T dO 2, Kbar dS' 2): 82. At N = 128: 216 (the level
+loop runs per K block, and dA, dQo, dKbar, dw's last term and du contract over or produce 128).
 
 Checked in the Mosaic GPU interpreter (tests/ops/wkv56_pallas_test.py: against `common.chunk_backward` in float32,
 relative errors ~5e-6 and dw ~1e-5, resets and extreme decays, N = 64 and 128; and through the backend's gradients
@@ -66,7 +72,7 @@ from jax import lax
 
 from pallas_kernels.mosaic_gpu_tiles import (
   CHUNK, COL, HEAD_DIMS, ROW, cols, compiler_params, interpret_params, iota, load, Mma, rows, split, store_split,
-  swizzled, transposed, x2, x3,
+  swizzled, transposed, x2,
 )
 from pallas_kernels.wkv56 import common
 
@@ -192,12 +198,12 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
         AT, dr_pairs, dk_pairs = carry
         E, F = exponents(shift)
         eE, eF = jnp.exp(E), jnp.exp(F)
-        store_split(r_blk(kb).astype(F32) * eE, *P)
-        store_split(k_blk(kb).astype(F32) * eF, *Q)
+        P[0][...] = (r_blk(kb).astype(F32) * eE).astype(BF16)
+        Q[0][...] = (k_blk(kb).astype(F32) * eF).astype(BF16)
         plgpu.commit_smem()
-        AT = AT + jnp.where(pairs(shift, True), mm(LL, x3(Q, transposed(P))), 0.0)
-        dr_pairs = dr_pairs + mm(LL, x3(d_attn(shift), Q)) * eE
-        dk_pairs = dk_pairs + mm(LL, x3(d_attn_t(shift), P)) * eF
+        AT = AT + jnp.where(pairs(shift, True), mm(LL, [(Q[0], P[0].T)]), 0.0)
+        dr_pairs = dr_pairs + mm(LL, x2(d_attn(shift), Q[0])) * eE
+        dk_pairs = dk_pairs + mm(LL, x2(d_attn_t(shift), P[0])) * eF
         return AT, dr_pairs, dk_pairs
 
       AT, dr_pairs, dk_pairs = lax.fori_loop(1, LEVELS, level, (AT, dr_pairs, dk_pairs))

@@ -6,8 +6,8 @@ On CPU (CI) the kernels run in Pallas interpret mode (`interpret=True`; the back
 `pallas_gpu_interpret`), which checks their logic:
   * pallas_tpu: float32 arithmetic, relative error <= 2e-3 (it measures ~1e-7 .. 1e-6);
   * pallas_gpu: the Mosaic GPU interpreter reproduces the kernels' bf16 tensor-core numerics (bf16 inputs and
-    intermediate tiles, split-bf16 products), so it is held to the GPU bound, <= 1e-2 against the float32 reference
-    on the same bf16-rounded inputs (it measures 1e-3 .. 5e-3).
+    intermediate tiles, bf16 level factors, split-bf16 products), so it is held to the GPU bound, <= 1e-2 against
+    the float32 reference on the same bf16-rounded inputs (it measures 1e-3 .. 5e-3).
 Decays: RWKV-6's w = -exp(d) with d up to 3 (and an extreme case up to 8, with w = 0 rows), far beyond what a
 centred factorisation survives in float32; the kernels must stay finite and exact.
 Lowering: the TPU kernels are lowered to Mosaic for TPU (always) and compiled for TPU topologies when libtpu is
@@ -160,8 +160,8 @@ def test_gpu_interpret_matches_reference(op, B, T, H, N, starts, dtype):
                                                     (1, 128, 2, 128, [40], "extreme")])
 def test_gpu_chunk_grads_interpret_matches_chunk_backward(B, T, H, N, starts, decays):
   """The gradient kernel alone against `common.chunk_backward` (float32, vmapped over chunks) on the same bf16 r, k,
-  v, dO and random bf16 entering states / state gradients: relative error <= 1e-4 (the kernel's split-bf16 products;
-  it measures ~3e-6, dw ~2e-5). Tighter than the backend tests, whose error is the forward's bf16 tiles."""
+  v, dO and random bf16 entering states / state gradients: relative error <= GPU_TOL (the kernel rounds its level
+  factors to bf16: it measures ~2e-3, dw ~3e-3; a missing pair level or mask costs far more)."""
   seed = secrets.randbelow(2**31)
   r, w, k, v, u, _ = make_inputs(seed, B, T, H, N, "wkv6", decays)
   rng = np.random.default_rng(seed + 1)
@@ -180,7 +180,7 @@ def test_gpu_chunk_grads_interpret_matches_chunk_backward(B, T, H, N, starts, de
                                            to_chunks(dob.astype(jnp.float32), gpu.L), d_states.astype(jnp.float32))
   refs = tuple(from_chunks(g, T) for g in ref[:4]) + (ref[4][:, :, :, 0],)
   errors = {name: rel_err(x, y) for name, x, y in zip(("dr", "dw", "dk", "dv", "du"), got, refs)}
-  assert all(e <= 1e-4 for e in errors.values()), f"seed={seed} N={N} {decays}: {errors}"
+  assert all(e <= GPU_TOL for e in errors.values()), f"seed={seed} N={N} {decays}: {errors}"
 
 
 # ------------------------------------------------------------------------------------------------------------------
