@@ -13,7 +13,8 @@ Precision: the bf16 factors give the pair terms relative errors of about 2^-9, t
 outputs; dw's regrouping (below) cancels X against Y, whose pair terms carry different roundings (Q's in X, P's in
 Y), so dw's error is about twice the others'. Against float64 on an H100 (ninth session) every gradient <= 3.7e-3;
 in the Mosaic GPU interpreter over 24 cases dw max 4.9e-3 (mean 3.5e-3), against 2.5e-3 (1.4e-3) with split-bf16
-"x3" factors (hi hi + hi lo + lo hi, about 16 bits), which cost 0.6 ms more at K1 (chunk_grads 4.1 against 3.5 ms).
+"x3" factors (hi hi + hi lo + lo hi, about 16 bits), which cost about 0.5 ms more at K1 on an H100 (chunk_grads
+4.06 .. 4.24 against 3.46 .. 4.06 ms over four alternating rounds).
 
 Per pair level h (pairs t > s of one segment, t in the right and s in the left half of an aligned 2h block):
     dA_h = M_h (dO V^T),  dP_h = dA_h Q_h,  dQ_h = dA_h^T P_h,
