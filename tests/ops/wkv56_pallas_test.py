@@ -46,12 +46,16 @@ REFERENCE = {"wkv5": wkv5_reference, "wkv6": wkv6_reference}
 def make_inputs(seed, B, T, H, N, op="wkv6", decays="rwkv6"):
   """r, w, k, v, u, initial state (float32). w: [B, T, H, N] (wkv6) or [H, N] (wkv5), log-decays -exp(d).
 
-  decays: "rwkv6": d in [-8, 3] (per-token decays from ~1 down to e^-20); "extreme": d in [-30, 8] and every
-  fifth token w = 0 (no decay), so that Λ spans 0 .. -3000 within one chunk."""
+  decays: "rwkv6": d in [-8, 3] (per-token decays from ~1 down to e^-20; a chunk's decay e^{Λ(chunk)} is then ~0,
+  so the state barely carries across chunks); "slow": d in [-9, -2] (chunk decays ~0.3: the state carries, as in
+  trained models' slow channels); "extreme": d in [-30, 8] and every fifth token w = 0 (no decay), so that Λ spans
+  0 .. -3000 within one chunk."""
   rng = np.random.default_rng(seed)
   f = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)  # noqa: E731
   if op == "wkv5":
     w = -np.exp(rng.uniform(-6.0, 1.0, (H, N)))
+  elif decays == "slow":
+    w = -np.exp(rng.uniform(-9.0, -2.0, (B, T, H, N)))
   elif decays == "extreme":
     w = -np.exp(rng.uniform(-30.0, 8.0, (B, T, H, N)))
     w[:, ::5] = 0.0
@@ -79,6 +83,7 @@ def compare(seed, op, fn, inputs, segment_ids, tol, dtype=jnp.float32, label="",
     ("wkv5", 2, 50, 1, 16, 32, None, "rwkv6", False),  # time-constant decay, no initial state
     ("wkv6", 1, 80, 1, 16, 64, [3, 63, 64, 65], "extreme", True),  # adjacent resets, decays 1 .. e^-3000
     ("wkv5", 1, 70, 1, 64, 64, [40], "rwkv6", True),  # head dim 64
+    ("wkv6", 1, 80, 1, 16, 16, [40], "slow", True),  # the state carries across chunks
   ],
 )
 def test_tpu_interpret_matches_reference(op, B, T, H, N, chunk, starts, decays, use_s0):
@@ -139,21 +144,22 @@ def test_tpu_interpret_through_public_api(op):
 
 
 @pytest.mark.parametrize(
-  "op,B,T,H,N,starts,dtype",
+  "op,B,T,H,N,starts,dtype,decays",
   [
-    ("wkv6", 1, 150, 1, 64, [5, 64, 100], jnp.bfloat16),  # 3 chunks, T % 64 != 0, resets incl. a chunk boundary
-    ("wkv5", 1, 64, 1, 128, None, jnp.float32),  # head dim 128, float32 inputs (rounded to bf16 by the kernels)
+    ("wkv6", 1, 150, 1, 64, [5, 64, 100], jnp.bfloat16, "rwkv6"),  # 3 chunks, T % 64 != 0, resets incl. a boundary
+    ("wkv5", 1, 64, 1, 128, None, jnp.float32, "rwkv6"),  # head dim 128, float32 inputs (rounded to bf16)
+    ("wkv6", 1, 256, 1, 64, [100], jnp.bfloat16, "slow"),  # the state carries across chunks (the chunk decays)
   ],
 )
-def test_gpu_interpret_matches_reference(op, B, T, H, N, starts, dtype):
+def test_gpu_interpret_matches_reference(op, B, T, H, N, starts, dtype, decays):
   seed = secrets.randbelow(2**31)
-  r, w, k, v, u, s0 = make_inputs(seed, B, T, H, N, op)
+  r, w, k, v, u, s0 = make_inputs(seed, B, T, H, N, op, decays)
   rnd = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731  (the kernels' bf16 inputs)
   inputs = (rnd(r), w, rnd(k), rnd(v), u, s0)
   segment_ids = None if starts is None else segments_from_starts(B, T, starts)
   backend = wkv5_pallas_gpu if op == "wkv5" else wkv6_pallas_gpu
   compare(seed, op, functools.partial(backend, interpret=True), inputs, segment_ids, GPU_TOL, dtype=dtype,
-          label=f"{op} pallas_gpu interpret N={N}")
+          label=f"{op} pallas_gpu interpret N={N} {decays}")
 
 
 @pytest.mark.parametrize("B,T,H,N,starts,decays", [(1, 192, 1, 64, [5, 64, 65, 100], "rwkv6"),
@@ -170,7 +176,8 @@ def test_gpu_chunk_grads_interpret_matches_chunk_backward(B, T, H, N, starts, de
   seg = segment_index(segments_from_starts(B, T, starts), B, T, gpu.L)
   C = seg.shape[1]
   states, d_states = (f(B, H, C, N, N).astype(jnp.bfloat16) for _ in range(2))  # bf16, as the state passes save them
-  got = gpu_bwd.chunk_grads(rb, kb, vb, w, u, seg.reshape(B, T), gpu._chunk_decay(w, seg), states, dob, d_states,
+  dec = jnp.exp(to_chunks(w, gpu.L).sum(axis=3)) * (seg[:, None, :, -1:] == 0.0)  # [B, H, C, N]; 0 after a start
+  got = gpu_bwd.chunk_grads(rb, kb, vb, w, u, seg.reshape(B, T), dec, states, dob, d_states,
                             [jnp.float32] * 4, interpret=True)
   xs = [to_chunks(x.astype(jnp.float32), gpu.L) for x in (rb, w, kb, vb)]
   uc = jnp.broadcast_to(u[None, :, None, None, :], (B, H, C, 1, N))
@@ -274,15 +281,17 @@ def _reference_f64(r, w, k, v, u, s0, segment_ids):
 
 @pytest.mark.skipif(not mosaic_gpu_tiles.is_hopper(), reason="needs a Hopper (sm_90) GPU")
 @pytest.mark.parametrize(
-  "op,B,T,H,N,starts",
-  [("wkv6", 2, 256, 4, 64, None), ("wkv6", 1, 300, 3, 64, [7, 64, 65, 200]), ("wkv6", 2, 192, 2, 128, [100]),
-   ("wkv5", 2, 200, 2, 64, [64, 130]), ("wkv6", 2, 128, 66, 64, [50])],  # 132 heads: block_v 64
+  "op,B,T,H,N,starts,decays",
+  [("wkv6", 2, 256, 4, 64, None, "rwkv6"), ("wkv6", 1, 300, 3, 64, [7, 64, 65, 200], "rwkv6"),
+   ("wkv6", 2, 192, 2, 128, [100], "rwkv6"), ("wkv5", 2, 200, 2, 64, [64, 130], "rwkv6"),
+   ("wkv6", 2, 128, 66, 64, [50], "rwkv6"),  # 132 heads: block_v 64
+   ("wkv6", 2, 320, 4, 64, [100], "slow")],  # the state carries across chunks
 )
-def test_gpu_matches_float64_reference(op, B, T, H, N, starts):
+def test_gpu_matches_float64_reference(op, B, T, H, N, starts, decays):
   seed = secrets.randbelow(2**31)
-  r, w, k, v, u, s0 = make_inputs(seed, B, T, H, N, op)
+  r, w, k, v, u, s0 = make_inputs(seed, B, T, H, N, op, decays)
   r, k, v = (x.astype(jnp.bfloat16) for x in (r, k, v))
   segment_ids = None if starts is None else segments_from_starts(B, T, starts)
   backend = wkv5_pallas_gpu if op == "wkv5" else wkv6_pallas_gpu
   pallas_checks.compare_float64(seed, backend, _reference_f64, (r, w, k, v, u, s0), segment_ids, GPU_TOL, names=NAMES,
-                                label=f"{op} pallas_gpu vs float64 B={B} T={T} H={H} N={N} resets={starts}")
+                                label=f"{op} pallas_gpu vs float64 B={B} T={T} H={H} N={N} resets={starts} {decays}")
