@@ -26,7 +26,9 @@ def make_inputs(seed, B, T, H, N, kind="rwkv7"):
   kind: "rwkv7": a = -kappa, b = kappa * iclr with kappa unit-norm per head (the model's structure);
         "generic": independent random a, b of small norm;
         "aligned": kappa nearly the same for every token, iclr ~ 1 and decay ~ 1 (worst-conditioned WY solve);
-        "strong_decay": the strongest RWKV-7 decay, w ~ -e^{-0.5} (largest intra-chunk exponents).
+        "strong_decay": the strongest RWKV-7 decay, w ~ -e^{-0.5} (largest intra-chunk exponents);
+        "slow": "rwkv7" with decays ~ -0.004 per token, so that the state carries across chunks (with "rwkv7"'s
+        ~ -0.3 a chunk of 64 decays it by ~e^-19).
   """
   ks = jax.random.split(jax.random.PRNGKey(seed), 8)
   shape = (B, T, H, N)
@@ -46,6 +48,8 @@ def make_inputs(seed, B, T, H, N, kind="rwkv7"):
       w = -W_SCALE * jax.nn.sigmoid(normal(ks[0]) - 6.0)
     elif kind == "strong_decay":
       w = -W_SCALE * jax.nn.sigmoid(normal(ks[0]) + 8.0)
+    elif kind == "slow":
+      w = -W_SCALE * jax.nn.sigmoid(normal(ks[0]) - 5.0)
     a, b = -kappa, kappa * iclr
   s0 = normal(ks[6], (B, H, N, N))
   return r, w, k, v, a, b, s0

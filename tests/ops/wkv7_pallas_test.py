@@ -124,6 +124,7 @@ def test_tpu_interpret_through_public_api():
     (1, 150, 1, 64, [5, 64, 100], "rwkv7", jnp.bfloat16),  # 3 chunks, T % 64 != 0, resets incl. a chunk boundary
     (2, 64, 2, 64, None, "aligned", jnp.float32),  # float32 inputs (rounded to bf16 by the kernels); B, H > 1
     (1, 100, 1, 128, [70], "rwkv7", jnp.bfloat16),  # N = 128: the gradient kernel goes by two 64-wide K blocks
+    (1, 256, 1, 64, [100], "slow", jnp.bfloat16),  # the state carries across chunks
   ],
 )
 def test_gpu_interpret_matches_reference(B, T, H, N, starts, kind, dtype):
@@ -228,16 +229,17 @@ def _reference_f64(r, w, k, v, a, b, s0, segment_ids):
 @pytest.mark.skipif(not mosaic_gpu_tiles.is_hopper(), reason="needs a Hopper (sm_90) GPU")
 @pytest.mark.parametrize("impl", ["pallas_gpu", "chunked"])  # chunked: its x3 products for bf16 inputs on a GPU
 @pytest.mark.parametrize(
-  "B,T,H,N,starts",
-  [(2, 256, 4, 64, None), (1, 300, 3, 64, [7, 64, 65, 200]), (2, 192, 2, 128, [100]),
-   (1, 1100, 2, 64, [500]),  # 35 chunks of 32: chunked's grouped state pass
-   (2, 128, 66, 64, [50])],  # 132 heads: the state passes' widest V tile (block_v 64)
+  "B,T,H,N,starts,kind",
+  [(2, 256, 4, 64, None, "rwkv7"), (1, 300, 3, 64, [7, 64, 65, 200], "rwkv7"), (2, 192, 2, 128, [100], "rwkv7"),
+   (1, 1100, 2, 64, [500], "rwkv7"),  # 35 chunks of 32: chunked's grouped state pass
+   (2, 128, 66, 64, [50], "rwkv7"),  # 132 heads: the state passes' widest V tile (block_v 64)
+   (2, 320, 4, 64, [100], "slow")],  # the state carries across chunks
 )
-def test_gpu_matches_float64_reference(B, T, H, N, starts, impl):
+def test_gpu_matches_float64_reference(B, T, H, N, starts, kind, impl):
   seed = secrets.randbelow(2**31)
-  r, w, k, v, a, b, s0 = make_inputs(seed, B, T, H, N)
+  r, w, k, v, a, b, s0 = make_inputs(seed, B, T, H, N, kind)
   r, k, v, a, b = (x.astype(jnp.bfloat16) for x in (r, k, v, a, b))
   segment_ids = None if starts is None else segments_from_starts(B, T, starts)
   fn = wkv7_pallas_gpu if impl == "pallas_gpu" else wkv7_chunked
   pallas_checks.compare_float64(seed, fn, _reference_f64, (r, w, k, v, a, b, s0), segment_ids, GPU_TOL,
-                                names=NAMES, label=f"{impl} vs float64 B={B} T={T} H={H} N={N} resets={starts}")
+                                names=NAMES, label=f"{impl} vs float64 B={B} T={T} H={H} N={N} resets={starts} {kind}")
