@@ -11,10 +11,10 @@ theirs), A^T's level products one bf16 pass, dr's and dk's two passes of the spl
 factors, and two passes (hi, lo) wherever one operand is exact bf16 (r, k, v, dO, states, 0/1 matrices).
 Precision: the bf16 factors give the pair terms relative errors of about 2^-9, the size of the bf16 rounding of the
 outputs; dw's regrouping (below) cancels X against Y, whose pair terms carry different roundings (Q's in X, P's in
-Y), so dw's error is about twice the others'. Against float64 on an H100 (ninth session) every gradient <= 3.7e-3;
-in the Mosaic GPU interpreter over 24 cases dw max 4.9e-3 (mean 3.5e-3), against 2.5e-3 (1.4e-3) with split-bf16
-"x3" factors (hi hi + hi lo + lo hi, about 16 bits), which cost about 0.5 ms more at K1 on an H100 (chunk_grads
-4.06 .. 4.24 against 3.46 .. 4.06 ms over four alternating rounds).
+Y), so dw's error is about twice the others'. Against float64 on an H100 (ninth session, ten cases) dw <= 6.1e-3,
+the others <= 4.1e-3; in the Mosaic GPU interpreter over 24 cases dw max 4.9e-3 (mean 3.5e-3), against 2.5e-3 (1.4e-3)
+with split-bf16 "x3" factors (hi hi + hi lo + lo hi, about 16 bits), which cost about 0.5 ms more at K1 on an H100
+(chunk_grads 4.06 .. 4.24 against 3.46 .. 4.06 ms over four alternating rounds).
 
 Per pair level h (pairs t > s of one segment, t in the right and s in the left half of an aligned 2h block):
     dA_h = M_h (dO V^T),  dP_h = dA_h Q_h,  dQ_h = dA_h^T P_h,
