@@ -5,7 +5,7 @@ Usage (on a GPU machine, with flash-linear-attention / fla-core and jax-linear-a
 those impls are reported as failed and ours still run, also on CPU):
   XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=. python benchmarks/wkv_bench.py [--op wkv7|wkv6|wkv5] \
       [--shapes S0,K1,K2,K3,K4,K5] [--impls pallas_gpu,chunked,fla,jla,reference] [--repeats 30] \
-      [--commit HASH] [--append-docs] [--budget-s 540] [--pieces K1]
+      [--commit HASH] [--append-docs] [--budget-s 540] [--pieces K1] [--state-bv 16,32,64]
 
 --op wkv7 (default). Implementations, each as its library's RWKV-7 layer calls it, bf16 inputs, fp32 state, no
 initial state:
@@ -31,6 +31,8 @@ bytes_min / (t * 3.0 TB/s) with bytes_min per token-head (spec section 3) = 14N 
 for wkv7, 10N or 28N + 8N^2/64 for wkv6, 8N or 22N + 8N^2/64 for wkv5 (no per-token decay).
 A forward correctness check at S0 compares every impl with the op's reference (relative max error of o and the state).
 Prints a table; writes JSON and a markdown row to $OUT (if set); --append-docs appends the row to docs/benchmarks.md.
+--pieces SHAPES also times pallas_gpu's kernels one by one at those shapes; --state-bv adds its two state kernels at
+other V-tile widths (`block_v` picks one by a rule that was measured at K1 only).
 
 Budget: on a fresh H100 machine fla's first call (Triton compilation and autotuning of its DPLR kernels) took more
 than 170 s (2026-11-26); each of our backends and jla builds in 10-25 s per shape.
@@ -335,10 +337,11 @@ def _median_ms(calls, repeats):
   return out
 
 
-def pieces(label, shape, repeats, log):
+def pieces(label, shape, repeats, log, state_bvs=()):
   """Times the parts of pallas_gpu separately (median of `repeats`): XLA prologue, prep kernel, forward state
   kernel (saving states), backward state kernel, the chunk-parallel gradients kernel (`gpu_bwd`) and, for
-  comparison, the same gradients in XLA (`common.chunk_backward` vmapped, the backward's former path)."""
+  comparison, the same gradients in XLA (`common.chunk_backward` vmapped, the backward's former path); the two state
+  kernels also at each V-tile width in `state_bvs` (as "state_fwd@bv32", ...), to tune `block_v`."""
   import functools  # noqa: PLC0415
 
   from pallas_kernels.chunking import segment_index, to_chunks, vmap_chunks  # noqa: PLC0415
@@ -383,12 +386,17 @@ def pieces(label, shape, repeats, log):
     "chunk_grads": lambda: cg(rb, kb_, vb_, ab, bb_, g_pad, seg_flat, dec, states, dob, dst, t_hi, t_lo, u, du),
     "xla_chunk_grads": lambda: b1j(rb, w, kb_, vb_, ab, bb_, seg, states, dob, dst),
   }
+  for width in state_bvs:
+    sf_w = jax.jit(functools.partial(gpu._state_fwd, bv=width, save=True))
+    sb_w = jax.jit(functools.partial(gpu._state_bwd, bv=width))
+    calls[f"state_fwd@bv{width}"] = lambda f=sf_w: f(ww, wu, qo, ob, bb, kb, vb_, dec, s0)
+    calls[f"state_bwd@bv{width}"] = lambda f=sb_w: f(ww, qo, bb, dob, dec, ds)
   out = _median_ms(calls, repeats)
   log(f"  pieces {label} (bv={bv}): " + ", ".join(f"{n} {t:.2f} ms" for n, t in out.items()))
   return out
 
 
-def pieces_v56(label, shape, repeats, log, op):
+def pieces_v56(label, shape, repeats, log, op, state_bvs=()):
   """Times the parts of the wkv5/wkv6 pallas_gpu separately (median of `repeats`): XLA chunk decay, prep kernel,
   forward state kernel (saving states), backward state kernel, the chunk-parallel gradients kernel (`gpu_bwd`) and,
   for comparison, the same gradients in XLA (`common.chunk_backward` vmapped, the backward's former path). T must be
@@ -438,6 +446,11 @@ def pieces_v56(label, shape, repeats, log, op):
     "chunk_grads": lambda: cg(rb, kb, vb, w, u, seg_flat, dec, states, dob, dst),
     "xla_chunk_grads": lambda: xla(rb, w, kb, vb, u, seg, states, dob, dst),
   }
+  for width in state_bvs:
+    sf_w = jax.jit(functools.partial(gpu._state_fwd, bv=width, save=True))
+    sb_w = jax.jit(functools.partial(gpu._state_bwd, bv=width))
+    calls[f"state_fwd@bv{width}"] = lambda f=sf_w: f(qo, ob, kbar, vb, dec, s0)
+    calls[f"state_bwd@bv{width}"] = lambda f=sb_w: f(qo, dob, dec, ds)
   out = _median_ms(calls, repeats)
   log(f"  pieces {op} {label} (bv={bv}): " + ", ".join(f"{n} {t:.2f} ms" for n, t in out.items()))
   return out
@@ -475,6 +488,8 @@ def main(argv=None):
   p.add_argument("--append-docs", action="store_true")
   p.add_argument("--budget-s", type=float, default=1e9, help="skip the remaining shapes after this many seconds")
   p.add_argument("--pieces", default="", help="comma list of shapes at which to also time the parts of pallas_gpu")
+  p.add_argument("--state-bv", default="", help="with --pieces: comma list of V-tile widths (16, 32, 64) at which to "
+                 "also time the state kernels")
   args = p.parse_args(argv)
   start = time.time()
   out_dir = os.environ.get("OUT")
@@ -495,11 +510,12 @@ def main(argv=None):
       continue
     log(f"shape {label} {SHAPES[label]}")
     if label in args.pieces.split(","):
+      state_bvs = [int(x) for x in args.state_bv.split(",") if x]
       try:
         if args.op == "wkv7":
-          pieces(label, SHAPES[label], max(5, args.repeats // 3), log)
+          pieces(label, SHAPES[label], max(5, args.repeats // 3), log, state_bvs)
         else:
-          pieces_v56(label, SHAPES[label], max(5, args.repeats // 3), log, args.op)
+          pieces_v56(label, SHAPES[label], max(5, args.repeats // 3), log, args.op, state_bvs)
       except Exception as e:  # noqa: BLE001
         log(f"  pieces {label}: FAILED {type(e).__name__}: {str(e)[:300]}")
     all_res[label] = bench_shape(label, SHAPES[label], impls, args.repeats, log, args.op)
