@@ -399,8 +399,8 @@ def pieces(label, shape, repeats, log, state_bvs=()):
 def pieces_v56(label, shape, repeats, log, op, state_bvs=()):
   """Times the parts of the wkv5/wkv6 pallas_gpu separately (median of `repeats`): XLA chunk decay, prep kernel,
   forward state kernel (saving states), backward state kernel, the chunk-parallel gradients kernel (`gpu_bwd`) and,
-  for comparison, the same gradients in XLA (`common.chunk_backward` vmapped, the backward's former path). T must be
-  a multiple of 64 (every benchmark shape is)."""
+  for comparison, the same gradients in XLA (`common.chunk_backward` vmapped, the backward's former path); the state
+  kernels also at each width in `state_bvs`, as in `pieces`. T must be a multiple of 64 (every benchmark shape is)."""
   import functools  # noqa: PLC0415
 
   from pallas_kernels.chunking import segment_index, to_chunks, vmap_chunks  # noqa: PLC0415
