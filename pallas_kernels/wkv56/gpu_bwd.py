@@ -195,7 +195,8 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
       dk_pairs = mm(LL, x2(d_attn_t(0), P[0]))
 
       def level(shift, carry):  # pair levels 2 .. L/2 as one loop body (so the code is fetched once; folding level 1
-        # into it as well, at 8 more product units, timed within the noise on the H100: 6.19 vs 6.06 ms, two calls)
+        # into it as well, then at 8 more product units (4 with today's bf16 factors), timed within the noise on the
+        # H100 in the eighth session: 6.19 vs 6.06 ms, two calls)
         AT, dr_pairs, dk_pairs = carry
         E, F = exponents(shift)
         eE, eF = jnp.exp(E), jnp.exp(F)
