@@ -337,6 +337,18 @@ def _median_ms(calls, repeats):
   return out
 
 
+def _add_state_widths(calls, state_bvs, gpu, fwd_args, bwd_args):
+  """Adds to `calls` the op module `gpu`'s two state kernels at each V-tile width in `state_bvs` ("state_fwd@bv32",
+  ...), called on fwd_args / bwd_args (the forward saving its states, as in training)."""
+  import functools  # noqa: PLC0415
+
+  for width in state_bvs:
+    state_fwd = jax.jit(functools.partial(gpu._state_fwd, bv=width, save=True))
+    state_bwd = jax.jit(functools.partial(gpu._state_bwd, bv=width))
+    calls[f"state_fwd@bv{width}"] = functools.partial(state_fwd, *fwd_args)
+    calls[f"state_bwd@bv{width}"] = functools.partial(state_bwd, *bwd_args)
+
+
 def pieces(label, shape, repeats, log, state_bvs=()):
   """Times the parts of pallas_gpu separately (median of `repeats`): XLA prologue, prep kernel, forward state
   kernel (saving states), backward state kernel, the chunk-parallel gradients kernel (`gpu_bwd`) and, for
@@ -386,11 +398,7 @@ def pieces(label, shape, repeats, log, state_bvs=()):
     "chunk_grads": lambda: cg(rb, kb_, vb_, ab, bb_, g_pad, seg_flat, dec, states, dob, dst, t_hi, t_lo, u, du),
     "xla_chunk_grads": lambda: b1j(rb, w, kb_, vb_, ab, bb_, seg, states, dob, dst),
   }
-  for width in state_bvs:
-    sf_w = jax.jit(functools.partial(gpu._state_fwd, bv=width, save=True))
-    sb_w = jax.jit(functools.partial(gpu._state_bwd, bv=width))
-    calls[f"state_fwd@bv{width}"] = lambda f=sf_w: f(ww, wu, qo, ob, bb, kb, vb_, dec, s0)
-    calls[f"state_bwd@bv{width}"] = lambda f=sb_w: f(ww, qo, bb, dob, dec, ds)
+  _add_state_widths(calls, state_bvs, gpu, (ww, wu, qo, ob, bb, kb, vb_, dec, s0), (ww, qo, bb, dob, dec, ds))
   out = _median_ms(calls, repeats)
   log(f"  pieces {label} (bv={bv}): " + ", ".join(f"{n} {t:.2f} ms" for n, t in out.items()))
   return out
@@ -446,11 +454,7 @@ def pieces_v56(label, shape, repeats, log, op, state_bvs=()):
     "chunk_grads": lambda: cg(rb, kb, vb, w, u, seg_flat, dec, states, dob, dst),
     "xla_chunk_grads": lambda: xla(rb, w, kb, vb, u, seg, states, dob, dst),
   }
-  for width in state_bvs:
-    sf_w = jax.jit(functools.partial(gpu._state_fwd, bv=width, save=True))
-    sb_w = jax.jit(functools.partial(gpu._state_bwd, bv=width))
-    calls[f"state_fwd@bv{width}"] = lambda f=sf_w: f(qo, ob, kbar, vb, dec, s0)
-    calls[f"state_bwd@bv{width}"] = lambda f=sb_w: f(qo, dob, dec, ds)
+  _add_state_widths(calls, state_bvs, gpu, (qo, ob, kbar, vb, dec, s0), (qo, dob, dec, ds))
   out = _median_ms(calls, repeats)
   log(f"  pieces {op} {label} (bv={bv}): " + ", ".join(f"{n} {t:.2f} ms" for n, t in out.items()))
   return out
