@@ -9,7 +9,8 @@ sections 2.2-2.4), four pieces:
    by block doubling (`common.unit_lower_inverse`), and writes six bf16 [L, N] tiles per chunk, head-major
    [B, H, T, N]: W = T A0, U_wy = T A_ak V, Qo = Q0 + A_qb W, Ob = A_qb U_wy + A_qk V, Bbar, Kbar. Products whose
    operands are not exact bf16 are "split-bf16 x3" (x = hi + lo; hi hi + hi lo + lo hi, fp32 accumulation, about
-   16 significant bits; FLA keeps these in fp32/tf32, jla uses the same x3 trick); V enters as exact bf16. Under
+   16 significant bits; FLA keeps these in fp32/tf32, jla uses the same x3 trick), except A_qk and A_qb, which
+   feed only the outputs (not T): q~ is rounded once to bf16 for them (two passes); V enters as exact bf16. Under
    autodiff it also writes the split T (hi, lo bf16 [B, H, C, L, L]: 2 L^2 bf16 per chunk) for 4.
 2. `_state_fwd` (Mosaic GPU, sequential over chunks, grid (V / bv, H, B), one warpgroup): the state S [K, bv]
    in fp32 registers; per chunk, with TMA double-buffered tiles, u = W S + U_wy, o = Qo S + Ob,
@@ -47,7 +48,7 @@ from pallas_kernels.chunking import pad_time, segment_index
 from pallas_kernels.mosaic_gpu_state_pass import state_pass
 from pallas_kernels.mosaic_gpu_tiles import (
   CHUNK, COL, HEAD_DIMS, ROW, block_v, cols, compiler_params, interpret_params, iota, load, Mma, rows, split,
-  store_split, swizzled, unsupported_reason, x3,
+  store_split, swizzled, unsupported_reason, x2, x3,
 )
 from pallas_kernels.wkv7 import gpu_bwd
 
@@ -149,9 +150,9 @@ def _prep(r, k, v, a, b, g_pad, seg, *, save_inverse=False, interpret=False):
 
     # q rows: A_qk, A_qb
     rv = load(r_ref.at[bi, tok, h]).astype(F32)
-    qt = split(rv * jnp.exp(G - mid))
-    A_qk = jnp.where(incl, mm(LL, x3(qt, (R0.T, R1.T))), 0.0)
-    A_qb = jnp.where(incl, mm(LL, x3(qt, (R2.T, R3.T))), 0.0)
+    qt = (rv * jnp.exp(G - mid)).astype(BF16)  # rounded once (A_qk, A_qb feed only the outputs, not T)
+    A_qk = jnp.where(incl, mm(LL, x2(qt, (R0.T, R1.T))), 0.0)
+    A_qb = jnp.where(incl, mm(LL, x2(qt, (R2.T, R3.T))), 0.0)
 
     # WY: W = T A0, U_wy = T (A_ak V)
     store_split(jnp.where(first_rows, av * jnp.exp(Gm), 0.0), R0, R1)

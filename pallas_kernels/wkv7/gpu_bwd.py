@@ -6,9 +6,13 @@ backward state pass): the math of `common.chunk_backward` (spec section 2.3), th
 S held fixed (dS0 comes from the state pass). What the other kernels already computed it loads rather than rebuilds:
 the split inverse T = (I - A_ab)^{-1} (from `gpu._prep`), u = T (A0 S + A_ak V) (from the forward state pass), the
 state's share of du, Bbar dS' (from the backward state pass), and S and dS' as bf16 (jax-linear-attention saves
-its states in bf16 too). It recomputes the factors and three intra-chunk matrices with the numerics of `gpu._prep`:
-bf16 tensor-core products with fp32 accumulation, "split-bf16 x3" (hi hi + hi lo + lo hi) where neither operand is
-exact bf16, two passes (hi, lo) where one operand is exact bf16 (v, dO, u, S, dS', 0/1 matrices), one where both are.
+its states in bf16 too). It recomputes the factors and three intra-chunk matrices A_ak, A_qk, A_qb: bf16 tensor-core
+products with fp32 accumulation, "split-bf16 x3" (hi hi + hi lo + lo hi) where neither operand is exact bf16, two
+passes (hi, lo) where one operand is exact bf16 (v, dO, u, S, dS', 0/1 matrices), one where both are; rounded once to
+bf16 (one pass): the factors of the three recomputed matrices, and the matrix gradients dA (so the factor gradients
+are two passes of dA with the split factors). Rounding the factors of the factor gradients instead tripled dw's
+error (the Mosaic GPU interpreter against float64: max 7.4e-3 against 1.8e-3 over 20 cases), as dw's regrouping then
+cancels sums whose terms carry different roundings; with dA rounded, dw max 2.6e-3, every output <= 5.5e-3 as before.
 
 Grid (C, H, B), one warpgroup per CTA, head dims N = 64 and 128. All tiles are 64 rows; the K dimension (state rows,
 key channels) goes by 64-wide blocks kb: dr, dw, dk, da, db are computed and written by 64-column blocks (at N = 128
@@ -28,8 +32,8 @@ ptxas (H100, N = 64): 255 registers, 492 / 528 bytes of spill stores / loads (16
 u and the states' terms itself). The parts that repeat with other operands (the gradients of k, b, r, a; the forward
 recompute's three matrices) are loop bodies whose operands the loop index picks: fully unrolled, the kernel was one
 straight block of about 11,400 PTX instructions per thread that stalled on instruction fetch and took twice the time
-(docs/benchmarks.md, seventh session). At N = 64, 68 tensor-core products of 64 x 64 x 64 per chunk (x3 counted as 3);
-rebuilding T, u and Bbar dS' and splitting the float32 states took 124.
+(docs/benchmarks.md, seventh session). At N = 64, 54 tensor-core products of 64 x 64 x 64 per chunk (x3 counted as 3;
+68 with split factors and dA); rebuilding T, u and Bbar dS' and splitting the float32 states took 124.
 
 The log-decay gradient is assembled as in `chunk_backward`, regrouped so that the last-segment terms cancel exactly:
     dw = M_>= P + M_> dgm + M_< Q + dec * diag(dS' S^T)      (M_op[i, j] = [j op i], 0/1 bf16 matrices)
@@ -168,11 +172,11 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     def attention(i):
       @pl.when(i != 1)
       def _():
-        put(factor(jnp.where(i == 0, K_, B_)), W1)
+        W1[0][...] = factor(jnp.where(i == 0, K_, B_)).astype(BF16)
         plgpu.commit_smem()
 
-      left = split(factor(jnp.where(i == 0, A_, R_)))  # a~, then q~ twice
-      A = jnp.where(causal(1, pick(i, (1, 0, 0))), mm(LL, x3(left, transposed(W1))), 0.0)
+      left = factor(jnp.where(i == 0, A_, R_)).astype(BF16)  # a~, then q~ twice
+      A = jnp.where(causal(1, pick(i, (1, 0, 0))), mm(LL, [(left, W1[0].T)]), 0.0)
       lax.switch(i, [lambda dst=dst: put(A, dst) for dst in (Q1, Q3, Q2)])
       plgpu.commit_smem()
 
@@ -210,8 +214,9 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       # around loads in a hot loop cost more than the loads, eighth session)
       return mm(LL, [(lhs, rhs.T), (second[0], second[1].T)])
 
-    def masked(s, t, product):  # a matrix gradient: the product masked by causal(s, t), split (a register lhs)
-      return split(jnp.where(causal(s, t), product, 0.0))
+    def masked(s, t, product):  # a matrix gradient: the product masked by causal(s, t), rounded once to bf16 (a
+      # register lhs; the same rounded dA enters both sums of dw's regrouping, so their terms still cancel)
+      return jnp.where(causal(s, t), product, 0.0).astype(BF16)
 
     Y = (V_, U_, DO_, W2H)  # the roles' lhs in `wide`
     for kb in range(KB):
@@ -233,7 +238,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
         dR_lo = wide_at(j, (ZERO, ZERO, ZERO, W2L))  # dR's lo tile for role a, else the zero tile
         dA1 = products(y, wide_at(j, (DO_, DO_, V_, V_)), (dR_lo, wide.at[V_]))
         dA1 = masked(sign, pick(j, (0, 0, 0, 1)), dA1)
-        d_fac = mm(LL, x3(dA0, Q0) + x3(dA1, Q1))
+        d_fac = mm(LL, x2(dA0, Q0) + x2(dA1, Q1))
 
         @pl.when(j == R_)  # S rows kb have arrived in the state tile (fetched after role b)
         def _():
