@@ -350,7 +350,7 @@ def _add_state_widths(calls, state_bvs, gpu, fwd_args, bwd_args):
 
 
 def pieces(label, shape, repeats, log, state_bvs=()):
-  """Times the parts of pallas_gpu separately (median of `repeats`): XLA prologue, prep kernel, forward state
+  """Times the parts of pallas_gpu separately (median of `repeats`): prep kernel, forward state
   kernel (saving states), backward state kernel, the chunk-parallel gradients kernel (`gpu_bwd`) and, for
   comparison, the same gradients in XLA (`common.chunk_backward` vmapped, the backward's former path); the two state
   kernels also at each V-tile width in `state_bvs` (as "state_fwd@bv32", ...), to tune `block_v`."""
@@ -369,10 +369,9 @@ def pieces(label, shape, repeats, log, state_bvs=()):
   C = seg.shape[1]
   bv = block_v(B, H, N)
   s0 = jnp.zeros((B, H, N, N), jnp.float32)
-  prologue = jax.jit(gpu._prologue)
-  g_pad, dec, seg_flat = prologue(w, seg)
+  seg_flat = seg.reshape(B, T)
   prep = jax.jit(functools.partial(gpu._prep, save_inverse=True))  # as in training (the forward saving for the VJP)
-  ww, wu, qo, ob, bb, kb, t_hi, t_lo = prep(bf(r), bf(k), bf(v), bf(a), bf(b), g_pad, seg_flat)
+  ww, wu, qo, ob, bb, kb, dec, g_pad, t_hi, t_lo = prep(bf(r), bf(k), bf(v), bf(a), bf(b), w, seg_flat)
   sf = jax.jit(functools.partial(gpu._state_fwd, bv=bv, save=True))
   o, fin, states, u = sf(ww, wu, qo, ob, bb, kb, bf(v), dec, s0)
   sb = jax.jit(functools.partial(gpu._state_bwd, bv=bv))
@@ -391,8 +390,7 @@ def pieces(label, shape, repeats, log, state_bvs=()):
   jax.block_until_ready(b1j(bf(r), w, bf(k), bf(v), bf(a), bf(b), seg, states, bf(do), dst))
   rb, kb_, vb_, ab, bb_, dob = (bf(t) for t in (r, k, v, a, b, do))  # cast once, outside the timed calls
   calls = {
-    "prologue": lambda: prologue(w, seg),
-    "prep": lambda: prep(rb, kb_, vb_, ab, bb_, g_pad, seg_flat),
+    "prep": lambda: prep(rb, kb_, vb_, ab, bb_, w, seg_flat),
     "state_fwd": lambda: sf(ww, wu, qo, ob, bb, kb, vb_, dec, s0),
     "state_bwd": lambda: sb(ww, qo, bb, dob, dec, ds),
     "chunk_grads": lambda: cg(rb, kb_, vb_, ab, bb_, g_pad, seg_flat, dec, states, dob, dst, t_hi, t_lo, u, du),

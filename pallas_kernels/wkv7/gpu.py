@@ -4,14 +4,15 @@ Chunk L = 64 tokens, head dims N = 64 and 128, bf16 inputs, fp32 state. With the
 sections 2.2-2.4), four pieces:
 
 1. `_prep` (Mosaic GPU, chunk-parallel, one warpgroup per CTA, grid (C, H, B)): per chunk, from r, k, v, a, b
-   (bf16, read in the caller's [B, T, H, N] layout) and the chunk-local cumulative log-decay G (float32, computed by
-   XLA), the factors q~, a~, k^, b^ through the middle token, the four intra-chunk matrices, T = (I - A_ab)^{-1}
-   by block doubling (`common.unit_lower_inverse`), and writes six bf16 [L, N] tiles per chunk, head-major
-   [B, H, T, N]: W = T A0, U_wy = T A_ak V, Qo = Q0 + A_qb W, Ob = A_qb U_wy + A_qk V, Bbar, Kbar. Products whose
-   operands are not exact bf16 are "split-bf16 x3" (x = hi + lo; hi hi + hi lo + lo hi, fp32 accumulation, about
-   16 significant bits; FLA keeps these in fp32/tf32, jla uses the same x3 trick), except A_qk and A_qb, which
-   feed only the outputs (not T): q~ is rounded once to bf16 for them (two passes); V enters as exact bf16. Under
-   autodiff it also writes the split T (hi, lo bf16 [B, H, C, L, L]: 2 L^2 bf16 per chunk) for 4.
+   (bf16, read in the caller's [B, T, H, N] layout) and w (float32), the chunk-local cumulative log-decay G (exact
+   tensor-core sums) and the chunk decay, the factors q~, a~, k^, b^ through the middle token, the four intra-chunk
+   matrices, T = (I - A_ab)^{-1} by block doubling (`common.unit_lower_inverse`), and writes six bf16 [L, N] tiles
+   per chunk, head-major [B, H, T, N]: W = T A0, U_wy = T A_ak V, Qo = Q0 + A_qb W, Ob = A_qb U_wy + A_qk V, Bbar,
+   Kbar. Products whose operands are not exact bf16 are "split-bf16 x3" (x = hi + lo; hi hi + hi lo + lo hi, fp32
+   accumulation, about 16 significant bits; FLA keeps these in fp32/tf32, jla uses the same x3 trick), except A_qk
+   and A_qb, which feed only the outputs (not T): q~ is rounded once to bf16 for them (two passes); V enters as
+   exact bf16. Under autodiff it also writes G (float32) and the split T (hi, lo bf16 [B, H, C, L, L]: 2 L^2 bf16
+   per chunk) for 4.
 2. `_state_fwd` (Mosaic GPU, sequential over chunks, grid (V / bv, H, B), one warpgroup): the state S [K, bv]
    in fp32 registers; per chunk, with TMA double-buffered tiles, u = W S + U_wy, o = Qo S + Ob,
    S <- diag(d) S + Bbar^T u + Kbar^T V. S and u enter the tensor cores as split bf16 (hi + lo). Writes o (bf16,
@@ -62,26 +63,33 @@ L = CHUNK  # tokens per chunk
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _prep(r, k, v, a, b, g_pad, seg, *, save_inverse=False, interpret=False):
-  """Six bf16 tiles [B, H, Tp, N]: (wy_w, wy_u, qo, ob, bbar, kbar), see the module docstring; with save_inverse
-  also the split inverse T = (I - A_ab)^{-1} of every chunk, (hi, lo) bf16 [B, H, C, L, L] each, for the backward
-  (`gpu_bwd.chunk_grads` then loads it instead of rebuilding it).
+def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
+  """Six bf16 tiles [B, H, Tp, N]: (wy_w, wy_u, qo, ob, bbar, kbar), see the module docstring, and the chunk decay
+  dec [B, H, C, N] float32 (e^{G_last} of chunks without a segment start, else 0); with save_inverse, for the
+  backward, also g_pad [B, 1 + Tp, H, N] float32 (row 1 + t: the chunk-local inclusive cumulative log-decay G of
+  token t; row 0 is never written: the kernels only read it under a mask) and the split inverse
+  T = (I - A_ab)^{-1} of every chunk, (hi, lo) bf16 [B, H, C, L, L] each (`gpu_bwd.chunk_grads` loads both instead of
+  rebuilding them).
 
-  r, k, v, a, b: [B, Tp, H, N] bf16, Tp a multiple of L; g_pad [B, 1 + Tp, H, N] float32: a zero row, then the
-  chunk-local inclusive cumulative log-decay; seg [B, Tp] float32 segment index inside each chunk.
+  r, k, v, a, b: [B, Tp, H, N] bf16, Tp a multiple of L; w [B, Tp, H, N] float32 log-decay (zero-padded); seg
+  [B, Tp] float32 segment index inside each chunk.
+  G, its middle row and its last row are tensor-core sums of w split into three bf16 parts (24 bits: w exactly) with
+  0/1 matrices (`_cumsum_matrices`), fp32 accumulation; they replace an XLA prologue (a cumsum and a copy, 0.66 ms at
+  K1 on an H100).
   """
   B, Tp, H, N = r.shape
   C = Tp // L
   LN, LL = (L, N), (L, L)
   levels = int(math.log2(L))
 
-  def body(r_ref, k_ref, v_ref, a_ref, b_ref, g_ref, s_ref, ww_ref, wu_ref, qo_ref, ob_ref, bb_ref, kb_ref, *refs):
-    t_refs = refs[:2 * save_inverse]  # the (hi, lo) inverse outputs
-    v_s, R0, R1, R2, R3, I0, I1, I2, I3, O0, O1, *rest = refs[2 * save_inverse:]
-    bar = rest[-1]
+  def body(r_ref, k_ref, v_ref, a_ref, b_ref, w_ref, s_ref, sums_ref, ww_ref, wu_ref, qo_ref, ob_ref, bb_ref, kb_ref,
+           dec_ref, *refs):
+    g_refs, t_refs = refs[:save_inverse], refs[save_inverse:3 * save_inverse]  # g_pad; the (hi, lo) inverse
+    v_s, R0, R1, R2, R3, I0, I1, I2, I3, O0, O1, *rest = refs[3 * save_inverse:]
+    bar, sums_bar = rest[-2:]
     stage = None
     if interpret:
-      st = rest[:-1]
+      st = rest[:-2]
       stage = {LN: list(st[:4])} if N == L else {LN: list(st[:4]), LL: list(st[4:8])}
     mm = Mma(stage)
     c, h, bi = lax.axis_index("c"), lax.axis_index("h"), lax.axis_index("b")
@@ -96,15 +104,28 @@ def _prep(r, k, v, a, b, g_pad, seg, *, save_inverse=False, interpret=False):
       plgpu.copy_smem_to_gmem(O0, ref0.at[bi, h, tok])
       plgpu.copy_smem_to_gmem(O1, ref1.at[bi, h, tok])
 
-    G = load(g_ref.at[bi, pl.ds(c * L + 1, L), h])
-    mid = cols(load(g_ref.at[bi, c * L + (L - 1) // 2 + 1, h], COL), LN)
-    last = cols(load(g_ref.at[bi, c * L + L, h], COL), LN)
+    # G (inclusive prefix sums of w), its middle row and its last row in every row: 0/1 matrices (TMA) times w in
+    # three exact bf16 parts
+    for i, dst in enumerate((I0, I1, I2)):
+      plgpu.copy_gmem_to_smem(sums_ref.at[i], dst, sums_bar)
+    wv = load(w_ref.at[bi, tok, h])
+    w_hi = wv.astype(BF16)
+    w_rest = wv - w_hi.astype(F32)
+    w_mid = w_rest.astype(BF16)
+    R0[...], R1[...], R2[...] = w_hi, w_mid, (w_rest - w_mid.astype(F32)).astype(BF16)
+    plgpu.commit_smem()
+    plgpu.barrier_wait(sums_bar)
+    G, mid, last = (mm(LN, [(M, R) for R in (R0, R1, R2)]) for M in (I0, I1, I2))
+    if save_inverse:
+      g_refs[0].at[bi, pl.ds(1 + c * L, L), h][...] = G
     seg_i = load(s_ref.at[bi, tok], ROW)
     seg_j = load(s_ref.at[bi, tok], COL)
     seg_last = s_ref[bi, c * L + L - 1]
     rN = iota(LN, 0)
     first_rows = rows(seg_i, LN) == 0.0
     last_rows = rows(seg_i, LN) == seg_last
+    chunk_sum = jnp.sum(jnp.where(rN == 0, last, 0.0), axis=0)  # (every row of `last` is the chunk's sum of w)
+    dec_ref.at[bi, h, c][...] = jnp.where(seg_last == 0.0, jnp.exp(chunk_sum), 0.0)
 
     # right factors k^ = k e^{m-G}, b^ = b e^{m-G} (split, SMEM); Bbar, Kbar
     e_out = jnp.exp(mid - G)
@@ -122,7 +143,7 @@ def _prep(r, k, v, a, b, g_pad, seg, *, save_inverse=False, interpret=False):
     incl = same & (ri >= ci)
 
     # a rows: A_ak, A_ab
-    Gm = jnp.where(rN == 0, 0.0, load(g_ref.at[bi, pl.ds(c * L, L), h]))
+    Gm = jnp.where(rN == 0, 0.0, G - load(w_ref.at[bi, tok, h]))  # the exclusive prefix sums (w again, from L2)
     av = load(a_ref.at[bi, tok, h]).astype(F32)
     at = split(av * jnp.exp(Gm - mid))
     A_ak = jnp.where(strict, mm(LL, x3(at, (R0.T, R1.T))), 0.0)
@@ -181,14 +202,24 @@ def _prep(r, k, v, a, b, g_pad, seg, *, save_inverse=False, interpret=False):
   scratch += [swizzled(LN), swizzled(LN)]  # O0, O1: output staging
   if interpret:
     scratch += [swizzled(LN) for _ in range(4)] + ([] if N == L else [swizzled(LL) for _ in range(4)])
-  scratch += [plgpu.Barrier(num_arrivals=1)]
+  scratch += [plgpu.Barrier(num_arrivals=1), plgpu.Barrier(num_arrivals=3)]
   out = jax.ShapeDtypeStruct((B, H, Tp, N), BF16)
+  dec = jax.ShapeDtypeStruct((B, H, C, N), F32)
+  g_pad = jax.ShapeDtypeStruct((B, 1 + Tp, H, N), F32)
   inverse = jax.ShapeDtypeStruct((B, H, C, L, L), BF16)
-  kern = plgpu.kernel(body, out_type=(out,) * 6 + (inverse,) * (2 * save_inverse), grid=(C, H, B),
+  out_type = (out,) * 6 + (dec,) + ((g_pad,) + (inverse,) * 2 if save_inverse else ())
+  kern = plgpu.kernel(body, out_type=out_type, grid=(C, H, B),
                       grid_names=("c", "h", "b"),
                       scratch_types=tuple(scratch), compiler_params=compiler_params(),
                       interpret=interpret_params(interpret), kernel_name="wkv7_prep")
-  return kern(r, k, v, a, b, g_pad, seg)
+  return kern(r, k, v, a, b, w, seg, _cumsum_matrices())
+
+
+def _cumsum_matrices():
+  """[3, L, L] bf16 0/1: the inclusive lower triangle (G = tri w), every row [j <= (L - 1) / 2] (G's middle row) and
+  ones (G's last row, the chunk's sum), fetched by `_prep` into SMEM by TMA."""
+  i, j = jnp.arange(L)[:, None], jnp.arange(L)[None, :]
+  return jnp.stack([i >= j, jnp.broadcast_to(j <= (L - 1) // 2, (L, L)), jnp.ones((L, L), bool)]).astype(BF16)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -253,21 +284,8 @@ def _state_bwd(ww, qo, bb, d_o, dec, d_final, *, bv: int, interpret=False):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# glue: prologue, custom_vjp, backend
+# glue: custom_vjp, backend
 # ------------------------------------------------------------------------------------------------------------------
-
-
-def _prologue(w, seg):
-  """g_pad [B, 1 + Tp, H, N] (zero row + chunk-local cumsum of w), dec [B, H, C, N] (e^{gL} of chunks without a
-  segment start, else 0), seg_flat [B, Tp] float32."""
-  B, T, H, N = w.shape
-  C = seg.shape[1]
-  Tp = C * L
-  g = jnp.cumsum(pad_time(w.astype(F32), Tp).reshape(B, C, L, H, N), axis=2)
-  carry = seg[:, :, L - 1] == 0.0
-  dec = jnp.where(carry[:, :, None, None], jnp.exp(g[:, :, L - 1]), 0.0).transpose(0, 2, 1, 3)
-  g_pad = jnp.concatenate([jnp.zeros((B, 1, H, N), F32), g.reshape(B, Tp, H, N)], axis=1)
-  return g_pad, dec, seg.reshape(B, Tp)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
@@ -280,13 +298,14 @@ def _wkv7_fwd(r, w, k, v, a, b, s0, seg, interpret, save=True):
   C = seg.shape[1]
   Tp = C * L
   xs = [pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
-  g_pad, dec, seg_flat = _prologue(w, seg)
-  ww, wu, qo, ob, bb, kb, *inverse = _prep(*xs, g_pad, seg_flat, save_inverse=save, interpret=interpret)
+  ww, wu, qo, ob, bb, kb, dec, *saved = _prep(*xs, pad_time(w.astype(F32), Tp), seg.reshape(B, Tp),
+                                              save_inverse=save, interpret=interpret)
   bv = block_v(B, H, N)
   outs = _state_fwd(ww, wu, qo, ob, bb, kb, xs[2], dec, s0, bv=bv, save=save, interpret=interpret)
   o, final = outs[0][:, :T], outs[1]
   if not save:
     return (o.astype(r.dtype), final), None
+  g_pad, *inverse = saved
   return (o.astype(r.dtype), final), (r, g_pad, k, v, a, b, seg, outs[2], outs[3], ww, qo, bb, dec, inverse)
 
 
