@@ -68,6 +68,29 @@ def busy_time(events: list[tuple[str, float, float]]) -> float:
   return total
 
 
+def summary(path: pathlib.Path, steps: int = 3, top: int = 25, device: str = "GPU") -> str:
+  """The tables of the module docstring for the trace file `path` (kernel times divided by `steps`)."""
+  with gzip.open(path, "rt") as f:
+    events = device_kernels(json.load(f), device)
+  per_step = lambda us: us / steps / 1e3  # noqa: E731
+  kernel_sum = sum(d for _, _, d in events)
+  span = max(s + d for _, s, d in events) - min(s for _, s, _ in events)
+  lines = [f"{path}: {len(events)} kernels, per step: span {per_step(span):.2f} ms, busy "
+           f"{per_step(busy_time(events)):.2f} ms, kernel sum {per_step(kernel_sum):.2f} ms"]
+  by_class, by_name = collections.Counter(), collections.Counter()
+  count = collections.Counter()
+  for name, _, dur in events:
+    by_class[classify(name)] += dur
+    by_name[name] += dur
+    count[name] += 1
+  lines += ["", "| class | ms/step | share |", "|---|---|---|"]
+  lines += [f"| {cls} | {per_step(us):.2f} | {us / kernel_sum:.1%} |" for cls, us in by_class.most_common()]
+  lines += ["", "| kernel | class | calls/step | ms/step | share |", "|---|---|---|---|---|"]
+  lines += [f"| {name[:90]} | {classify(name)} | {count[name] / steps:g} | {per_step(us):.3f} | {us / kernel_sum:.1%} |"
+            for name, us in by_name.most_common(top)]
+  return "\n".join(lines)
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("dir", type=pathlib.Path)
@@ -75,26 +98,7 @@ def main():
   parser.add_argument("--top", type=int, default=25)
   parser.add_argument("--device", default="GPU", help="substring of the device processes' names")
   args = parser.parse_args()
-  path = newest_trace(args.dir)
-  with gzip.open(path, "rt") as f:
-    events = device_kernels(json.load(f), args.device)
-  per_step = lambda us: us / args.steps / 1e3
-  kernel_sum = sum(d for _, _, d in events)
-  span = max(s + d for _, s, d in events) - min(s for _, s, _ in events)
-  print(f"{path}: {len(events)} kernels, per step: span {per_step(span):.1f} ms, busy {per_step(busy_time(events)):.1f} ms, "
-        f"kernel sum {per_step(kernel_sum):.1f} ms")
-  by_class, by_name = collections.Counter(), collections.Counter()
-  count = collections.Counter()
-  for name, _, dur in events:
-    by_class[classify(name)] += dur
-    by_name[name] += dur
-    count[name] += 1
-  print("\n| class | ms/step | share |\n|---|---|---|")
-  for cls, us in by_class.most_common():
-    print(f"| {cls} | {per_step(us):.2f} | {us / kernel_sum:.1%} |")
-  print("\n| kernel | class | calls/step | ms/step | share |\n|---|---|---|---|---|")
-  for name, us in by_name.most_common(args.top):
-    print(f"| {name[:90]} | {classify(name)} | {count[name] / args.steps:g} | {per_step(us):.2f} | {us / kernel_sum:.1%} |")
+  print(summary(newest_trace(args.dir), args.steps, args.top, args.device))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Usage (on a GPU machine, with flash-linear-attention / fla-core and jax-linear-a
 those impls are reported as failed and ours still run, also on CPU):
   XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=. python benchmarks/wkv_bench.py [--op wkv7|wkv6|wkv5] \
       [--shapes S0,K1,K2,K3,K4,K5] [--impls pallas_gpu,chunked,fla,jla,reference] [--repeats 30] \
-      [--commit HASH] [--append-docs] [--budget-s 540] [--pieces K1] [--state-bv 16,32,64]
+      [--commit HASH] [--append-docs] [--budget-s 540] [--pieces K1] [--state-bv 16,32,64] [--trace K2]
 
 --op wkv7 (default). Implementations, each as its library's RWKV-7 layer calls it, bf16 inputs, fp32 state, no
 initial state:
@@ -33,6 +33,9 @@ A forward correctness check at S0 compares every impl with the op's reference (r
 Prints a table; writes JSON and a markdown row to $OUT (if set); --append-docs appends the row to docs/benchmarks.md.
 --pieces SHAPES also times pallas_gpu's kernels one by one at those shapes; --state-bv adds its two state kernels at
 other V-tile widths (`block_v` picks one by a rule that was measured at K1 only).
+--trace SHAPES traces 3 forward+backward calls of pallas_gpu (and chunked) at those shapes with jax.profiler (into
+$OUT/trace_<op>_<shape>/<impl>, or out/) and prints each kernel's device time per call (`trace_summary`): where the
+backend's time goes inside the real call, XLA glue included, without the host overhead of timing pieces one by one.
 
 Budget: on a fresh H100 machine fla's first call (Triton compilation and autotuning of its DPLR kernels) took more
 than 170 s (2026-11-26); each of our backends and jla builds in 10-25 s per shape.
@@ -44,6 +47,7 @@ import argparse
 import datetime
 import json
 import os
+import pathlib
 import statistics
 import sys
 import time
@@ -53,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import provenance  # benchmarks/, the script's folder
+import trace_summary  # benchmarks/
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -261,7 +266,8 @@ def _reference(op):
   return {"wkv7": wkv7_reference, "wkv6": wkv6_reference, "wkv5": wkv5_reference}[op]
 
 
-def bench_shape(label, shape, impls, repeats, log, op="wkv7"):
+def bench_shape(label, shape, impls, repeats, log, op="wkv7", trace_dir=None):
+  """Times `impls` at `shape` (module docstring); with `trace_dir`, then traces our backends' forward+backward."""
   B, T, H, N = shape
   seed = hash(label) % 1000
   x = make_inputs(seed, *shape) if op == "wkv7" else make_inputs_v56(seed, *shape, op)
@@ -312,6 +318,9 @@ def bench_shape(label, shape, impls, repeats, log, op="wkv7"):
       t0 = time.perf_counter()
       f()
       ts.append(time.perf_counter() - t0)
+  for name in ("pallas_gpu", "chunked") if trace_dir else ():
+    if name in built:
+      _trace(built[name]["fwdbwd"][0], os.path.join(trace_dir, name), log)
   res = {}
   for n in built:
     res[n] = {}
@@ -321,6 +330,15 @@ def bench_shape(label, shape, impls, repeats, log, op="wkv7"):
                    "mem_mb": None if built[n][m][1] is None else built[n][m][1] / 2**20,
                    "F": _bytes_min(op, B, T, H, N, m) / (med * 1e-3 * BW)}
   return {"shape": shape, "results": res, "errors": errors, "check": check}
+
+
+def _trace(run, trace_dir, log, steps=3):
+  """Traces `steps` calls of `run` (warmed up) into `trace_dir` and logs the per-call kernel table."""
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for _ in range(steps):
+      run()
+  device = "GPU" if jax.default_backend() == "gpu" else "CPU"
+  log(trace_summary.summary(trace_summary.newest_trace(pathlib.Path(trace_dir)), steps=steps, top=20, device=device))
 
 
 def _median_ms(calls, repeats):
@@ -492,6 +510,7 @@ def main(argv=None):
   p.add_argument("--pieces", default="", help="comma list of shapes at which to also time the parts of pallas_gpu")
   p.add_argument("--state-bv", default="", help="with --pieces: comma list of V-tile widths (16, 32, 64) at which to "
                  "also time the state kernels")
+  p.add_argument("--trace", default="", help="comma list of shapes at which to trace our backends' forward+backward")
   args = p.parse_args(argv)
   start = time.time()
   out_dir = os.environ.get("OUT")
@@ -520,7 +539,9 @@ def main(argv=None):
           pieces_v56(label, SHAPES[label], max(5, args.repeats // 3), log, args.op, state_bvs)
       except Exception as e:  # noqa: BLE001
         log(f"  pieces {label}: FAILED {type(e).__name__}: {str(e)[:300]}")
-    all_res[label] = bench_shape(label, SHAPES[label], impls, args.repeats, log, args.op)
+    trace_dir = (os.path.join(out_dir or "out", f"trace_{args.op}_{label}")
+                 if label in args.trace.split(",") else None)
+    all_res[label] = bench_shape(label, SHAPES[label], impls, args.repeats, log, args.op, trace_dir)
     if out_dir:
       with open(os.path.join(out_dir, f"wkv_bench_{args.op}.json"), "w") as f:
         json.dump(all_res, f, indent=1, default=str)
