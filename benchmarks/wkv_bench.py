@@ -376,7 +376,6 @@ def pieces(label, shape, repeats, log, state_bvs=()):
 
   from pallas_kernels.chunking import segment_index, to_chunks, vmap_chunks  # noqa: PLC0415
   from pallas_kernels.matops import x3_on_gpu  # noqa: PLC0415
-  from pallas_kernels.mosaic_gpu_tiles import block_v  # noqa: PLC0415
   from pallas_kernels.wkv7 import common as cm  # noqa: PLC0415
   from pallas_kernels.wkv7 import gpu, gpu_bwd  # noqa: PLC0415
 
@@ -385,7 +384,7 @@ def pieces(label, shape, repeats, log, state_bvs=()):
   bf = lambda t: t.astype(jnp.bfloat16)  # noqa: E731
   seg = segment_index(None, B, T, gpu.L)
   C = seg.shape[1]
-  bv = block_v(B, H, N)
+  bv = gpu.state_block_v(B, H, N)
   s0 = jnp.zeros((B, H, N, N), jnp.float32)
   seg_flat = seg.reshape(B, T)
   prep = jax.jit(functools.partial(gpu._prep, save_inverse=True))  # as in training (the forward saving for the VJP)

@@ -157,13 +157,14 @@ def interpret_params(interpret: bool):
   return plgpu.InterpretGPUParams() if interpret else None
 
 
-def block_v(B: int, H: int, N: int) -> int:
-  """The V-tile width bv of a sequential state pass over the grid (N // bv, H, B): the widest of 64, 32, 16 (<= N)
-  giving at least 132 CTAs (one per SM of an H100), else 16. Wider tiles read each chunk's K-side tiles fewer times:
-  at K1 (B 8, H 32, N 64) on an H100, bv 64 (256 CTAs) against 32 cut WKV-7's state passes from 1.17 / 0.83 to
-  0.72 / 0.48 ms and WKV-6's from 0.69 / 0.39 to 0.45 / 0.29 ms; bv 16 was slower than 32 (docs/benchmarks.md)."""
+def block_v(B: int, H: int, N: int, widest: int = 64) -> int:
+  """The V-tile width bv of a sequential state pass over the grid (N // bv, H, B): the widest of 64, 32, 16 (<= N
+  and <= `widest`, the widest whose SMEM fits) giving at least 132 CTAs (one per SM of an H100), else 16. Wider tiles
+  read each chunk's K-side tiles fewer times: at K1 (B 8, H 32, N 64) on an H100, bv 64 (256 CTAs) against 32 cut
+  WKV-7's state passes from 1.17 / 0.83 to 0.72 / 0.48 ms and WKV-6's from 0.69 / 0.39 to 0.45 / 0.29 ms; bv 16 was
+  slower than 32 (docs/benchmarks.md)."""
   for bv in (64, 32, 16):
-    if bv <= N and B * H * (N // bv) >= 132:
+    if bv <= min(N, widest) and B * H * (N // bv) >= 132:
       return bv
   return 16
 

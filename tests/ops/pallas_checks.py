@@ -1,8 +1,8 @@
 """Checks shared by the Pallas backend tests (`wkv7_pallas_test.py`, `wkv56_pallas_test.py`): a backend's outputs,
 final state and VJP against the float32 reference op (`compare`) and, on a GPU, against the recurrence run in
 float64 (`compare_float64`, with `scan_recurrence` to write that recurrence), and that a Mosaic GPU kernel's SMEM
-lets two CTAs share an H100 SM (`lower_for_two_ctas_per_sm`); `lower_vjp_for_cuda` lowers a backend's
-forward and backward for CUDA on any host."""
+lets two CTAs share an H100 SM (`lower_for_two_ctas_per_sm`); `lower_for_cuda` lowers a backend's
+forward and backward for CUDA on any host, within an H100's SMEM."""
 
 from __future__ import annotations
 
@@ -119,12 +119,19 @@ def lower_for_two_ctas_per_sm(fn, *args) -> str:
     return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
-def lower_vjp_for_cuda(fn, *args) -> str:
-  """The text of the gradient of sum(o) + sum(final state) of `fn(*arrays, segment_ids)` with respect to every
-  array argument, lowered for CUDA: args are ShapeDtypeStructs, the last one the segment ids."""
+H100_SMEM_PER_CTA = 232448  # bytes: the most SMEM one CTA may opt into on an H100 (227 KiB)
+
+
+def lower_for_cuda(fn, *args) -> str:
+  """The texts of `fn(*arrays, segment_ids)` -> (o, final state) and of the gradient of sum(o) + sum(final state)
+  with respect to every array argument, lowered for CUDA on any host under the H100's SMEM limit per CTA (Mosaic
+  GPU's lowering fails if a kernel's scratch needs more): args are ShapeDtypeStructs, the last one the segment ids."""
+  from jax.experimental.mosaic.gpu import core as mgpu_core  # noqa: PLC0415
+
   def loss(*x):
     o, s = fn(*x)
     return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
 
-  grad = jax.jit(jax.grad(loss, argnums=tuple(range(len(args) - 1))))
-  return grad.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+  grad = jax.grad(loss, argnums=tuple(range(len(args) - 1)))
+  with mgpu_core.artificial_shared_memory_limit(H100_SMEM_PER_CTA):
+    return "\n".join(jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text() for f in (fn, grad))

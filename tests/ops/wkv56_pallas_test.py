@@ -239,14 +239,14 @@ def test_tpu_aot_compile_for_topology(topology, op, dtype, chunk):
   assert "wkv6_tpu_fwd" in compiled.as_text() and "wkv6_tpu_bwd" in compiled.as_text()
 
 
-@pytest.mark.parametrize("N", [64, 128])
-def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch, N):
+@pytest.mark.parametrize("N, H", [(64, 2), (128, 2), (64, 66), (128, 66)])  # H 66: the state passes' widest V tile
+def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch, N, H):
   monkeypatch.setattr(mosaic_gpu_tiles, "is_hopper", lambda: True)
-  B, T, H = 1, 128, 2
+  B, T = 1, 128
   spec = jax.ShapeDtypeStruct((B, T, H, N), jnp.bfloat16)
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
   args = (spec, f32(B, T, H, N), spec, spec, f32(H, N), f32(B, H, N, N), jax.ShapeDtypeStruct((B, T), jnp.int32))
-  text = pallas_checks.lower_vjp_for_cuda(wkv6_pallas_gpu, *args)
+  text = pallas_checks.lower_for_cuda(wkv6_pallas_gpu, *args)
   for name in ("wkv6_prep", "wkv6_state_fwd", "wkv6_state_bwd", "wkv6_chunk_grads"):
     assert name in text
 

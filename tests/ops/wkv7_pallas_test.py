@@ -182,14 +182,14 @@ def test_tpu_aot_compile_for_topology(topology, dtype, chunk):
   assert "wkv7_tpu_fwd" in compiled.as_text() and "wkv7_tpu_bwd" in compiled.as_text()
 
 
-@pytest.mark.parametrize("N", [64, 128])
-def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch, N):
+@pytest.mark.parametrize("N, H", [(64, 2), (128, 2), (64, 66), (128, 66)])  # H 66: the state passes' widest V tile
+def test_gpu_kernels_lower_to_mosaic_gpu(monkeypatch, N, H):
   monkeypatch.setattr(mosaic_gpu_tiles, "is_hopper", lambda: True)
-  B, T, H = 1, 128, 2
+  B, T = 1, 128
   spec = jax.ShapeDtypeStruct((B, T, H, N), jnp.bfloat16)
   args = (spec, jax.ShapeDtypeStruct((B, T, H, N), jnp.float32), spec, spec, spec, spec,
           jax.ShapeDtypeStruct((B, H, N, N), jnp.float32), jax.ShapeDtypeStruct((B, T), jnp.int32))
-  text = pallas_checks.lower_vjp_for_cuda(wkv7_pallas_gpu, *args)
+  text = pallas_checks.lower_for_cuda(wkv7_pallas_gpu, *args)
   for name in ("wkv7_prep", "wkv7_state_fwd", "wkv7_state_bwd", "wkv7_chunk_grads"):
     assert name in text
 
