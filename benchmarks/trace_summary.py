@@ -68,8 +68,9 @@ def busy_time(events: list[tuple[str, float, float]]) -> float:
   return total
 
 
-def summary(path: pathlib.Path, steps: int = 3, top: int = 25, device: str = "GPU") -> str:
-  """The tables of the module docstring for the trace file `path` (kernel times divided by `steps`)."""
+def summary(path: pathlib.Path, steps: int = 3, top: int = 25, device: str = "GPU", gaps: int = 10) -> str:
+  """The tables of the module docstring for the trace file `path` (kernel times divided by `steps`) and its `gaps`
+  largest idle gaps."""
   with gzip.open(path, "rt") as f:
     events = device_kernels(json.load(f), device)
   per_step = lambda us: us / steps / 1e3  # noqa: E731
@@ -88,7 +89,21 @@ def summary(path: pathlib.Path, steps: int = 3, top: int = 25, device: str = "GP
   lines += ["", "| kernel | class | calls/step | ms/step | share |", "|---|---|---|---|---|"]
   lines += [f"| {name[:90]} | {classify(name)} | {count[name] / steps:g} | {per_step(us):.3f} | {us / kernel_sum:.1%} |"
             for name, us in by_name.most_common(top)]
+  lines += ["", f"largest idle gaps between kernels (all {steps} steps; the gaps between steps are host time):"]
+  lines += [f"  {gap:.1f} us: {before[:50]} -> {after[:50]}" for gap, before, after in idle_gaps(events)[:gaps]]
   return "\n".join(lines)
+
+
+def idle_gaps(events: list[tuple[str, float, float]]) -> list[tuple[float, str, str]]:
+  """(idle us, kernel before, kernel after) for every gap in the union of the events' intervals, largest first."""
+  (first, start0, dur0), *rest = sorted(events, key=lambda e: e[1])
+  out, end, last = [], start0 + dur0, first
+  for name, start, dur in rest:
+    if start > end:
+      out.append((start - end, last, name))
+    if start + dur > end:
+      end, last = start + dur, name
+  return sorted(out, reverse=True)
 
 
 def main():
