@@ -166,11 +166,27 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
         fetch_masks(shift + 1)
       return E, F
 
-    def d_attn(shift):  # dA_h = M_h (dO V^T), split
-      return split(jnp.where(pairs(shift), mm(LL, [(do_s, v_s.T)]), 0.0))
+    DA = (P[1], Q[1])  # dO V^T over the same-segment pairs t > s, split (free tiles until the chunk level)
+    DAT = tuple(x[0].at[:, :L] for x in (Sx, Dx))  # its transpose V dO^T (rows s, columns t), split
+
+    def put_pair_grads():  # DA and DAT, once per K block (the chunk level overwrites their tiles); committed by the
+      # caller
+      ri, ci = iota(LL, 0), iota(LL, 1)
+      store_split(jnp.where(same & (ri > ci), mm(LL, [(do_s, v_s.T)]), 0.0), *DA)
+      store_split(jnp.where(same & (ci > ri), mm(LL, [(v_s, do_s.T)]), 0.0), *DAT)
+
+    def level_only(shift, transposed=False):  # pairs(shift) without the same-segment and order masks of DA, DAT
+      ri, ci = iota(LL, 0), iota(LL, 1)
+      t, s = (ci, ri) if transposed else (ri, ci)
+      return ((t >> (shift + 1)) == (s >> (shift + 1))) & ((t >> shift) != (s >> shift))
+
+    def d_attn(shift):  # dA_h = M_h (dO V^T), split: the masked halves of DA (masking commutes with the split)
+      m = level_only(shift)
+      return tuple(jnp.where(m, load(x), jnp.zeros((), BF16)) for x in DA)
 
     def d_attn_t(shift):  # dA_h^T = M_h^T (V dO^T), split
-      return split(jnp.where(pairs(shift, True), mm(LL, [(v_s, do_s.T)]), 0.0))
+      m = level_only(shift, True)
+      return tuple(jnp.where(m, load(x), jnp.zeros((), BF16)) for x in DAT)
 
     def put_block(kb):  # w, r and k of block kb: w split into W, r into P's and k into Q's hi tile (level 1)
       store_split(inp(w_ref, kb), *W)
@@ -189,6 +205,7 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
       if kb > 0:  # r again (the chunk level of block kb - 1 overwrote it; its products are done)
         plgpu.copy_gmem_to_smem(r_ref.at[bi, tok, h], Sx[1], r_bar.at[kb - 1])
         plgpu.barrier_wait(r_bar.at[kb - 1])
+      put_pair_grads()
       put_block(kb)
       # level h = 1: P = r, Q = k (exact bf16, the hi tiles), no decay between the pair
       AT = AT + jnp.where(pairs(0, True), mm(LL, [(Q[0], P[0].T)]), 0.0)
@@ -213,6 +230,7 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
       # chunk level: the readout Qo = [first] r e^{E_L} of S and the key factors Kbar = [last] k e^{F_L} of S'
       E, F = exponents(LEVELS, fetch_next=False)  # leaves D (strict lower over the chunk) in M0, U (strict upper) in M1
       e_in, e_out = jnp.exp(E), jnp.exp(F)
+      plgpu.commit_smem()  # every warp's last loads of DAT are done before its tiles take the states
       Sx[0][...] = state(st_ref, kb)  # the states are bf16: exact single operands
       Dx[0][...] = state(dst_ref, kb)
       plgpu.commit_smem()
