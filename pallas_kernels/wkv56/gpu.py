@@ -28,8 +28,9 @@ kernels and XLA mirrors `pallas_kernels.wkv7.gpu` (both use `pallas_kernels.mosa
    Mosaic GPU interpreter (the gradients of tests/ops/wkv56_pallas_test.py, and against the XLA version: relative
    differences ~2e-3, dw ~3e-3, the bf16 factors), by lowering to Mosaic GPU (112 KiB SMEM per CTA at N = 64, two
    CTAs per SM) and on an H100 against float64 (below). `benchmarks/wkv_bench.py --pieces` times it against the XLA
-   version: at K1 on an H100, 3.5 .. 4.1 ms against 23.8 ms (ninth session), and the whole backend's forward+backward
-   about 5.0 ms (fla's was 7.59 in the eighth session).
+   version: at K1 on an H100, 3.5 .. 4.1 ms against 23.8 ms (ninth session). The whole backend's forward+backward
+   against fla's chunk_rwkv6 in one process (tenth session, H100): K1 5.00 / 7.58 ms, K2 3.97 / 5.76, K3 9.69 /
+   15.14, K4 5.82 / 9.38 (0.66x, 0.69x, 0.64x, 0.62x; docs/benchmarks.md).
 
 The chunk decay dec = e^{Λ(chunk)} (0 for chunks with a segment start) is computed by XLA (a [B, H, C, N] sum).
 Resets: `segment_ids` -> the per-token segment index inside each chunk (float32 [B, T]); masks as in `common`.

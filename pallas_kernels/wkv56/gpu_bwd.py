@@ -37,12 +37,15 @@ channels, state rows) goes by 64-wide blocks kb: w, r, k and the level factors b
 per block; A^T [L, L] accumulates over the blocks and dv [L, N] is computed last, recomputing Kbar per block.
 Slot plan (bf16 SMEM):
   W [L, 64] x2   w of block kb (hi, lo); at the chunk level d_bonus r k for du; w again for dv's Kbar
-  P, Q [L, 64] x2 each   the level factors (level 1: r and k in the hi tiles); at the chunk level X - Y and Z
+  P, Q [L, 64] x2 each   the level factors (level 1: r and k in the hi tiles; bf16, one tile each) and, in the lo
+                         tiles, DA = dO V^T over the same-segment pairs t > s (hi in P's, lo in Q's), written once per
+                         K block; at the chunk level X - Y and Z
   M0, M1 [L, L]  the in-block lower / upper 0/1 triangles of a level, by TMA from a [7, 2, L, L] constant (the next
                  level's fetched once the current one's exponent products are done); the chunk level leaves D in
                  M0, U in M1
   Sx, Dx [64, N] x2 each   r and k (TMA, in the second tile of each; r fetched again per K block) for the level
-                           loop; rows kb of S and dS' (bf16, as saved by the state passes, in the first tile of each);
+                           loop, and in the first tiles DA's transpose V dO^T (hi in Sx's, lo in Dx's); at the chunk
+                           level rows kb of S and dS' (bf16, as saved by the state passes, in the first tile of each);
                            then dec S o dS' (hi, lo) in Sx and ones in Dx's first tile
   v, dO [L, N]   (TMA, exact bf16)
   N = 64:  14 tiles of 8 KiB = 112 KiB per CTA (and three 8-byte barriers: inputs, the triangles, and r's refetch,
@@ -52,11 +55,15 @@ Slot plan (bf16 SMEM):
 data (the split dA_h, A^T and Kbar), never iota-built masks (see `Mma`); register->SMEM stores are committed before
 the products that read them. Registers: the level loop holds A^T, dr_pairs and dk_pairs (three 64 x 64 fp32
 values) and the same-segment mask (loaded once: reloading it at every level cost 0.4 ms at K1 on an H100) plus
-e^{E_h}, e^{F_h}, the split dA_h and a product, about seven at most; not yet measured.
-Tensor-core products per chunk in units of 64 x 64 x 64 (two passes counted as 2), at N = 64: 7 for the first
-pair level, 11 for each of the five others (E, F 4; dA, dA^T 2; A^T 1; dr, dk 4), 14 for the chunk level (E, F 4;
-dQo, dKbar 2; dw 6; du 2) and 6 for dv (Kbar recomputed 2, A^T dO 2, Kbar dS' 2): 82. At N = 128: 216 (the level
-loop runs per K block, and dA, dQo, dKbar, dw's last term and du contract over or produce 128).
+e^{E_h}, e^{F_h}, the split dA_h (DA's tiles loaded and masked by the level: masking commutes with the split) and a
+product, about seven at most; not yet measured.
+Tensor-core products per chunk in units of 64 x 64 x 64 (two passes counted as 2), at N = 64: 2 for DA and its
+transpose, 5 for the first pair level, 9 for each of the five others (E, F 4; A^T 1; dr, dk 4), 14 for the chunk
+level (E, F 4; dQo, dKbar 2; dw 6; du 2) and 6 for dv (Kbar recomputed 2, A^T dO 2, Kbar dS' 2): 72. At N = 128:
+176 (the level loop runs per K block, and DA, dQo, dKbar, dw's last term and du contract over or produce 128).
+Recomputing dA_h and dA_h^T by two products per level instead (82 units at N = 64, tenth session's parent commit)
+was slower on an H100 at K2 over two alternating rounds: chunk_grads 3.04 / 2.91 against 2.76 / 2.85 ms (the
+results are bit-identical in the interpreter).
 
 Checked in the Mosaic GPU interpreter (tests/ops/wkv56_pallas_test.py: against `common.chunk_backward` in float32,
 relative errors ~2e-3 and dw ~3e-3 from the bf16 factors (one run: dr 1.9e-3, dw 3.2e-3), resets, slow and extreme
