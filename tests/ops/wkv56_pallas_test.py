@@ -162,6 +162,19 @@ def test_gpu_interpret_matches_reference(op, B, T, H, N, starts, dtype, decays):
           label=f"{op} pallas_gpu interpret N={N} {decays}")
 
 
+@pytest.mark.parametrize("bv", [32, 64])
+def test_gpu_interpret_state_tile_widths(monkeypatch, bv):
+  """The state passes at the V-tile widths `block_v` picks for many heads (the other tests' few heads get 16), at
+  N = 128 where each tile is a quarter or half of the state's columns."""
+  monkeypatch.setattr(gpu, "block_v", lambda B, H, N: bv)
+  B, T, H, N = 1, 90, 1, 128  # (a shape of its own: no trace cached at another width)
+  seed = secrets.randbelow(2**31)
+  r, w, k, v, u, s0 = make_inputs(seed, B, T, H, N, "wkv6", "slow")
+  rnd = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
+  compare(seed, "wkv6", functools.partial(wkv6_pallas_gpu, interpret=True), (rnd(r), w, rnd(k), rnd(v), u, s0),
+          segments_from_starts(B, T, [70]), GPU_TOL, dtype=jnp.bfloat16, label=f"wkv6 pallas_gpu interpret bv={bv}")
+
+
 @pytest.mark.parametrize("B,T,H,N,starts,decays", [(1, 192, 1, 64, [5, 64, 65, 100], "rwkv6"),
                                                     (1, 128, 2, 128, [40], "extreme")])
 def test_gpu_chunk_grads_interpret_matches_chunk_backward(B, T, H, N, starts, decays):
@@ -285,6 +298,7 @@ def _reference_f64(r, w, k, v, u, s0, segment_ids):
   [("wkv6", 2, 256, 4, 64, None, "rwkv6"), ("wkv6", 1, 300, 3, 64, [7, 64, 65, 200], "rwkv6"),
    ("wkv6", 2, 192, 2, 128, [100], "rwkv6"), ("wkv5", 2, 200, 2, 64, [64, 130], "rwkv6"),
    ("wkv6", 2, 128, 66, 64, [50], "rwkv6"),  # 132 heads: block_v 64
+   ("wkv6", 2, 128, 66, 128, [50], "rwkv6"),  # N = 128 at block_v 64
    ("wkv6", 2, 320, 4, 64, [100], "slow")],  # the state carries across chunks
 )
 def test_gpu_matches_float64_reference(op, B, T, H, N, starts, decays):

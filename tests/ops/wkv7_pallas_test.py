@@ -137,6 +137,21 @@ def test_gpu_interpret_matches_reference(B, T, H, N, starts, kind, dtype):
   compare(seed, fn, inputs, segment_ids, GPU_TOL, dtype=dtype, label=f"pallas_gpu interpret {kind}")
 
 
+def test_gpu_interpret_state_tile_width_32(monkeypatch):
+  """The state passes at V tiles of 32 at N = 128 (`state_block_v`'s choice for many heads; the other tests' few
+  heads get 16): each tile a quarter of the state's columns."""
+  from pallas_kernels.wkv7 import gpu  # noqa: PLC0415
+
+  monkeypatch.setattr(gpu, "state_block_v", lambda B, H, N: 32)
+  B, T, H, N = 1, 90, 1, 128  # (a shape of its own: no trace cached at another width)
+  seed = secrets.randbelow(2**31)
+  inputs = make_inputs(seed, B, T, H, N, "slow")
+  inputs = tuple(x.astype(jnp.bfloat16).astype(jnp.float32) if i in (0, 2, 3, 4, 5) else x
+                 for i, x in enumerate(inputs))
+  compare(seed, functools.partial(wkv7_pallas_gpu, interpret=True), inputs, segments_from_starts(B, T, [70]),
+          GPU_TOL, dtype=jnp.bfloat16, label="pallas_gpu interpret bv=32")
+
+
 def test_backends_registered():
   names = ops.backends()
   for name in ("pallas_tpu", "pallas_gpu", "pallas_tpu_interpret", "pallas_gpu_interpret"):
@@ -233,6 +248,7 @@ def _reference_f64(r, w, k, v, a, b, s0, segment_ids):
   [(2, 256, 4, 64, None, "rwkv7"), (1, 300, 3, 64, [7, 64, 65, 200], "rwkv7"), (2, 192, 2, 128, [100], "rwkv7"),
    (1, 1100, 2, 64, [500], "rwkv7"),  # 35 chunks of 32: chunked's grouped state pass
    (2, 128, 66, 64, [50], "rwkv7"),  # 132 heads: the state passes' widest V tile (block_v 64)
+   (2, 128, 66, 128, [50], "rwkv7"),  # N = 128 at its widest V tile (32)
    (2, 320, 4, 64, [100], "slow")],  # the state carries across chunks
 )
 def test_gpu_matches_float64_reference(B, T, H, N, starts, kind, impl):
