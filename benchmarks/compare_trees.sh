@@ -35,7 +35,7 @@ case $mode in
     site=${PYTHONPATH:-}
     [ "${TESTS:-1}" = 0 ] || for tree in "$@"; do
       echo "== float64 tests: $tree ($(date -u +%H:%M:%S))"
-      (cd "$tree" && PYTHONPATH=$PWD:$site JAX_PLATFORMS=cuda timeout 200 python3 -m pytest -q -p no:cacheprovider \
+      (cd "$tree" && PYTHONPATH=$PWD:$site JAX_PLATFORMS=cuda timeout 300 python3 -m pytest -q -p no:cacheprovider \
           "tests/ops/${file}_pallas_test.py" -k float64 -s 2>&1 | grep -E "vs float64|passed|failed|Error" | tail -20) \
           | tee "$OUT/tests_${tree//\//-}.log"
     done
