@@ -156,10 +156,20 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
 
     same = seg_rows() == cols(load(s_ref.at[bi, tok], COL), LL)  # (symmetric) loaded once, kept for the level loop
 
-    def pairs(shift, transposed=False):  # the pair mask of level 2^shift (transposed: of A^T, rows s, columns t)
+    def token_grids(transposed):  # (t, s): rows t, columns s (transposed, as in A^T: rows s, columns t)
       ri, ci = iota(LL, 0), iota(LL, 1)
-      t, s = (ci, ri) if transposed else (ri, ci)
-      return same & ((t >> (shift + 1)) == (s >> (shift + 1))) & ((t >> shift) != (s >> shift)) & (t > s)
+      return (ci, ri) if transposed else (ri, ci)
+
+    def ordered(transposed=False):  # same-segment pairs t > s
+      t, s = token_grids(transposed)
+      return same & (t > s)
+
+    def level_pairs(shift, transposed=False):  # t and s in different halves of one aligned block of 2^(shift + 1)
+      t, s = token_grids(transposed)
+      return ((t >> (shift + 1)) == (s >> (shift + 1))) & ((t >> shift) != (s >> shift))
+
+    def pairs(shift, transposed=False):  # the pair mask of level 2^shift
+      return ordered(transposed) & level_pairs(shift, transposed)
 
     def fetch_masks(shift):  # the in-block lower / upper 0/1 triangles of blocks of 2^shift into M0, M1 (TMA; the
       # products that read the previous ones must be done)
@@ -178,22 +188,13 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
 
     def put_pair_grads():  # DA and DAT, once per K block (the chunk level overwrites their tiles); committed by the
       # caller
-      ri, ci = iota(LL, 0), iota(LL, 1)
-      store_split(jnp.where(same & (ri > ci), mm(LL, [(do_s, v_s.T)]), 0.0), *DA)
-      store_split(jnp.where(same & (ci > ri), mm(LL, [(v_s, do_s.T)]), 0.0), *DAT)
+      store_split(jnp.where(ordered(), mm(LL, [(do_s, v_s.T)]), 0.0), *DA)
+      store_split(jnp.where(ordered(True), mm(LL, [(v_s, do_s.T)]), 0.0), *DAT)
 
-    def level_only(shift, transposed=False):  # pairs(shift) without the same-segment and order masks of DA, DAT
-      ri, ci = iota(LL, 0), iota(LL, 1)
-      t, s = (ci, ri) if transposed else (ri, ci)
-      return ((t >> (shift + 1)) == (s >> (shift + 1))) & ((t >> shift) != (s >> shift))
-
-    def d_attn(shift):  # dA_h = M_h (dO V^T), split: the masked halves of DA (masking commutes with the split)
-      m = level_only(shift)
-      return tuple(jnp.where(m, load(x), jnp.zeros((), BF16)) for x in DA)
-
-    def d_attn_t(shift):  # dA_h^T = M_h^T (V dO^T), split
-      m = level_only(shift, True)
-      return tuple(jnp.where(m, load(x), jnp.zeros((), BF16)) for x in DAT)
+    def d_attn(shift, transposed=False):  # dA_h = M_h (dO V^T) (transposed: dA_h^T from DAT), split: the halves of DA
+      # masked by the level (masking commutes with the split)
+      m = level_pairs(shift, transposed)
+      return tuple(jnp.where(m, load(x), jnp.zeros((), BF16)) for x in (DAT if transposed else DA))
 
     def put_block(kb):  # w, r and k of block kb: w split into W, r into P's and k into Q's hi tile (level 1)
       store_split(inp(w_ref, kb), *W)
@@ -217,7 +218,7 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
       # level h = 1: P = r, Q = k (exact bf16, the hi tiles), no decay between the pair
       AT = AT + jnp.where(pairs(0, True), mm(LL, [(Q[0], P[0].T)]), 0.0)
       dr_pairs = mm(LL, x2(d_attn(0), Q[0]))
-      dk_pairs = mm(LL, x2(d_attn_t(0), P[0]))
+      dk_pairs = mm(LL, x2(d_attn(0, True), P[0]))
 
       def level(shift, carry):  # pair levels 2 .. L/2 as one loop body (so the code is fetched once; folding level 1
         # into it as well, then at 8 more product units (4 with today's bf16 factors), timed within the noise on the
@@ -230,7 +231,7 @@ def chunk_grads(r, k, v, w, u, seg, dec, states, d_o, d_states, out_dtypes, *, i
         plgpu.commit_smem()
         AT = AT + jnp.where(pairs(shift, True), mm(LL, [(Q[0], P[0].T)]), 0.0)
         dr_pairs = dr_pairs + mm(LL, x2(d_attn(shift), Q[0])) * eE
-        dk_pairs = dk_pairs + mm(LL, x2(d_attn_t(shift), P[0])) * eF
+        dk_pairs = dk_pairs + mm(LL, x2(d_attn(shift, True), P[0])) * eF
         return AT, dr_pairs, dk_pairs
 
       AT, dr_pairs, dk_pairs = lax.fori_loop(1, LEVELS, level, (AT, dr_pairs, dk_pairs))
