@@ -80,10 +80,12 @@ class Mma:
   """Tensor-core products into one fp32 accumulator: `mm(shape, pairs)` = sum(lhs @ rhs for lhs, rhs in pairs).
 
   lhs is an SMEM ref (or transposed view) or a bf16 WGMMA-layout register array; rhs an SMEM ref (or view); the
-  result is a float32 [M, N] `shape` register array (WGMMA layout). The Mosaic GPU interpreter takes SMEM operands
-  only, so in interpret mode register operands are staged through scratch tiles first (same values, same products).
-  Reading the result waits for the products, so their SMEM operands may be rewritten afterwards; the optimization
-  barrier keeps LLVM from scheduling uses of the result before that wait (jla's note on wgmma.wait_group).
+  result is a float32 [M, N] `shape` register array (WGMMA layout). `scope` issues products into several
+  accumulators and reads each as soon as its own products are done. The Mosaic GPU interpreter takes SMEM operands
+  only, so in interpret mode register operands are staged through scratch tiles first (same values, same products;
+  the interpreter runs each product when it is issued). Reading a result waits for its products, so their SMEM
+  operands may be rewritten afterwards; the optimization barrier keeps LLVM from scheduling uses of the result
+  before that wait (jla's note on wgmma.wait_group).
 
   On the H100 (jax 0.11.2), bf16 register lhs operands built from `iota` (0/1 masks) gave wrong results three
   times: NaN rows when four of them fed one chain of 8 products (wkv7 `gpu_bwd`'s dw; right as four separate
@@ -95,27 +97,53 @@ class Mma:
     self.stage = stage  # None, or {shape: [bf16 scratch refs]} in interpret mode
 
   def __call__(self, shape, pairs):
-    if self.stage is not None:
-      staged, free, out = {}, {k: list(v) for k, v in self.stage.items()}, []
-      for lhs, rhs in pairs:
-        if not is_reg(lhs):
-          out.append((lhs, rhs))
-          continue
-        key = id(lhs)
-        if key not in staged:
-          ref = free[tuple(lhs.shape)].pop()
-          ref[...] = lhs
-          staged[key] = ref
-        out.append((staged[key], rhs))
-      plgpu.commit_smem()
-      pairs = out
+    return self.scope([shape], lambda issue, read: (issue(0, pairs), read(0))[1])
 
-    def scoped(acc):
-      for lhs, rhs in pairs:
-        plgpu.wgmma(acc, lhs, rhs)
-      return acc[...]
+  def scope(self, shapes, body):
+    """Products into several fp32 accumulators (one per shape in `shapes`), overlapped with the warpgroup's other
+    work: runs body(issue, read) and returns its result. issue(i, pairs) starts sum(lhs @ rhs for lhs, rhs in pairs)
+    into accumulator i (asynchronously, adding to what it holds); read(i) waits until the products issued into
+    accumulator i are done (only those: products issued after them stay in flight) and returns its value. So the
+    tensor cores compute one product while the warpgroup works on an earlier result. An SMEM operand must not be
+    rewritten before the products reading it are read."""
+    free = None if self.stage is None else {k: list(v) for k, v in self.stage.items()}
+    staged = {}  # interpret mode: id(register lhs) -> its scratch tile, for the whole scope
 
-    return lax.optimization_barrier(pl.run_scoped(scoped, plgpu.ACC(shape, F32)))
+    def scoped(*accs):
+      issued = []  # the accumulator of every committed group of products, in issue order
+
+      def issue(i, pairs):
+        for lhs, rhs in self._staged(pairs, free, staged):
+          plgpu.wgmma(accs[i], lhs, rhs)
+          issued.append(i)
+
+      def read(i):
+        later = len(issued) - 1 - max(n for n, j in enumerate(issued) if j == i)
+        return lax.optimization_barrier(plgpu.wgmma_accumulator_load(accs[i], wait_n=later))
+
+      return body(issue, read)
+
+    return pl.run_scoped(scoped, *(plgpu.ACC(shape, F32) for shape in shapes))
+
+  @staticmethod
+  def _staged(pairs, free, staged):
+    """pairs with their register lhs operands written to free scratch tiles (interpret mode: free is not None), each
+    register value once per scope (`staged`)."""
+    if free is None:
+      return pairs
+    out = []
+    for lhs, rhs in pairs:
+      if not is_reg(lhs):
+        out.append((lhs, rhs))
+        continue
+      key = id(lhs)
+      if key not in staged:
+        ref = free[tuple(lhs.shape)].pop()
+        ref[...] = lhs
+        staged[key] = ref
+      out.append((staged[key], rhs))
+    plgpu.commit_smem()
+    return out
 
 
 def x3(lhs, rhs):

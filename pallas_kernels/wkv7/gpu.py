@@ -12,7 +12,11 @@ sections 2.2-2.4), four pieces:
    accumulation, about 16 significant bits; FLA keeps these in fp32/tf32, jla uses the same x3 trick), except A_qk
    and A_qb, which feed only the outputs (not T): q~ is rounded once to bf16 for them (two passes); V enters as
    exact bf16. Under autodiff it also writes G (float32) and the split T (hi, lo bf16 [B, H, C, L, L]: 2 L^2 bf16
-   per chunk) for 4.
+   per chunk) for 4. Its bf16 inputs arrive by TMA into SMEM tiles that are free until they are read (r and a for
+   the second time during the inverse), and independent products are issued together (`Mma.scope`): with 2 CTAs
+   per SM (255 registers) a warp that waits on a register load from GMEM stalls its SM quarter (Nsight Compute,
+   eleventh session: long-scoreboard stalls 2.1 of 6.6 cycles per instruction); at K1 on an H100 `_prep` went
+   2.78 / 2.78 -> 2.66 (issuing together) and 2.64 -> 2.36 ms (with the TMA inputs) (docs/benchmarks.md).
 2. `_state_fwd` (Mosaic GPU, sequential over chunks, grid (V / bv, H, B), one warpgroup): the state S [K, bv]
    in fp32 registers; per chunk, with TMA double-buffered tiles, u = W S + U_wy, o = Qo S + Ob,
    S <- diag(d) S + Bbar^T u + Kbar^T V. S and u enter the tensor cores as split bf16 (hi + lo). Writes o (bf16,
@@ -87,10 +91,10 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
            dec_ref, *refs):
     g_refs, t_refs = refs[:save_inverse], refs[save_inverse:3 * save_inverse]  # g_pad; the (hi, lo) inverse
     v_s, R0, R1, R2, R3, I0, I1, I2, I3, O0, O1, *rest = refs[3 * save_inverse:]
-    bar, sums_bar = rest[-2:]
+    bar, sums_bar, late_bar = rest[-3:]
     stage = None
     if interpret:
-      st = rest[:-2]
+      st = rest[:-3]
       stage = {LN: list(st[:4])} if N == L else {LN: list(st[:4]), LL: list(st[4:8])}
     mm = Mma(stage)
     c, h, bi = lax.axis_index("c"), lax.axis_index("h"), lax.axis_index("b")
@@ -106,9 +110,12 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
       plgpu.copy_smem_to_gmem(O1, ref1.at[bi, h, tok])
 
     # G (inclusive prefix sums of w), its middle row and its last row in every row: 0/1 matrices (TMA) times w in
-    # three exact bf16 parts
+    # three exact bf16 parts. The inputs come by TMA into tiles that are free until they are read (k, b: the output
+    # staging tiles; a: R3); r and a (again) come later (`late_bar`), so no warp waits on a load from GMEM
     for i, dst in enumerate((I0, I1, I2)):
       plgpu.copy_gmem_to_smem(sums_ref.at[i], dst, sums_bar)
+    for src, dst in ((k_ref, O0), (b_ref, O1), (a_ref, R3)):
+      plgpu.copy_gmem_to_smem(src.at[bi, tok, h], dst, sums_bar)
     wv = load(w_ref.at[bi, tok, h])
     w_hi = wv.astype(BF16)
     w_rest = wv - w_hi.astype(F32)
@@ -116,7 +123,12 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
     R0[...], R1[...], R2[...] = w_hi, w_mid, (w_rest - w_mid.astype(F32)).astype(BF16)
     plgpu.commit_smem()
     plgpu.barrier_wait(sums_bar)
-    G, mid, last = (mm(LN, [(M, R) for R in (R0, R1, R2)]) for M in (I0, I1, I2))
+    def cumsums(issue, read):  # issued together, read in turn
+      for i, M in enumerate((I0, I1, I2)):
+        issue(i, [(M, R) for R in (R0, R1, R2)])
+      return [read(i) for i in range(3)]
+
+    G, mid, last = mm.scope([LN] * 3, cumsums)
     if save_inverse:
       g_refs[0].at[bi, pl.ds(1 + c * L, L), h][...] = G
     seg_i = load(s_ref.at[bi, tok], ROW)
@@ -128,32 +140,39 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
     chunk_sum = jnp.sum(jnp.where(rN == 0, last, 0.0), axis=0)  # (every row of `last` is the chunk's sum of w)
     dec_ref.at[bi, h, c][...] = jnp.where(seg_last == 0.0, jnp.exp(chunk_sum), 0.0)
 
+    # the left factor a~ = a e^{Gm-m} (split, registers), read from R3 before b^ takes it
+    Gm = jnp.where(rN == 0, 0.0, G - load(w_ref.at[bi, tok, h]))  # the exclusive prefix sums (w again, from L2)
+    at = split(load(R3).astype(F32) * jnp.exp(Gm - mid))
+
     # right factors k^ = k e^{m-G}, b^ = b e^{m-G} (split, SMEM); Bbar, Kbar
     e_out = jnp.exp(mid - G)
     to_end = jnp.exp(last - G)
-    kk = load(k_ref.at[bi, tok, h]).astype(F32)
+    kk = load(O0).astype(F32)
     store_split(kk * e_out, R0, R1)
-    bv = load(b_ref.at[bi, tok, h]).astype(F32)
+    bv = load(O1).astype(F32)
     store_split(bv * e_out, R2, R3)
     store_pair(jnp.where(last_rows, kk * to_end, 0.0).astype(BF16), kb_ref,
                jnp.where(last_rows, bv * to_end, 0.0).astype(BF16), bb_ref)
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # O0, O1 are read: r and a arrive there during the inverse
+    for src, dst in ((r_ref, O0), (a_ref, O1)):
+      plgpu.copy_gmem_to_smem(src.at[bi, tok, h], dst, late_bar)
 
     ri, ci = iota(LL, 0), iota(LL, 1)
     same = rows(seg_i, LL) == cols(seg_j, LL)
     strict = same & (ri > ci)
     incl = same & (ri >= ci)
 
-    # a rows: A_ak, A_ab
-    Gm = jnp.where(rN == 0, 0.0, G - load(w_ref.at[bi, tok, h]))  # the exclusive prefix sums (w again, from L2)
-    av = load(a_ref.at[bi, tok, h]).astype(F32)
-    at = split(av * jnp.exp(Gm - mid))
-    A_ak = jnp.where(strict, mm(LL, x3(at, (R0.T, R1.T))), 0.0)
-    A_ab = jnp.where(strict, mm(LL, x3(at, (R2.T, R3.T))), 0.0)
-
     # T = (I - A_ab)^{-1}: block doubling, D <- D + (D A_off) D, with A_off the level's off-diagonal blocks of A_ab.
     # D is block diagonal (blocks of 2^shift), so D A_off is D A_ab masked to those blocks: A_ab is stored once.
-    D = jnp.where(ri == ci, 1.0, 0.0) + jnp.where(((ri >> 1) == (ci >> 1)) & (ri != ci), A_ab, 0.0)
-    store_split(A_ab, I0, I1)
+    def a_rows(issue, read):  # A_ab first (the inverse waits for it); A_ak runs meanwhile
+      issue(0, x3(at, (R2.T, R3.T)))
+      issue(1, x3(at, (R0.T, R1.T)))
+      A_ab = jnp.where(strict, read(0), 0.0)
+      D = jnp.where(ri == ci, 1.0, 0.0) + jnp.where(((ri >> 1) == (ci >> 1)) & (ri != ci), A_ab, 0.0)
+      store_split(A_ab, I0, I1)
+      return D, jnp.where(strict, read(1), 0.0)
+
+    D, A_ak = mm.scope([LL, LL], a_rows)
 
     def doubling(shift, D):  # one loop body (so the code is fetched once)
       off = ((ri >> (shift + 1)) == (ci >> (shift + 1))) & ((ri >> shift) != (ci >> shift))
@@ -170,22 +189,35 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
       for t_ref, t_s in zip(t_refs, (I0, I1)):
         plgpu.copy_smem_to_gmem(t_s, t_ref.at[bi, h, c])
 
-    # q rows: A_qk, A_qb
-    rv = load(r_ref.at[bi, tok, h]).astype(F32)
+    # q rows: A_qk, A_qb (r and a from O0, O1 into registers before the outputs' staging takes them)
+    plgpu.barrier_wait(late_bar)
+    rv = load(O0).astype(F32)
+    av = load(O1).astype(F32)
     qt = (rv * jnp.exp(G - mid)).astype(BF16)  # rounded once (A_qk, A_qb feed only the outputs, not T)
-    A_qk = jnp.where(incl, mm(LL, x2(qt, (R0.T, R1.T))), 0.0)
-    A_qb = jnp.where(incl, mm(LL, x2(qt, (R2.T, R3.T))), 0.0)
+    q0 = jnp.where(first_rows, rv * jnp.exp(G), 0.0)
+
+    def q_rows(issue, read):
+      issue(0, x2(qt, (R0.T, R1.T)))
+      issue(1, x2(qt, (R2.T, R3.T)))
+      return [jnp.where(incl, read(i), 0.0) for i in range(2)]
+
+    A_qk, A_qb = mm.scope([LL, LL], q_rows)
 
     # WY: W = T A0, U_wy = T (A_ak V)
     store_split(jnp.where(first_rows, av * jnp.exp(Gm), 0.0), R0, R1)
     plgpu.commit_smem()
     plgpu.barrier_wait(bar)  # v is in SMEM
-    W = mm(LN, x3(Ts, (R0, R1)))
     ak = split(A_ak)
-    AV = mm(LN, [(ak[0], v_s), (ak[1], v_s)])
-    store_split(AV, R2, R3)
-    plgpu.commit_smem()
-    U = mm(LN, x3(Ts, (R2, R3)))
+
+    def wy(issue, read):  # A_ak V first (U waits for it), W meanwhile
+      issue(0, [(ak[0], v_s), (ak[1], v_s)])
+      issue(1, x3(Ts, (R0, R1)))
+      store_split(read(0), R2, R3)
+      plgpu.commit_smem()
+      issue(2, x3(Ts, (R2, R3)))
+      return read(1), read(2)
+
+    W, U = mm.scope([LN] * 3, wy)
     store_pair(W.astype(BF16), ww_ref, U.astype(BF16), wu_ref)
 
     # outputs: Qo = Q0 + A_qb W, Ob = A_qb U_wy + A_qk V
@@ -193,9 +225,13 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
     store_split(U, R2, R3)
     plgpu.commit_smem()
     qb, qk = split(A_qb), split(A_qk)
-    q0 = jnp.where(first_rows, rv * jnp.exp(G), 0.0)
-    qo = q0 + mm(LN, x3(qb, (R0, R1)))
-    ob = mm(LN, x3(qb, (R2, R3)) + [(qk[0], v_s), (qk[1], v_s)])
+
+    def outputs(issue, read):
+      issue(0, x3(qb, (R0, R1)))
+      issue(1, x3(qb, (R2, R3)) + [(qk[0], v_s), (qk[1], v_s)])
+      return q0 + read(0), read(1)
+
+    qo, ob = mm.scope([LN, LN], outputs)
     store_pair(qo.astype(BF16), qo_ref, ob.astype(BF16), ob_ref)
     plgpu.wait_smem_to_gmem(0)
 
@@ -203,7 +239,7 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
   scratch += [swizzled(LN), swizzled(LN)]  # O0, O1: output staging
   if interpret:
     scratch += [swizzled(LN) for _ in range(4)] + ([] if N == L else [swizzled(LL) for _ in range(4)])
-  scratch += [plgpu.Barrier(num_arrivals=1), plgpu.Barrier(num_arrivals=3)]
+  scratch += [plgpu.Barrier(num_arrivals=1), plgpu.Barrier(num_arrivals=6), plgpu.Barrier(num_arrivals=2)]
   out = jax.ShapeDtypeStruct((B, H, Tp, N), BF16)
   dec = jax.ShapeDtypeStruct((B, H, C, N), F32)
   g_pad = jax.ShapeDtypeStruct((B, 1 + Tp, H, N), F32)
