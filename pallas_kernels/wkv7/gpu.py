@@ -16,7 +16,8 @@ sections 2.2-2.4), four pieces:
    the second time during the inverse), and independent products are issued together (`Mma.scope`): with 2 CTAs
    per SM (255 registers) a warp that waits on a register load from GMEM stalls its SM quarter (Nsight Compute,
    eleventh session: long-scoreboard stalls 2.1 of 6.6 cycles per instruction); at K1 on an H100 `_prep` went
-   2.78 / 2.78 -> 2.66 (issuing together) and 2.64 -> 2.36 ms (with the TMA inputs) (docs/benchmarks.md).
+   2.78 / 2.78 -> 2.73 / 2.66 ms (issuing together, two rounds), then 2.64 -> 2.36 ms (TMA inputs;
+   docs/benchmarks.md).
 2. `_state_fwd` (Mosaic GPU, sequential over chunks, grid (V / bv, H, B), one warpgroup): the state S [K, bv]
    in fp32 registers; per chunk, with TMA double-buffered tiles, u = W S + U_wy, o = Qo S + Ob,
    S <- diag(d) S + Bbar^T u + Kbar^T V. S and u enter the tensor cores as split bf16 (hi + lo). Writes o (bf16,

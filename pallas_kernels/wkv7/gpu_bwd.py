@@ -32,13 +32,15 @@ factors q~, a~, k^, b^ are rebuilt in the gradient phase), and the four matrix g
 is a product into registers in the orientation where it is used (dA for dq~, da~; dA^T for dk^, db^), so those 8
 products run twice. The slot plan is written at each step of `body`. Registers: a 64 x 64 fp32 value is 32 per
 thread (64 x 128: 64), a split bf16 one as many; about seven 64 x 64 values are live at most (the dk / db steps).
-ptxas (H100, N = 64): 255 registers, 492 / 528 bytes of spill stores / loads (1676 / 2228 when the kernel rebuilt T,
-u and the states' terms itself). The parts that repeat with other operands (the gradients of k, b, r, a; the forward
-recompute's three matrices) are loop bodies whose operands the loop index picks: fully unrolled, the kernel was one
-straight block of about 11,400 PTX instructions per thread that stalled on instruction fetch and took twice the time
-(docs/benchmarks.md, seventh session). At N = 64, 49 tensor-core products of 64 x 64 x 64 per chunk (x3 counted as 3;
-54 and 7 zero products with dR split, 68 with split factors and dA); rebuilding T, u and Bbar dS' and splitting the
-float32 states took 124.
+ptxas (H100, N = 64): 255 registers, 228 / 260 bytes of spill stores / loads (eleventh session, dR in bf16; 492 / 528
+before, 1676 / 2228 when the kernel rebuilt T, u and the states' terms itself). Issuing the independent products of
+the role loop and of dv together (`Mma.scope`) made it slower (K1 3.94 / 3.98 -> 4.42 / 4.51 ms, eleventh session):
+their results live at once, in a kernel already at 255 registers. The parts that repeat with other operands (the
+gradients of k, b, r, a; the forward recompute's three matrices) are loop bodies whose operands the loop index picks:
+fully unrolled, the kernel was one straight block of about 11,400 PTX instructions per thread that stalled on
+instruction fetch and took twice the time (docs/benchmarks.md, seventh session). At N = 64, 49 tensor-core products of
+64 x 64 x 64 per chunk (x3 counted as 3; 54 and 7 zero products with dR split, 68 with split factors and dA);
+rebuilding T, u and Bbar dS' and splitting the float32 states took 124.
 
 The log-decay gradient is assembled as in `chunk_backward`, regrouped so that the last-segment terms cancel exactly:
     dw = M_>= P + M_> dgm + M_< Q + dec * diag(dS' S^T)      (M_op[i, j] = [j op i], 0/1 bf16 matrices)
@@ -200,8 +202,9 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     # live: dR (W2), v, dO, u, dS'. The rest goes by 64-column blocks kb of dr, dw, dk, da, db, and inside a block by
     # a loop over the four inputs ("roles" k, b, r, a: one body, so the code is fetched once; unrolled, the kernel's
     # instruction fetch stalled it). Role j's gradient: its two matrix gradients dA0, dA1 (products into registers,
-    # masked, rounded to bf16 for use as register lhs), d (its chunk factor) = dA0 Q0 + dA1 Q1 with the other pair's factors in
-    # Q0, Q1 (a~, q~ for k, b; b^, k^ for r, a), d (its state-side factor) = side_mask o (Y S^T or Y dS'^T), and
+    # masked, rounded to bf16 for use as register lhs), d (its chunk factor) = dA0 Q0 + dA1 Q1 with the other pair's
+    # factors in Q0, Q1 (a~, q~ for k, b; b^, k^ for r, a), d (its state-side factor) = side_mask o (Y S^T or Y dS'^T),
+    # and
     # dx = d_factor e_factor + d_side e_side:
     #   role  dA0                dA1                Y    X    sigma  tau  side_mask
     #   k     M_<  (v dR^T)      M_<= (v dO^T)      v    G    -1     1    last segment (Kbar)
