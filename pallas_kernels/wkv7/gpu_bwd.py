@@ -203,9 +203,8 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     # a loop over the four inputs ("roles" k, b, r, a: one body, so the code is fetched once; unrolled, the kernel's
     # instruction fetch stalled it). Role j's gradient: its two matrix gradients dA0, dA1 (products into registers,
     # masked, rounded to bf16 for use as register lhs), d (its chunk factor) = dA0 Q0 + dA1 Q1 with the other pair's
-    # factors in Q0, Q1 (a~, q~ for k, b; b^, k^ for r, a), d (its state-side factor) = side_mask o (Y S^T or Y dS'^T),
-    # and
-    # dx = d_factor e_factor + d_side e_side:
+    # factors in Q0, Q1 (a~, q~ for k, b; b^, k^ for r, a), d (its state-side factor) = side_mask o (Y S^T or
+    # Y dS'^T), and dx = d_factor e_factor + d_side e_side:
     #   role  dA0                dA1                Y    X    sigma  tau  side_mask
     #   k     M_<  (v dR^T)      M_<= (v dO^T)      v    G    -1     1    last segment (Kbar)
     #   b     M_<  (u dR^T)      M_<= (u dO^T)      u    G    -1     1    last segment (Bbar)
