@@ -9,12 +9,8 @@ state's share of du, Bbar dS' (from the backward state pass), and S and dS' as b
 its states in bf16 too). It recomputes the factors and three intra-chunk matrices A_ak, A_qk, A_qb: bf16 tensor-core
 products with fp32 accumulation, "split-bf16 x3" (hi hi + hi lo + lo hi) where neither operand is exact bf16, two
 passes (hi, lo) where one operand is exact bf16 (v, dO, u, S, dS', 0/1 matrices), one where both are; rounded once to
-bf16 (one pass): the factors of the three recomputed matrices, the matrix gradients dA (so the factor gradients
-are two passes of dA with the split factors), and dR = T^T du where the role loop reads it (its hi tile; dv's term
-keeps both): a one-product body for every role, instead of a second product (dR's lo tile) for k, b, a and a zero
-product for the others. In the Mosaic GPU interpreter against float64 (16 runs each, rwkv7 / slow decays) that moved
-da's max error 4.4e-3 -> 5.2e-3 / 5.3e-3 -> 6.4e-3 and db's 4.2e-3 -> 4.2e-3 / 5.0e-3 -> 6.0e-3, dw's 2.3e-3 -> 2.3e-3 /
-3.2e-3 -> 3.4e-3. Rounding the factors of the factor gradients instead tripled dw's
+bf16 (one pass): the factors of the three recomputed matrices, and the matrix gradients dA (so the factor gradients
+are two passes of dA with the split factors). Rounding the factors of the factor gradients instead tripled dw's
 error (the Mosaic GPU interpreter against float64: max 7.4e-3 against 1.8e-3 over 20 cases), as dw's regrouping then
 cancels sums whose terms carry different roundings; with dA rounded, dw max 2.6e-3, every output <= 5.5e-3 as before.
 
@@ -32,15 +28,17 @@ factors q~, a~, k^, b^ are rebuilt in the gradient phase), and the four matrix g
 is a product into registers in the orientation where it is used (dA for dq~, da~; dA^T for dk^, db^), so those 8
 products run twice. The slot plan is written at each step of `body`. Registers: a 64 x 64 fp32 value is 32 per
 thread (64 x 128: 64), a split bf16 one as many; about seven 64 x 64 values are live at most (the dk / db steps).
-ptxas (H100, N = 64): 255 registers, 228 / 260 bytes of spill stores / loads (eleventh session, dR in bf16; 492 / 528
-before, 1676 / 2228 when the kernel rebuilt T, u and the states' terms itself). Issuing the independent products of
-the role loop and of dv together (`Mma.scope`) made it slower (K1 3.94 / 3.98 -> 4.42 / 4.51 ms, eleventh session):
-their results live at once, in a kernel already at 255 registers. The parts that repeat with other operands (the
-gradients of k, b, r, a; the forward recompute's three matrices) are loop bodies whose operands the loop index picks:
-fully unrolled, the kernel was one straight block of about 11,400 PTX instructions per thread that stalled on
-instruction fetch and took twice the time (docs/benchmarks.md, seventh session). At N = 64, 49 tensor-core products of
-64 x 64 x 64 per chunk (x3 counted as 3; 54 and 7 zero products with dR split, 68 with split factors and dA);
-rebuilding T, u and Bbar dS' and splitting the float32 states took 124.
+ptxas (H100, N = 64): 255 registers, 308 / 388 bytes of spill stores / loads (eleventh session; 1676 / 2228 when the
+kernel rebuilt T, u and the states' terms itself). Issuing the independent products of the role loop and of dv
+together (`Mma.scope`) made it slower (K1 3.94 / 3.98 -> 4.42 / 4.51 ms, eleventh session): their results live at
+once, in a kernel already at 255 registers. dR rounded to bf16 in the role loop (49 products instead of 54 + 7 zero
+ones; `wip/wkv7-dr-bf16`) took it 3.99 -> 3.72 ms at K1 and passed the float64 tests on the H100 (max 5.6e-3), but on
+the worst-conditioned inputs ("aligned") da reached 1.06e-2 against float64 for one seed (8.5e-3 before), over the
+tests' 1e-2: not kept. The parts that repeat with other operands (the gradients of k, b, r, a; the forward
+recompute's three matrices) are loop bodies whose operands the loop index picks: fully unrolled, the kernel was one
+straight block of about 11,400 PTX instructions per thread that stalled on instruction fetch and took twice the time
+(docs/benchmarks.md, seventh session). At N = 64, 54 tensor-core products of 64 x 64 x 64 per chunk (x3 counted as 3;
+68 with split factors and dA); rebuilding T, u and Bbar dS' and splitting the float32 states took 124.
 
 The log-decay gradient is assembled as in `chunk_backward`, regrouped so that the last-segment terms cancel exactly:
     dw = M_>= P + M_> dgm + M_< Q + dec * diag(dS' S^T)      (M_op[i, j] = [j op i], 0/1 bf16 matrices)
@@ -88,6 +86,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
   LN, LL, KB = (L, N), (L, L), N // L  # KB: 64-wide blocks of the K (state row / key channel) dimension
 
   W2H, W2L, V_, DO_, U_ = range(2, 7)  # tiles of `wide` (0, 1: W1)
+  ZERO = 1  # W1's lo tile, zeros during the roles k, b, r
 
   def body(r_ref, k_ref, v_ref, a_ref, b_ref, g_ref, s_ref, dec_ref, st_ref, do_ref, dst_ref, thi_ref, tlo_ref,
            u_ref, dus_ref, tri_ref, ones_ref, dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref, wide, square, st_s,
@@ -202,9 +201,9 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     # live: dR (W2), v, dO, u, dS'. The rest goes by 64-column blocks kb of dr, dw, dk, da, db, and inside a block by
     # a loop over the four inputs ("roles" k, b, r, a: one body, so the code is fetched once; unrolled, the kernel's
     # instruction fetch stalled it). Role j's gradient: its two matrix gradients dA0, dA1 (products into registers,
-    # masked, rounded to bf16 for use as register lhs), d (its chunk factor) = dA0 Q0 + dA1 Q1 with the other pair's
-    # factors in Q0, Q1 (a~, q~ for k, b; b^, k^ for r, a), d (its state-side factor) = side_mask o (Y S^T or
-    # Y dS'^T), and dx = d_factor e_factor + d_side e_side:
+    # masked, split for use as register lhs), d (its chunk factor) = dA0 Q0 + dA1 Q1 with the other pair's factors in
+    # Q0, Q1 (a~, q~ for k, b; b^, k^ for r, a), d (its state-side factor) = side_mask o (Y S^T or Y dS'^T), and
+    # dx = d_factor e_factor + d_side e_side:
     #   role  dA0                dA1                Y    X    sigma  tau  side_mask
     #   k     M_<  (v dR^T)      M_<= (v dO^T)      v    G    -1     1    last segment (Kbar)
     #   b     M_<  (u dR^T)      M_<= (u dO^T)      u    G    -1     1    last segment (Bbar)
@@ -215,12 +214,14 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     def wide_at(j, idx):  # the `wide` tile idx[j]
       return wide.at[pick(j, idx)]
 
-    def product(lhs, rhs):  # lhs rhs^T (SMEM operands; dR enters as its bf16 hi tile, rounded once)
-      return mm(LL, [(lhs, rhs.T)])
+    def products(lhs, rhs, second):  # lhs rhs^T + second[0] second[1]^T (SMEM operands). Roles with one product
+      # take W1's lo tile as second[0], zeros while roles k, b, r run: a zero product, not a branch (a `lax.cond`
+      # around loads in a hot loop cost more than the loads, eighth session)
+      return mm(LL, [(lhs, rhs.T), (second[0], second[1].T)])
 
-    def masked(s, t, x):  # a matrix gradient: the product x masked by causal(s, t), rounded once to bf16 (a
+    def masked(s, t, product):  # a matrix gradient: the product masked by causal(s, t), rounded once to bf16 (a
       # register lhs; the same rounded dA enters both sums of dw's regrouping, so their terms still cancel)
-      return jnp.where(causal(s, t), x, 0.0).astype(BF16)
+      return jnp.where(causal(s, t), product, 0.0).astype(BF16)
 
     Y = (V_, U_, DO_, W2H)  # the roles' lhs in `wide`
     for kb in range(KB):
@@ -236,9 +237,11 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
 
         y = wide_at(j, Y)
         sign = pick(j, (-1, -1, 1, 1))
-        dA0 = product(y, wide_at(j, (W2H, W2H, U_, U_)))
+        second = (wide_at(j, (V_, U_, ZERO, W2L)), wide_at(j, (W2L, W2L, U_, U_)))
+        dA0 = products(y, wide_at(j, (W2H, W2H, U_, U_)), second)
         dA0 = masked(sign, pick(j, (1, 1, 0, 1)), dA0)
-        dA1 = product(y, wide_at(j, (DO_, DO_, V_, V_)))
+        dR_lo = wide_at(j, (ZERO, ZERO, ZERO, W2L))  # dR's lo tile for role a, else the zero tile
+        dA1 = products(y, wide_at(j, (DO_, DO_, V_, V_)), (dR_lo, wide.at[V_]))
         dA1 = masked(sign, pick(j, (0, 0, 0, 1)), dA1)
         d_fac = mm(LL, x2(dA0, Q0) + x2(dA1, Q1))
 
@@ -246,7 +249,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
         def _():
           plgpu.barrier_wait(st_bar.at[kb])
 
-        d_side = product(y, st_rows(kb))
+        d_side = products(y, st_rows(kb), (dR_lo, st_rows(kb)))
         side = seg_rows(LL) == jnp.where(j < R_, seg_last, 0.0)
         d_side = jnp.where(side, d_side, 0.0)
         x, X = role_input(j, kb)
@@ -289,6 +292,8 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
 
         return P
 
+      W1[1][...] = plgpu.layout_cast(jnp.zeros(LN, BF16), plgpu.Layout.WGMMA)  # the zero tile (role a overwrites it)
+      plgpu.commit_smem()
       lax.fori_loop(0, 4, role, plgpu.layout_cast(jnp.zeros(LL, F32), plgpu.Layout.WGMMA))
 
   scratch = [swizzled((7, L, N)), swizzled((3 + (KB > 1), 2, L, L)), swizzled((N, N)), plgpu.Barrier(num_arrivals=6),
