@@ -10,7 +10,8 @@
 # `run` first runs each tree's `tests/ops/<file>_pallas_test.py -k float64` (wkv7, or wkv56 for wkv6) in its own
 # process, then `wkv_bench.py --op OP --shapes K1 --impls pallas_gpu --pieces K1` in each tree, ROUNDS times
 # (default 2) in turn; TESTS=0 skips the tests, ROUNDS=0 the timings, SHAPE=K2 (any wkv_bench shape) times another
-# shape than K1. Output in $OUT (or out/compare_trees):
+# shape than K1, STATE_BV=32,64 also times the state passes at those V-tile widths. Output in $OUT (or
+# out/compare_trees):
 # tests_<tree>.log (each case's relative errors, then the summary) and bench.log, whose lines start with the tree.
 # "." is the working tree itself (main).
 set -uo pipefail
@@ -43,7 +44,8 @@ case $mode in
       for tree in "$@"; do
         echo "== round $round: $tree ($(date -u +%H:%M:%S))"
         (cd "$tree" && PYTHONPATH=$PWD:$site timeout 150 python3 benchmarks/wkv_bench.py --op "$op" \
-            --shapes "$shape" --impls pallas_gpu --repeats 20 --pieces "$shape" 2>&1 | grep "pieces\|pallas_gpu |" \
+            --shapes "$shape" --impls pallas_gpu --repeats 20 --pieces "$shape" ${STATE_BV:+--state-bv "$STATE_BV"} 2>&1 \
+            | grep "pieces\|pallas_gpu |" \
             | sed "s|^|$tree: |") | tee -a "$OUT/bench.log"
       done
     done ;;
