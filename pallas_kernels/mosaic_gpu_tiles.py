@@ -107,7 +107,7 @@ class Mma:
     tensor cores compute one product while the warpgroup works on an earlier result. An SMEM operand must not be
     rewritten before the products reading it are read."""
     free = None if self.stage is None else {k: list(v) for k, v in self.stage.items()}
-    staged = {}  # interpret mode: id(register lhs) -> its scratch tile, for the whole scope
+    staged = {}  # interpret mode: id(register lhs) -> (its scratch tile, the lhs, kept so that its id stays unique)
 
     def scoped(*accs):
       issued = []  # the accumulator of every committed group of products, in issue order
@@ -140,8 +140,8 @@ class Mma:
       if key not in staged:
         ref = free[tuple(lhs.shape)].pop()
         ref[...] = lhs
-        staged[key] = ref
-      out.append((staged[key], rhs))
+        staged[key] = (ref, lhs)
+      out.append((staged[key][0], rhs))
     plgpu.commit_smem()
     return out
 

@@ -124,6 +124,7 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
     R0[...], R1[...], R2[...] = w_hi, w_mid, (w_rest - w_mid.astype(F32)).astype(BF16)
     plgpu.commit_smem()
     plgpu.barrier_wait(sums_bar)
+
     def cumsums(issue, read):  # issued together, read in turn
       for i, M in enumerate((I0, I1, I2)):
         issue(i, [(M, R) for R in (R0, R1, R2)])
