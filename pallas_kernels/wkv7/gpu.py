@@ -79,36 +79,55 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
 
   r, k, v, a, b: [B, Tp, H, N] bf16, Tp a multiple of L; w [B, Tp, H, N] float32 log-decay (zero-padded); seg
   [B, Tp] float32 segment index inside each chunk.
+  One warpgroup per 64 channels (N = 128: two, sharing the CTA's SMEM): each computes its channels' factors and
+  outputs from tiles of its own, and the intra-chunk matrices (sums over all N channels) as its channels' share,
+  exchanged through SMEM (`all_sum`: the same sum in every warpgroup), so that each builds the same inverse T.
+  At N = 128 a CTA thus runs 8 warps as two N = 64 CTAs do (with one warpgroup of N = 128 tiles: 4 warps per SM, and
+  `_prep` took 3.6x its K1 time at K5 on an H100, eleventh session).
   G, its middle row and its last row are tensor-core sums of w split into three bf16 parts (24 bits: w exactly) with
   0/1 matrices (`_cumsum_matrices`), fp32 accumulation; they replace an XLA prologue (a cumsum and a copy, 0.66 ms at
-  K1 on an H100).
+  K1 on an H100). The chunk sum per channel (for the decay) is the same sum transposed, reduced along rows (inside
+  warps: no SMEM reduction scratch, which warpgroups would share).
   """
   B, Tp, H, N = r.shape
   C = Tp // L
-  LN, LL = (L, N), (L, L)
+  KB = N // L  # warpgroups, one per 64 channels
+  LL = (L, L)  # every tile: L tokens (or L rows of T) x 64 channels
   levels = int(math.log2(L))
 
   def body(r_ref, k_ref, v_ref, a_ref, b_ref, w_ref, s_ref, sums_ref, ww_ref, wu_ref, qo_ref, ob_ref, bb_ref, kb_ref,
            dec_ref, *refs):
     g_refs, t_refs = refs[:save_inverse], refs[save_inverse:3 * save_inverse]  # g_pad; the (hi, lo) inverse
-    v_s, R0, R1, R2, R3, I0, I1, I2, I3, O0, O1, *rest = refs[3 * save_inverse:]
-    bar, sums_bar, late_bar = rest[-3:]
-    stage = None
-    if interpret:
-      st = rest[:-3]
-      stage = {LN: list(st[:4])} if N == L else {LN: list(st[:4]), LL: list(st[4:8])}
-    mm = Mma(stage)
+    tiles, *rest = refs[3 * save_inverse:]
+    wg = lax.axis_index("wg")
+    v_s, R0, R1, R2, R3, I0, I1, I2, I3, O0, O1 = (tiles.at[wg, i] for i in range(11))
+    bar, sums_bar, late_bar = (x.at[wg] for x in rest[:3])
+    exchange = rest[3:5]  # N = 128: the float32 tiles and the barrier of `all_sum`
+    mm = Mma({LL: [rest[-1].at[wg, i] for i in range(4)]} if interpret else None)
     c, h, bi = lax.axis_index("c"), lax.axis_index("h"), lax.axis_index("b")
-    tok = pl.ds(c * L, L)
-    plgpu.copy_gmem_to_smem(v_ref.at[bi, tok, h], v_s, bar)
+    tok, ch = pl.ds(c * L, L), pl.ds(wg * L, L)  # the chunk's tokens, the warpgroup's channels
+    plgpu.copy_gmem_to_smem(v_ref.at[bi, tok, h, ch], v_s, bar)
 
     def store_pair(x0, ref0, x1, ref1):  # two bf16 output tiles through the staging tiles O0, O1, by TMA
       plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the staging tiles' previous stores have read them
       O0[...] = x0
       O1[...] = x1
       plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(O0, ref0.at[bi, h, tok])
-      plgpu.copy_smem_to_gmem(O1, ref1.at[bi, h, tok])
+      plgpu.copy_smem_to_gmem(O0, ref0.at[bi, h, tok, ch])
+      plgpu.copy_smem_to_gmem(O1, ref1.at[bi, h, tok, ch])
+
+    def all_sum(x):  # x [L, L] float32 summed over the warpgroups (each holds its channels' share)
+      if KB == 1:
+        return x
+      xs, xbar = exchange
+      xs.at[wg][...] = x
+      plgpu.commit_smem()
+      plgpu.barrier_arrive(xbar)
+      plgpu.barrier_wait(xbar)
+      total = x + load(xs.at[1 - wg])  # (KB = 2) the same sum in both: float addition commutes
+      plgpu.barrier_arrive(xbar)  # both have read before the next exchange writes
+      plgpu.barrier_wait(xbar)
+      return total
 
     # G (inclusive prefix sums of w), its middle row and its last row in every row: 0/1 matrices (TMA) times w in
     # three exact bf16 parts. The inputs come by TMA into tiles that are free until they are read (k, b: the output
@@ -116,8 +135,8 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
     for i, dst in enumerate((I0, I1, I2)):
       plgpu.copy_gmem_to_smem(sums_ref.at[i], dst, sums_bar)
     for src, dst in ((k_ref, O0), (b_ref, O1), (a_ref, R3)):
-      plgpu.copy_gmem_to_smem(src.at[bi, tok, h], dst, sums_bar)
-    wv = load(w_ref.at[bi, tok, h])
+      plgpu.copy_gmem_to_smem(src.at[bi, tok, h, ch], dst, sums_bar)
+    wv = load(w_ref.at[bi, tok, h, ch])
     w_hi = wv.astype(BF16)
     w_rest = wv - w_hi.astype(F32)
     w_mid = w_rest.astype(BF16)
@@ -125,25 +144,26 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
     plgpu.commit_smem()
     plgpu.barrier_wait(sums_bar)
 
-    def cumsums(issue, read):  # issued together, read in turn
+    def cumsums(issue, read):  # issued together, read in turn; the last: the chunk sums transposed (ones = I2)
       for i, M in enumerate((I0, I1, I2)):
         issue(i, [(M, R) for R in (R0, R1, R2)])
-      return [read(i) for i in range(3)]
+      issue(3, [(R.T, I2) for R in (R0, R1, R2)])
+      return [read(i) for i in range(4)]
 
-    G, mid, last = mm.scope([LN] * 3, cumsums)
+    G, mid, last, last_t = mm.scope([LL] * 4, cumsums)
     if save_inverse:
-      g_refs[0].at[bi, pl.ds(1 + c * L, L), h][...] = G
+      g_refs[0].at[bi, pl.ds(1 + c * L, L), h, ch][...] = G
     seg_i = load(s_ref.at[bi, tok], ROW)
     seg_j = load(s_ref.at[bi, tok], COL)
     seg_last = s_ref[bi, c * L + L - 1]
-    rN = iota(LN, 0)
-    first_rows = rows(seg_i, LN) == 0.0
-    last_rows = rows(seg_i, LN) == seg_last
-    chunk_sum = jnp.sum(jnp.where(rN == 0, last, 0.0), axis=0)  # (every row of `last` is the chunk's sum of w)
-    dec_ref.at[bi, h, c][...] = jnp.where(seg_last == 0.0, jnp.exp(chunk_sum), 0.0)
+    rN = iota(LL, 0)
+    first_rows = rows(seg_i, LL) == 0.0
+    last_rows = rows(seg_i, LL) == seg_last
+    chunk_sum = jnp.max(last_t, axis=1)  # (every column of last_t: the channel's chunk sum; a row reduction)
+    dec_ref.at[bi, h, c, ch][...] = jnp.where(seg_last == 0.0, jnp.exp(chunk_sum), 0.0)
 
     # the left factor a~ = a e^{Gm-m} (split, registers), read from R3 before b^ takes it
-    Gm = jnp.where(rN == 0, 0.0, G - load(w_ref.at[bi, tok, h]))  # the exclusive prefix sums (w again, from L2)
+    Gm = jnp.where(rN == 0, 0.0, G - load(w_ref.at[bi, tok, h, ch]))  # the exclusive prefix sums (w again, from L2)
     at = split(load(R3).astype(F32) * jnp.exp(Gm - mid))
 
     # right factors k^ = k e^{m-G}, b^ = b e^{m-G} (split, SMEM); Bbar, Kbar
@@ -157,7 +177,7 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
                jnp.where(last_rows, bv * to_end, 0.0).astype(BF16), bb_ref)
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # O0, O1 are read: r and a arrive there during the inverse
     for src, dst in ((r_ref, O0), (a_ref, O1)):
-      plgpu.copy_gmem_to_smem(src.at[bi, tok, h], dst, late_bar)
+      plgpu.copy_gmem_to_smem(src.at[bi, tok, h, ch], dst, late_bar)
 
     ri, ci = iota(LL, 0), iota(LL, 1)
     same = rows(seg_i, LL) == cols(seg_j, LL)
@@ -169,10 +189,10 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
     def a_rows(issue, read):  # A_ab first (the inverse waits for it); A_ak runs meanwhile
       issue(0, x3(at, (R2.T, R3.T)))
       issue(1, x3(at, (R0.T, R1.T)))
-      A_ab = jnp.where(strict, read(0), 0.0)
+      A_ab = jnp.where(strict, all_sum(read(0)), 0.0)
       D = jnp.where(ri == ci, 1.0, 0.0) + jnp.where(((ri >> 1) == (ci >> 1)) & (ri != ci), A_ab, 0.0)
       store_split(A_ab, I0, I1)
-      return D, jnp.where(strict, read(1), 0.0)
+      return D, jnp.where(strict, all_sum(read(1)), 0.0)
 
     D, A_ak = mm.scope([LL, LL], a_rows)
 
@@ -185,11 +205,14 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
 
     D = lax.fori_loop(1, levels, doubling, D)
     Ts = split(D)
-    if save_inverse:  # staged in I0, I1 (free from here on)
+    if save_inverse:  # staged in I0, I1 (free from here on); every warpgroup holds the same T: the first stores it
       I0[...], I1[...] = Ts
       plgpu.commit_smem()
-      for t_ref, t_s in zip(t_refs, (I0, I1)):
-        plgpu.copy_smem_to_gmem(t_s, t_ref.at[bi, h, c])
+
+      @pl.when(wg == 0)
+      def _():
+        for t_ref, t_s in zip(t_refs, (I0, I1)):
+          plgpu.copy_smem_to_gmem(t_s, t_ref.at[bi, h, c])
 
     # q rows: A_qk, A_qb (r and a from O0, O1 into registers before the outputs' staging takes them)
     plgpu.barrier_wait(late_bar)
@@ -201,7 +224,7 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
     def q_rows(issue, read):
       issue(0, x2(qt, (R0.T, R1.T)))
       issue(1, x2(qt, (R2.T, R3.T)))
-      return [jnp.where(incl, read(i), 0.0) for i in range(2)]
+      return [jnp.where(incl, all_sum(read(i)), 0.0) for i in range(2)]
 
     A_qk, A_qb = mm.scope([LL, LL], q_rows)
 
@@ -219,7 +242,7 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
       issue(2, x3(Ts, (R2, R3)))
       return read(1), read(2)
 
-    W, U = mm.scope([LN] * 3, wy)
+    W, U = mm.scope([LL] * 3, wy)
     store_pair(W.astype(BF16), ww_ref, U.astype(BF16), wu_ref)
 
     # outputs: Qo = Q0 + A_qb W, Ob = A_qb U_wy + A_qk V
@@ -233,23 +256,24 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
       issue(1, x3(qb, (R2, R3)) + [(qk[0], v_s), (qk[1], v_s)])
       return q0 + read(0), read(1)
 
-    qo, ob = mm.scope([LN, LN], outputs)
+    qo, ob = mm.scope([LL, LL], outputs)
     store_pair(qo.astype(BF16), qo_ref, ob.astype(BF16), ob_ref)
     plgpu.wait_smem_to_gmem(0)
 
-  scratch = [swizzled(LN)] + [swizzled(LN) for _ in range(4)] + [swizzled(LL) for _ in range(4)]
-  scratch += [swizzled(LN), swizzled(LN)]  # O0, O1: output staging
+  # per warpgroup: v, R0-R3, I0-I3 and the output staging tiles O0, O1 (11 tiles of 8 KiB) and three TMA barriers (v,
+  # the sums' operands, r and a late); N = 128: the exchange tiles of `all_sum` (float32) and their barrier
+  scratch = [swizzled((KB, 11, L, L))] + [plgpu.Barrier(num_arrivals=n, num_barriers=KB) for n in (1, 6, 2)]
+  if KB > 1:
+    scratch += [swizzled((KB, L, L), F32), plgpu.Barrier(num_arrivals=KB)]
   if interpret:
-    scratch += [swizzled(LN) for _ in range(4)] + ([] if N == L else [swizzled(LL) for _ in range(4)])
-  scratch += [plgpu.Barrier(num_arrivals=1), plgpu.Barrier(num_arrivals=6), plgpu.Barrier(num_arrivals=2)]
+    scratch += [swizzled((KB, 4, L, L))]  # `Mma`'s staging of register lhs operands
   out = jax.ShapeDtypeStruct((B, H, Tp, N), BF16)
   dec = jax.ShapeDtypeStruct((B, H, C, N), F32)
   g_pad = jax.ShapeDtypeStruct((B, 1 + Tp, H, N), F32)
   inverse = jax.ShapeDtypeStruct((B, H, C, L, L), BF16)
   out_type = (out,) * 6 + (dec,) + ((g_pad,) + (inverse,) * 2 if save_inverse else ())
-  kern = plgpu.kernel(body, out_type=out_type, grid=(C, H, B),
-                      grid_names=("c", "h", "b"),
-                      scratch_types=tuple(scratch), compiler_params=compiler_params(),
+  kern = plgpu.kernel(body, out_type=out_type, grid=(C, H, B), grid_names=("c", "h", "b"), num_threads=KB,
+                      thread_name="wg", scratch_types=tuple(scratch), compiler_params=compiler_params(False),
                       interpret=interpret_params(interpret), kernel_name="wkv7_prep")
   return kern(r, k, v, a, b, w, seg, _cumsum_matrices())
 
