@@ -3,7 +3,7 @@
 Chunk L = 64 tokens, head dims N = 64 and 128, bf16 inputs, fp32 state. With the chunk algebra of `common` (spec
 sections 2.2-2.4), four pieces:
 
-1. `_prep` (Mosaic GPU, chunk-parallel, one warpgroup per CTA, grid (C, H, B)): per chunk, from r, k, v, a, b
+1. `_prep` (Mosaic GPU, chunk-parallel, grid (C, H, B), one warpgroup per 64 channels): per chunk, from r, k, v, a, b
    (bf16, read in the caller's [B, T, H, N] layout) and w (float32), the chunk-local cumulative log-decay G (exact
    tensor-core sums) and the chunk decay, the factors q~, a~, k^, b^ through the middle token, the four intra-chunk
    matrices, T = (I - A_ab)^{-1} by block doubling (`common.unit_lower_inverse`), and writes six bf16 [L, N] tiles
@@ -17,7 +17,8 @@ sections 2.2-2.4), four pieces:
    per SM (255 registers) a warp that waits on a register load from GMEM stalls its SM quarter (Nsight Compute,
    eleventh session: long-scoreboard stalls 2.1 of 6.6 cycles per instruction); at K1 on an H100 `_prep` went
    2.78 / 2.78 -> 2.73 / 2.66 ms (issuing together, two rounds), then 2.64 -> 2.36 ms (TMA inputs;
-   docs/benchmarks.md).
+   docs/benchmarks.md). At N = 128 two warpgroups share a CTA, each with N = 64 tiles of its own: K5 (8, 4096, 16, 128)
+   7.53 -> 2.48 ms on an H100 (twelfth session; one warpgroup with N = 128 tiles ran 4 warps per SM).
 2. `_state_fwd` (Mosaic GPU, sequential over chunks, grid (V / bv, H, B), one warpgroup): the state S [K, bv]
    in fp32 registers; per chunk, with TMA double-buffered tiles, u = W S + U_wy, o = Qo S + Ob,
    S <- diag(d) S + Bbar^T u + Kbar^T V. S and u enter the tensor cores as split bf16 (hi + lo). Writes o (bf16,
