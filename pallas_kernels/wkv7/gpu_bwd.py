@@ -85,27 +85,29 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
   C = Tp // L
   LN, LL, KB = (L, N), (L, L), N // L  # KB: 64-wide blocks of the K (state row / key channel) dimension
 
-  W2H, W2L, V_, DO_, U_ = range(2, 7)  # tiles of `wide` (0, 1: W1)
-  ZERO = 1  # W1's lo tile, zeros during the roles k, b, r
+  ZERO, W2H, W2L, V_, DO_, U_ = range(6)  # tiles of `wide`; ZERO: zeros in the role loop (the right factor before)
 
   def body(r_ref, k_ref, v_ref, a_ref, b_ref, g_ref, s_ref, dec_ref, st_ref, do_ref, dst_ref, thi_ref, tlo_ref,
-           u_ref, dus_ref, tri_ref, ones_ref, dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref, wide, square, st_s,
-           bar, st_bar, *stage):
-    # `wide` [7, L, N]: the (hi, lo) pairs W1, W2 and the tiles v, dO, u (one stack, so that a role's operands are
-    # picked by index); `square` [L, L] (hi, lo) pairs Q0, Q1, Q3 and (N > L) Q2. N = L: Q2 is W2 (du / dR take
-    # A_qb's slot when it dies).
-    W1, W2 = (wide.at[0], wide.at[1]), (wide.at[W2H], wide.at[W2L])
+           u_ref, dus_ref, tri_ref, dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref, wide, square, st_s,
+           bar, st_bar, *rest):
+    # `wide` [6, L, N]: the zero tile, the (hi, lo) pair W2 and the tiles v, dO, u (one stack, so that a role's
+    # operands are picked by index); `square` [3 KB, 2, L, L] (hi, lo) pairs: Q0, Q1, Q3 and (N > L) Q2 in
+    # the first phase (N = L: Q2 is W2: du / dR take A_qb's slot when it dies), then Q0, Q1, Q3 of each warpgroup's
+    # K block in the role loop
+    W2 = (wide.at[W2H], wide.at[W2L])
     v_s, do_s, u_s = (wide.at[i] for i in (V_, DO_, U_))
-    Q0, Q1, Q3 = ((square.at[i, 0], square.at[i, 1]) for i in range(3))
-    Q2 = (square.at[3, 0], square.at[3, 1]) if KB > 1 else W2
-    staged = {LL: list(stage[:4])} | ({LN: list(stage[4:])} if KB > 1 else {})
-    mm = Mma(staged if interpret else None)  # register lhs operands go through `stage` when interpreted
+    pair = lambda i: (square.at[i, 0], square.at[i, 1])  # noqa: E731
+    Q0, Q1, Q3 = pair(0), pair(1), pair(2)
+    Q2 = pair(3) if KB > 1 else W2
+    wg = lax.axis_index("wg")
+    phase_bar, stage = (rest[0], rest[1:]) if KB > 1 else (None, rest)  # (N > L) the first phase is done
+    staged = None
+    if interpret:  # register lhs operands go through `stage`, per warpgroup
+      staged = {LL: [stage[0].at[wg, i] for i in range(4)]} | ({LN: [stage[1].at[wg, i] for i in range(2)]}
+                                                               if KB > 1 else {})
+    mm = Mma(staged)
     c, h, bi = lax.axis_index("c"), lax.axis_index("h"), lax.axis_index("b")
     tok = pl.ds(c * L, L)
-    for src, dst in ((v_ref.at[bi, tok, h], v_s), (do_ref.at[bi, tok, h], do_s), (thi_ref.at[bi, h, c], Q0[0]),
-                     (tlo_ref.at[bi, h, c], Q0[1]), (u_ref.at[bi, h, tok], u_s), (dst_ref.at[bi, h, c], st_s)):
-      plgpu.copy_gmem_to_smem(src, dst, bar)  # v, dO, T (the forward's, into Q0), u, dS'
-
     def put(x, dst):  # x (float32 registers) -> the (hi, lo) pair dst
       store_split(x, *dst)
 
@@ -167,43 +169,64 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       x, X = role_input(j, kb)
       return x * jnp.exp(sigma(j) * (X - mid(kb)))
 
-    # Slot plan: `wide` (W1, W2, v, dO, u), `square` (Q0, Q1, Q3, Q2) and the state tile [N, N] (dS', its 64-row
-    # blocks replaced by S's as the gradient phase goes). Operands used only as non-transposed lhs stay in registers
-    # (split) and values are recomputed rather than kept across phases. The parts that repeat with other operands are
-    # loop bodies over an index (roles, products) that picks the operands: unrolled, the kernel stalled on fetching
-    # its instructions (docs/benchmarks.md, seventh session).
-    # --- forward recompute, one loop body: A_ak = M_>(a~ k^T) (Q1), A_qk = M_>=(q~ k^T) (Q3), A_qb = M_>=(q~ b^T) (Q2),
-    # the right factor (k^, then b^) in W1; T (Q0) arrives by TMA
-    def attention(i):
-      @pl.when(i != 1)
-      def _():
-        W1[0][...] = factor(jnp.where(i == 0, K_, B_)).astype(BF16)
+    # Slot plan: `wide` (zero / right factor, W2, v, dO, u), `square` (Q0, Q1, Q3, Q2; then each warpgroup's Q0, Q1,
+    # Q3) and the state tile [N, N] (dS', its 64-row blocks replaced by S's as the gradient phase goes). Operands used
+    # only as non-transposed lhs stay in registers (split) and values are recomputed rather than kept across phases.
+    # The parts that repeat with other operands are loop bodies over an index (roles, products) that picks the
+    # operands: unrolled, the kernel stalled on fetching its instructions (docs/benchmarks.md, seventh session).
+    # The first phase (the forward recompute, du, dR, dv) runs on the first warpgroup; the role loop on every
+    # warpgroup, one 64-column K block each (N = 128: two warpgroups, 8 warps per SM as two N = 64 CTAs have).
+    def first_phase():
+      for src, dst in ((v_ref.at[bi, tok, h], v_s), (do_ref.at[bi, tok, h], do_s), (thi_ref.at[bi, h, c], Q0[0]),
+                       (tlo_ref.at[bi, h, c], Q0[1]), (u_ref.at[bi, h, tok], u_s), (dst_ref.at[bi, h, c], st_s)):
+        plgpu.copy_gmem_to_smem(src, dst, bar)  # v, dO, T (the forward's, into Q0), u, dS'
+
+      # forward recompute, one loop body: A_ak = M_>(a~ k^T) (Q1), A_qk = M_>=(q~ k^T) (Q3), A_qb = M_>=(q~ b^T)
+      # (Q2), the right factor (k^, then b^) in the zero tile; T (Q0) arrives by TMA
+      def attention(i):
+        @pl.when(i != 1)
+        def _():
+          wide.at[ZERO][...] = factor(jnp.where(i == 0, K_, B_)).astype(BF16)
+          plgpu.commit_smem()
+
+        left = factor(jnp.where(i == 0, A_, R_)).astype(BF16)  # a~, then q~ twice
+        A = jnp.where(causal(1, pick(i, (1, 0, 0))), mm(LL, [(left, wide.at[ZERO].T)]), 0.0)
+        lax.switch(i, [lambda dst=dst: put(A, dst) for dst in (Q1, Q3, Q2)])
         plgpu.commit_smem()
 
-      left = factor(jnp.where(i == 0, A_, R_)).astype(BF16)  # a~, then q~ twice
-      A = jnp.where(causal(1, pick(i, (1, 0, 0))), mm(LL, [(left, W1[0].T)]), 0.0)
-      lax.switch(i, [lambda dst=dst: put(A, dst) for dst in (Q1, Q3, Q2)])
+      lax.fori_loop(0, 3, lambda i, _: attention(i), None)
+      plgpu.barrier_wait(bar)  # v, dO, T, u and dS' are in SMEM
+      # du = Bbar dS' (the backward state pass's) + A_qb^T dO, dR = T^T du, dv = Kbar dS' + A_qk^T dO + A_ak^T dR
+      put(load(dus_ref.at[bi, h, tok]).astype(F32) + mm(LN, x2(transposed(Q2), do_s)), W2)
+      plgpu.commit_smem()
+      put(mm(LN, x3(transposed(Q0), W2)), W2)  # dR
+      plgpu.commit_smem()
+      dv = mm(LN, x2(transposed(Q3), do_s) + x3(transposed(Q1), W2))
+      for kb in range(KB):
+        kbar = split(jnp.where(last(kb), inp(k_ref, kb) * jnp.exp(gl(kb) - G(kb)), 0.0))
+        dv = dv + mm(LN, x2(kbar, st_rows(kb)))
+      out(dv_ref, dv, None)
+      wide.at[ZERO][...] = plgpu.layout_cast(jnp.zeros(LN, BF16), plgpu.Layout.WGMMA)
       plgpu.commit_smem()
 
-    lax.fori_loop(0, 3, lambda i, _: attention(i), None)
-    plgpu.barrier_wait(bar)  # v, dO, T, u and dS' are in SMEM
-    # --- du = Bbar dS' (the backward state pass's) + A_qb^T dO, dR = T^T du, dv = Kbar dS' + A_qk^T dO + A_ak^T dR
-    put(load(dus_ref.at[bi, h, tok]).astype(F32) + mm(LN, x2(transposed(Q2), do_s)), W2)
-    plgpu.commit_smem()
-    put(mm(LN, x3(transposed(Q0), W2)), W2)  # dR
-    plgpu.commit_smem()
-    dv = mm(LN, x2(transposed(Q3), do_s) + x3(transposed(Q1), W2))
-    for kb in range(KB):
-      kbar = split(jnp.where(last(kb), inp(k_ref, kb) * jnp.exp(gl(kb) - G(kb)), 0.0))
-      dv = dv + mm(LN, x2(kbar, st_rows(kb)))
-    out(dv_ref, dv, None)
+    if KB == 1:
+      first_phase()
+    else:
+      @pl.when(wg == 0)
+      def _():
+        first_phase()
+        plgpu.barrier_arrive(phase_bar)  # the other warpgroups wait for dR, the zero tile and the free `square`
 
-    # live: dR (W2), v, dO, u, dS'. The rest goes by 64-column blocks kb of dr, dw, dk, da, db, and inside a block by
-    # a loop over the four inputs ("roles" k, b, r, a: one body, so the code is fetched once; unrolled, the kernel's
-    # instruction fetch stalled it). Role j's gradient: its two matrix gradients dA0, dA1 (products into registers,
-    # masked, split for use as register lhs), d (its chunk factor) = dA0 Q0 + dA1 Q1 with the other pair's factors in
-    # Q0, Q1 (a~, q~ for k, b; b^, k^ for r, a), d (its state-side factor) = side_mask o (Y S^T or Y dS'^T), and
-    # dx = d_factor e_factor + d_side e_side:
+      @pl.when(wg != 0)
+      def _():
+        plgpu.barrier_wait(phase_bar)
+
+    # live: dR (W2), v, dO, u, dS'. The rest goes by 64-column blocks kb of dr, dw, dk, da, db (block kb on warpgroup
+    # kb), and inside a block by a loop over the four inputs ("roles" k, b, r, a: one body, so the code is fetched
+    # once; unrolled, the kernel's instruction fetch stalled it). Role j's gradient: its two matrix gradients dA0, dA1
+    # (products into registers, masked, split for use as register lhs), d (its chunk factor) = dA0 Q0 + dA1 Q1 with the
+    # other pair's factors in Q0, Q1 (a~, q~ for k, b; b^, k^ for r, a), d (its state-side factor) = side_mask o
+    # (Y S^T or Y dS'^T), and dx = d_factor e_factor + d_side e_side:
     #   role  dA0                dA1                Y    X    sigma  tau  side_mask
     #   k     M_<  (v dR^T)      M_<= (v dO^T)      v    G    -1     1    last segment (Kbar)
     #   b     M_<  (u dR^T)      M_<= (u dO^T)      u    G    -1     1    last segment (Bbar)
@@ -215,8 +238,8 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       return wide.at[pick(j, idx)]
 
     def products(lhs, rhs, second):  # lhs rhs^T + second[0] second[1]^T (SMEM operands). Roles with one product
-      # take W1's lo tile as second[0], zeros while roles k, b, r run: a zero product, not a branch (a `lax.cond`
-      # around loads in a hot loop cost more than the loads, eighth session)
+      # take the zero tile as second[0]: a zero product, not a branch (a `lax.cond` around loads in a hot loop cost
+      # more than the loads, eighth session)
       return mm(LL, [(lhs, rhs.T), (second[0], second[1].T)])
 
     def masked(s, t, product):  # a matrix gradient: the product masked by causal(s, t), rounded once to bf16 (a
@@ -224,87 +247,89 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       return jnp.where(causal(s, t), product, 0.0).astype(BF16)
 
     Y = (V_, U_, DO_, W2H)  # the roles' lhs in `wide`
-    for kb in range(KB):
-      def role(j, P):
-        @pl.when(j % 2 == 0)  # the other pair's factors: a~ (Q0), q~ (Q1) for k, b; b^ (Q0), k^ (Q1) for r, a
-        def _():
-          def put_factor(i, _):  # A_ - j - i: a, r for j = 0; b, k for j = 2
-            x = factor(A_ - j - i, kb)
-            lax.switch(i, [lambda dst=dst: put(x, dst) for dst in (Q0, Q1)])
+    kb = wg  # this warpgroup's K block
+    Q0, Q1, Q3 = pair(3 * kb), pair(3 * kb + 1), pair(3 * kb + 2)
 
-          lax.fori_loop(0, 2, put_factor, None)
-          plgpu.commit_smem()
+    def role(j, P):
+      @pl.when(j % 2 == 0)  # the other pair's factors: a~ (Q0), q~ (Q1) for k, b; b^ (Q0), k^ (Q1) for r, a
+      def _():
+        def put_factor(i, _):  # A_ - j - i: a, r for j = 0; b, k for j = 2
+          x = factor(A_ - j - i, kb)
+          lax.switch(i, [lambda dst=dst: put(x, dst) for dst in (Q0, Q1)])
 
-        y = wide_at(j, Y)
-        sign = pick(j, (-1, -1, 1, 1))
-        second = (wide_at(j, (V_, U_, ZERO, W2L)), wide_at(j, (W2L, W2L, U_, U_)))
-        dA0 = products(y, wide_at(j, (W2H, W2H, U_, U_)), second)
-        dA0 = masked(sign, pick(j, (1, 1, 0, 1)), dA0)
-        dR_lo = wide_at(j, (ZERO, ZERO, ZERO, W2L))  # dR's lo tile for role a, else the zero tile
-        dA1 = products(y, wide_at(j, (DO_, DO_, V_, V_)), (dR_lo, wide.at[V_]))
-        dA1 = masked(sign, pick(j, (0, 0, 0, 1)), dA1)
-        d_fac = mm(LL, x2(dA0, Q0) + x2(dA1, Q1))
+        lax.fori_loop(0, 2, put_factor, None)
+        plgpu.commit_smem()
 
-        @pl.when(j == R_)  # S rows kb have arrived in the state tile (fetched after role b)
-        def _():
-          plgpu.barrier_wait(st_bar.at[kb])
+      y = wide_at(j, Y)
+      sign = pick(j, (-1, -1, 1, 1))
+      second = (wide_at(j, (V_, U_, ZERO, W2L)), wide_at(j, (W2L, W2L, U_, U_)))
+      dA0 = products(y, wide_at(j, (W2H, W2H, U_, U_)), second)
+      dA0 = masked(sign, pick(j, (1, 1, 0, 1)), dA0)
+      dR_lo = wide_at(j, (ZERO, ZERO, ZERO, W2L))  # dR's lo tile for role a, else the zero tile
+      dA1 = products(y, wide_at(j, (DO_, DO_, V_, V_)), (dR_lo, wide.at[V_]))
+      dA1 = masked(sign, pick(j, (0, 0, 0, 1)), dA1)
+      d_fac = mm(LL, x2(dA0, Q0) + x2(dA1, Q1))
 
-        d_side = products(y, st_rows(kb), (dR_lo, st_rows(kb)))
-        side = seg_rows(LL) == jnp.where(j < R_, seg_last, 0.0)
-        d_side = jnp.where(side, d_side, 0.0)
-        x, X = role_input(j, kb)
-        e_fac = jnp.exp(sigma(j) * (X - mid(kb)))
-        e_side = jnp.exp(sigma(j) * X + jnp.where(j < R_, 1.0, 0.0).astype(F32) * gl(kb))
-        dx = d_fac * e_fac + d_side * e_side
-        lax.switch(j, [lambda dx_ref=dx_ref: out(dx_ref, dx, kb) for _, dx_ref in role_refs])
+      @pl.when(j == R_)  # S rows kb have arrived in the state tile (fetched after role b)
+      def _():
+        plgpu.barrier_wait(st_bar.at[kb])
 
-        @pl.when(j == B_)  # the tensor cores are done with dS' rows kb: S's take their place
-        def _():
-          plgpu.copy_gmem_to_smem(st_ref.at[bi, h, c, ks(kb)], st_rows(kb), st_bar.at[kb])
+      d_side = products(y, st_rows(kb), (dR_lo, st_rows(kb)))
+      side = seg_rows(LL) == jnp.where(j < R_, seg_last, 0.0)
+      d_side = jnp.where(side, d_side, 0.0)
+      x, X = role_input(j, kb)
+      e_fac = jnp.exp(sigma(j) * (X - mid(kb)))
+      e_side = jnp.exp(sigma(j) * X + jnp.where(j < R_, 1.0, 0.0).astype(F32) * gl(kb))
+      dx = d_fac * e_fac + d_side * e_side
+      lax.switch(j, [lambda dx_ref=dx_ref: out(dx_ref, dx, kb) for _, dx_ref in role_refs])
 
-        term_fac, term_side = (x * e_fac) * d_fac, (x * e_side) * d_side
+      @pl.when(j == B_)  # the tensor cores are done with dS' rows kb: S's take their place
+      def _():
+        plgpu.copy_gmem_to_smem(st_ref.at[bi, h, c, ks(kb)], st_rows(kb), st_bar.at[kb])
 
-        @pl.when(j == K_)  # Q = the k and b side terms (Kbar dKbar + Bbar dBbar), kept in Q3 (A_qk is dead)
-        def _():
-          put(term_side, Q3)
+      term_fac, term_side = (x * e_fac) * d_fac, (x * e_side) * d_side
 
-        @pl.when(j == B_)
-        def _():
-          put(term_side + Q3[0][...].astype(F32) + Q3[1][...].astype(F32), Q3)
+      @pl.when(j == K_)  # Q = the k and b side terms (Kbar dKbar + Bbar dBbar), kept in Q3 (A_qk is dead)
+      def _():
+        put(term_side, Q3)
 
-        P = P + sigma(j) * term_fac + jnp.where(j < R_, 0.0, 1.0).astype(F32) * term_side
+      @pl.when(j == B_)
+      def _():
+        put(term_side + Q3[0][...].astype(F32) + Q3[1][...].astype(F32), Q3)
 
-        @pl.when(j == A_)
-        def _():
-          dgm = term_fac + term_side
-          put(P, Q0)  # M_>= P + M_> dgm = M_>= (P + dgm) - dgm, P including dgm
-          # dw = M_>= P - dgm + M_< Q + ones (diag(dec) S o dS')^T (the last term: dec * diag(dS' S^T) in every row)
-          # S and dS' rows from GMEM (with S read from the state tile, and the masks below built with iota, dw came
-          # out wrong on the H100, 2026-11-26; which of the two was at fault was not isolated)
-          dec_rows = rows(load(dec_ref.at[bi, h, c, ks(kb)], ROW), LN)
-          s_kb, ds_kb = (load(ref.at[bi, h, c, ks(kb)]).astype(F32) for ref in (st_ref, dst_ref))
-          put(dec_rows * s_kb * ds_kb, W1)
-          plgpu.commit_smem()
-          # the 0/1 lhs operands come from GMEM (built with iota in registers, they gave NaN or wrong dw on the
-          # H100, 2026-11-26, depending on register allocation), one accumulator per term
-          parts = [mm(LL, x2(load(tri_ref.at[i]), x)) for i, x in enumerate((Q0, Q3))]
-          out(dw_ref, sum(parts) + mm(LL, x2(load(ones_ref), transposed(W1))) - dgm, kb)
+      P = P + sigma(j) * term_fac + jnp.where(j < R_, 0.0, 1.0).astype(F32) * term_side
 
-        return P
+      @pl.when(j == A_)
+      def _():
+        dgm = term_fac + term_side
+        put(P, Q0)  # M_>= P + M_> dgm = M_>= (P + dgm) - dgm, P including dgm
+        # dw = M_>= P - dgm + M_< Q + dec * diag(dS' S^T) in every row: the diagonal of dS'_kb S_kb^T (dS' rows from
+        # GMEM, exact bf16; S rows from the state tile), masked and scaled, in Q1, then summed down by a ones matrix
+        diag = mm(LL, [(load(dst_ref.at[bi, h, c, ks(kb)]), st_rows(kb).T)])
+        dec_cols = cols(load(dec_ref.at[bi, h, c, ks(kb)], COL), LL)
+        put(jnp.where(iota(LL, 0) == iota(LL, 1), diag * dec_cols, 0.0), Q1)
+        plgpu.commit_smem()
+        # the 0/1 lhs operands come from GMEM (built with iota in registers, they gave NaN or wrong dw on the
+        # H100, 2026-11-26, depending on register allocation), one accumulator per term
+        parts = [mm(LL, x2(load(tri_ref.at[i]), x)) for i, x in enumerate((Q0, Q3, Q1))]
+        out(dw_ref, sum(parts) - dgm, kb)
 
-      W1[1][...] = plgpu.layout_cast(jnp.zeros(LN, BF16), plgpu.Layout.WGMMA)  # the zero tile (role a overwrites it)
-      plgpu.commit_smem()
-      lax.fori_loop(0, 4, role, plgpu.layout_cast(jnp.zeros(LL, F32), plgpu.Layout.WGMMA))
+      return P
 
-  scratch = [swizzled((7, L, N)), swizzled((3 + (KB > 1), 2, L, L)), swizzled((N, N)), plgpu.Barrier(num_arrivals=6),
-             plgpu.Barrier(num_arrivals=1, num_barriers=KB)]
+    lax.fori_loop(0, 4, role, plgpu.layout_cast(jnp.zeros(LL, F32), plgpu.Layout.WGMMA))
+
+  scratch = [swizzled((6, L, N)), swizzled((3 * KB, 2, L, L)), swizzled((N, N)),
+             plgpu.Barrier(num_arrivals=6), plgpu.Barrier(num_arrivals=1, num_barriers=KB)]
+  if KB > 1:
+    scratch.append(plgpu.Barrier(num_arrivals=1))  # the first phase is done
   if interpret:
-    scratch += [swizzled(LL) for _ in range(4)] + ([swizzled(LN) for _ in range(2)] if KB > 1 else [])
+    scratch.append(swizzled((KB, 4, L, L)))
+    if KB > 1:
+      scratch.append(swizzled((KB, 2, L, N)))
   out_type = tuple(jax.ShapeDtypeStruct((B, Tp, H, N), dt) for dt in out_dtypes)
-  kern = plgpu.kernel(body, out_type=out_type, grid=(C, H, B), grid_names=("c", "h", "b"),
-                      scratch_types=tuple(scratch), compiler_params=compiler_params(),
+  kern = plgpu.kernel(body, out_type=out_type, grid=(C, H, B), grid_names=("c", "h", "b"), num_threads=KB,
+                      thread_name="wg", scratch_types=tuple(scratch), compiler_params=compiler_params(),
                       interpret=interpret_params(interpret), kernel_name="wkv7_chunk_grads")
   ri, ci = jnp.indices((L, L))
-  tri = jnp.stack([ci >= ri, ci < ri]).astype(BF16)  # M_>=, M_< of dw's products
-  return kern(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, u, du_state, tri,
-              jnp.ones(LN, BF16))
+  tri = jnp.stack([ci >= ri, ci < ri, jnp.ones((L, L), bool)]).astype(BF16)  # M_>=, M_< and ones: dw's products
+  return kern(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, u, du_state, tri)
