@@ -14,22 +14,26 @@ are two passes of dA with the split factors). Rounding the factors of the factor
 error (the Mosaic GPU interpreter against float64: max 7.4e-3 against 1.8e-3 over 20 cases), as dw's regrouping then
 cancels sums whose terms carry different roundings; with dA rounded, dw max 2.6e-3, every output <= 5.5e-3 as before.
 
-Grid (C, H, B), one warpgroup per CTA, head dims N = 64 and 128. All tiles are 64 rows; the K dimension (state rows,
-key channels) goes by 64-wide blocks kb: dr, dw, dk, da, db are computed and written by 64-column blocks (at N = 128
-the register-only matrix gradients below are recomputed per block). SMEM (bf16): one stack `wide` [7, L, N] of the
-pairs W1, W2 and the tiles v, dO, u (so that a loop index can pick them), the [L, L] pairs Q0, Q1, Q3 and Q2 (N = L:
-Q2 is W2) and the state tile [N, N] (dS', whose 64-row block kb is replaced by S's by TMA once the role loop is done
+Grid (C, H, B), one warpgroup per 64-wide block kb of the K dimension (state rows, key channels), head dims
+N = 64 and 128. All tiles are 64 rows. The first phase (the forward recompute, du, dR, dv) runs on the first
+warpgroup; then each warpgroup computes and writes the 64 columns kb of dr, dw, dk, da, db (at N = 128 both
+recompute the register-only matrix gradients below). At N = 128 the two warpgroups share the CTA's SMEM and run 8
+warps per SM, as two N = 64 CTAs do: with one warpgroup walking both blocks (4 warps per SM) the kernel took
+10.12 ms at K5 (8, 4096, 16, 128) on an H100, with two 5.95 (twelfth session). SMEM (bf16): one stack `wide`
+[6, L, N] of the zero tile, the pair W2 and the tiles v, dO, u (so that a loop index can pick them), the [L, L]
+pairs `square` (Q0, Q1, Q3 and, N = 128, Q2 in the first phase, N = L: Q2 is W2; then Q0, Q1, Q3 of each
+warpgroup) and the state tile [N, N] (dS', whose 64-row block kb is replaced by S's by TMA once the role loop is done
 with it, after role b):
-  N = 64:  14 tiles of 8 KiB = 112 KiB per CTA, so two CTAs fit on an H100 SM;
-  N = 128: 208 KiB, one CTA per SM
-(tests/ops/wkv7_pallas_test.py checks the N = 64 figure through Mosaic GPU's lowering). To fit, operands used only
+  N = 64:  13 tiles of 8 KiB = 104 KiB per CTA, so two CTAs fit on an H100 SM;
+  N = 128: 224 KiB, one CTA (two warpgroups) per SM
+(tests/ops/wkv7_pallas_test.py checks both figures through Mosaic GPU's lowering). To fit, operands used only
 as non-transposed lhs stay in registers (split bf16), values are recomputed rather than kept across phases (the
 factors q~, a~, k^, b^ are rebuilt in the gradient phase), and the four matrix gradients dA are never stored: each
 is a product into registers in the orientation where it is used (dA for dq~, da~; dA^T for dk^, db^), so those 8
 products run twice. The slot plan is written at each step of `body`. Registers: a 64 x 64 fp32 value is 32 per
 thread (64 x 128: 64), a split bf16 one as many; about seven 64 x 64 values are live at most (the dk / db steps).
-ptxas (H100, N = 64): 255 registers, 308 / 388 bytes of spill stores / loads (eleventh session; 1676 / 2228 when the
-kernel rebuilt T, u and the states' terms itself). Issuing the independent products of the role loop and of dv
+ptxas (H100): 255 registers, 292 / 216 bytes of spill stores / loads at N = 64, 1112 / 1016 at N = 128 (twelfth
+session; 1676 / 2228 at N = 64 when the kernel rebuilt T, u and the states' terms itself). Issuing the independent products of the role loop and of dv
 together (`Mma.scope`) made it slower (K1 3.94 / 3.98 -> 4.42 / 4.51 ms, eleventh session): their results live at
 once, in a kernel already at 255 registers. dR rounded to bf16 in the role loop (49 products instead of 54 + 7 zero
 ones; `wip/wkv7-dr-bf16`) took it 3.99 -> 3.72 ms at K1 and passed the float64 tests on the H100 (max 5.6e-3), but on
@@ -44,8 +48,10 @@ The log-decay gradient is assembled as in `chunk_backward`, regrouped so that th
     dw = M_>= P + M_> dgm + M_< Q + dec * diag(dS' S^T)      (M_op[i, j] = [j op i], 0/1 bf16 matrices)
        = M_>= (P + dgm) - dgm + M_< Q + dec * diag(dS' S^T)      (M_> = M_>= - I)
 with P = q~ dq~ + Q0 dQ0 - k^ dk^ - b^ db^ (dg without the Kbar / Bbar terms), dgm = a~ da~ + A0 dA0 and
-Q = Kbar dKbar + Bbar dBbar; the last term enters as ones (diag(dec) S o dS')^T, every row the same. Each of the
-three products is its own, and their 0/1 matrices come from GMEM (see the note in `body`).
+Q = Kbar dKbar + Bbar dBbar; the last term enters as ones (diag(dec) (dS' S^T o I)), every row the same, with
+dS' S^T one product of the state rows kb (no [L, N] pair of dec S o dS' in SMEM: at N = 128 the two warpgroups'
+tiles would not fit). Each of the three products is its own, and their 0/1 matrices come from GMEM (see the note in
+`body`).
 """
 
 from __future__ import annotations
