@@ -33,12 +33,13 @@ is a product into registers in the orientation where it is used (dA for dq~, da~
 products run twice. The slot plan is written at each step of `body`. Registers: a 64 x 64 fp32 value is 32 per
 thread (64 x 128: 64), a split bf16 one as many; about seven 64 x 64 values are live at most (the dk / db steps).
 ptxas (H100): 255 registers, 292 / 216 bytes of spill stores / loads at N = 64, 1112 / 1016 at N = 128 (twelfth
-session; 1676 / 2228 at N = 64 when the kernel rebuilt T, u and the states' terms itself). Issuing the independent products of the role loop and of dv
-together (`Mma.scope`) made it slower (K1 3.94 / 3.98 -> 4.42 / 4.51 ms, eleventh session): their results live at
-once, in a kernel already at 255 registers. dR rounded to bf16 in the role loop (49 products instead of 54 + 7 zero
-ones; `wip/wkv7-dr-bf16`) took it 3.99 -> 3.72 ms at K1 and passed the float64 tests on the H100 (max 5.6e-3), but on
-the worst-conditioned inputs ("aligned") da reached 1.06e-2 against float64 for one seed (8.5e-3 before), over the
-tests' 1e-2: not kept. The parts that repeat with other operands (the gradients of k, b, r, a; the forward
+session; 1676 / 2228 at N = 64 when the kernel rebuilt T, u and the states' terms itself). Issuing the independent
+products of the role loop and of dv together (`Mma.scope`) made it slower (K1 3.94 / 3.98 -> 4.42 / 4.51 ms,
+eleventh session): their results live at once, in a kernel already at 255 registers. dR rounded to bf16 in the role
+loop (49 products instead of 54 + 7 zero ones; 4ec4602, reverted by 39fb7e3) took it 3.99 -> 3.72 ms at K1 and
+passed the float64 tests on the H100 (max 5.6e-3), but on the worst-conditioned inputs ("aligned") da reached
+1.06e-2 against float64 for one seed (8.5e-3 before), over the tests' 1e-2: not kept. The parts that repeat with
+other operands (the gradients of k, b, r, a; the forward
 recompute's three matrices) are loop bodies whose operands the loop index picks: fully unrolled, the kernel was one
 straight block of about 11,400 PTX instructions per thread that stalled on instruction fetch and took twice the time
 (docs/benchmarks.md, seventh session). At N = 64, 54 tensor-core products of 64 x 64 x 64 per chunk (x3 counted as 3;
