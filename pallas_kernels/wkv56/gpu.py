@@ -59,7 +59,7 @@ from pallas_kernels.chunking import pad_time, segment_index
 from pallas_kernels.mosaic_gpu_state_pass import state_pass
 from pallas_kernels.mosaic_gpu_tiles import (
   CHUNK, COL, HEAD_DIMS, ROW, block_v, cols, compiler_params, interpret_params, iota, load, Mma, rows, split,
-  store_split, swizzled, unsupported_reason,
+  store_split, swizzled, unsupported_reason, x2,
 )
 from pallas_kernels.wkv56 import gpu_bwd
 from rwkvjax.ops.wkv5 import broadcast_decay
@@ -176,17 +176,12 @@ def _state_fwd(qo, ob, kb, v, dec, h0, *, bv: int, save: bool, interpret=False):
   mm = Mma(None)  # every left operand is an SMEM tile
 
   def transition(S, k, v, extra, emit):  # o = Qo S + Ob; S <- diag(d) S + Kbar^T V
-    (qo_s, kb_s), (ob_s, v_s), (S_hi, S_lo) = k, v, extra
-    store_split(S, S_hi, S_lo)
-    plgpu.commit_smem()
-    emit(load(ob_s).astype(F32) + mm((L, bv), [(qo_s, S_hi), (qo_s, S_lo)]))
+    (qo_s, kb_s), (ob_s, v_s) = k, v
+    emit(load(ob_s).astype(F32) + mm((L, bv), x2(qo_s, S)))
     return [(kb_s.T, v_s)]
 
-  N = qo.shape[-1]
   return state_pass(transition, (qo, kb), (ob,), (v,), dec, h0, L=L, bv=bv, reverse=False, save=save,
-                    with_output=True, state_dtype=BF16, scratch=(swizzled((N, bv)), swizzled((N, bv))),
-                    name="wkv6_state_fwd",
-                    interpret=interpret)
+                    with_output=True, name="wkv6_state_fwd", interpret=interpret)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -204,7 +199,7 @@ def _state_bwd(qo, d_o, dec, d_final, *, bv: int, interpret=False):
     return [(qo_s.T, do_s)]
 
   ds0, d_states = state_pass(transition, (qo,), (), (d_o,), dec, d_final, L=L, bv=bv, reverse=True, save=True,
-                             with_output=False, state_dtype=BF16, name="wkv6_state_bwd", interpret=interpret)
+                             with_output=False, name="wkv6_state_bwd", interpret=interpret)
   return d_states, ds0
 
 

@@ -300,22 +300,18 @@ def _state_fwd(ww, wu, qo, ob, bb, kb, v, dec, h0, *, bv: int, save: bool, inter
   mm = Mma(None)  # every left operand is an SMEM tile
 
   def transition(S, k, v, extra, emit):  # u = W S + U_wy, o = Qo S + Ob; S <- diag(d) S + Bbar^T u + Kbar^T V
-    (ww_s, qo_s, bb_s, kb_s), (wu_s, ob_s, v_s), (S_hi, S_lo, U_hi, U_lo) = k, v, extra
-    store_split(S, S_hi, S_lo)
-    plgpu.commit_smem()
-    u = load(wu_s).astype(F32) + mm((L, bv), [(ww_s, S_hi), (ww_s, S_lo)])
-    emit(load(ob_s).astype(F32) + mm((L, bv), [(qo_s, S_hi), (qo_s, S_lo)]))
-    if save:
-      emit(u, 0)
+    (ww_s, qo_s, bb_s, kb_s), (wu_s, ob_s, v_s), (U_hi, U_lo) = k, v, extra
+    u = load(wu_s).astype(F32) + mm((L, bv), x2(ww_s, S))
+    emit(load(ob_s).astype(F32) + mm((L, bv), x2(qo_s, S)))
     store_split(u, U_hi, U_lo)
     plgpu.commit_smem()
+    if save:
+      emit(U_hi, 0)  # bf16(u)
     return [(bb_s.T, U_hi), (bb_s.T, U_lo), (kb_s.T, v_s)]
 
-  N = ww.shape[-1]
-  scratch = (swizzled((N, bv)), swizzled((N, bv)), swizzled((L, bv)), swizzled((L, bv)))
   return state_pass(transition, (ww, qo, bb, kb), (wu, ob), (v,), dec, h0, L=L, bv=bv, reverse=False, save=save,
-                    with_output=True, tile_outs=int(save), state_dtype=BF16, scratch=scratch, name="wkv7_state_fwd",
-                    interpret=interpret)
+                    with_output=True, tile_outs=int(save), scratch=(swizzled((L, bv)), swizzled((L, bv))),
+                    name="wkv7_state_fwd", interpret=interpret)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -330,20 +326,17 @@ def _state_bwd(ww, qo, bb, d_o, dec, d_final, *, bv: int, interpret=False):
   mm = Mma(None)  # every left operand is an SMEM tile
 
   def transition(dS, k, v, extra, emit):  # dU = Bbar dS; dS <- diag(d) dS + W^T dU + Qo^T dO
-    (ww_s, qo_s, bb_s), (do_s,), (D_hi, D_lo, E_hi, E_lo) = k, v, extra
-    store_split(dS, D_hi, D_lo)
-    plgpu.commit_smem()
-    dU = mm((L, bv), [(bb_s, D_hi), (bb_s, D_lo)])
-    emit(dU, 0)
+    (ww_s, qo_s, bb_s), (do_s,), (E_hi, E_lo) = k, v, extra
+    dU = mm((L, bv), x2(bb_s, dS))
     store_split(dU, E_hi, E_lo)
     plgpu.commit_smem()
+    emit(E_hi, 0)  # bf16(dU)
     return [(ww_s.T, E_hi), (ww_s.T, E_lo), (qo_s.T, do_s)]
 
-  N = ww.shape[-1]
-  scratch = (swizzled((N, bv)), swizzled((N, bv)), swizzled((L, bv)), swizzled((L, bv)))
   ds0, d_states, du = state_pass(transition, (ww, qo, bb), (), (d_o,), dec, d_final, L=L, bv=bv, reverse=True,
-                                 save=True, with_output=False, tile_outs=1, state_dtype=BF16, scratch=scratch,
-                                 name="wkv7_state_bwd", interpret=interpret)
+                                 save=True, with_output=False, tile_outs=1,
+                                 scratch=(swizzled((L, bv)), swizzled((L, bv))), name="wkv7_state_bwd",
+                                 interpret=interpret)
   return d_states, ds0, du
 
 
