@@ -1,4 +1,4 @@
-"""Tile helpers shared by the Pallas Mosaic GPU kernels (Hopper, sm_90, one warpgroup per CTA).
+"""Tile helpers shared by the Pallas Mosaic GPU kernels (Hopper, sm_90; each helper works per warpgroup).
 
 Op-independent pieces of `pallas_kernels.wkv7.gpu` and `pallas_kernels.wkv56.gpu`: register layouts, swizzled SMEM
 tiles, loads and broadcasts in the WGMMA layout, split-bf16 values (x = hi + lo), tensor-core products into an fp32

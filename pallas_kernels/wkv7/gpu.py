@@ -25,14 +25,15 @@ sections 2.2-2.4), four pieces:
    [B, T, H, N]), the final state and, for the backward, the state entering every chunk and u (both bf16).
 3. `_state_bwd` (Mosaic GPU, same grid, chunks in reverse): the state gradient dS [K, bv] in registers,
    dU = Bbar dS, dS <- diag(d) dS + W^T dU + Qo^T dO; writes dS after every chunk and dU (both bf16), and dS0.
-4. `gpu_bwd.chunk_grads` (Mosaic GPU, chunk-parallel, one warpgroup per CTA, grid (C, H, B)): the input gradients,
-   the math of `common.chunk_backward` per chunk from what 1-3 saved (S, dS', T, u, dU) and the chunk's recomputed
-   factors and intra-chunk matrices. At K1 (8, 4096, 32, 64) on an H100 it takes 3.9 ms (XLA's vmapped
-   `common.chunk_backward` 22.7 ms; docs/benchmarks.md, tenth session).
+4. `gpu_bwd.chunk_grads` (Mosaic GPU, chunk-parallel, grid (C, H, B), one warpgroup per 64-channel K block): the
+   input gradients, the math of `common.chunk_backward` per chunk from what 1-3 saved (S, dS', T, u, dU) and the
+   chunk's recomputed factors and intra-chunk matrices. At K1 (8, 4096, 32, 64) on an H100 it takes 3.9 ms (XLA's
+   vmapped `common.chunk_backward` 22.7 ms; docs/benchmarks.md, tenth session).
 
 Verified on an H100 against a float64 reference (`tests/ops/wkv7_pallas_test.py`: bf16 inputs, resets, slow decays,
 T % 64 != 0, N = 64 and 128): every output and gradient <= 5.6e-3 (tenth session, with the bf16 rounding of
-`gpu_bwd`'s recomputed factors and matrix gradients; 4.1e-3 before). At N = 128 the state passes' V tile is at most
+`gpu_bwd`'s recomputed factors and matrix gradients; 4.1e-3 before), <= 6.4e-3 over the twelfth session's three
+runs (the warpgroups per 64 channels, the state passes' hi tiles). At N = 128 the state passes' V tile is at most
 32 (`state_block_v`): with 64 they need more SMEM than an H100 CTA has.
 
 Resets: `segment_ids` -> the per-token segment index inside each chunk (float32 [B, T]); masks as in `common`.
