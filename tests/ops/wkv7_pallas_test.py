@@ -225,6 +225,19 @@ def test_gpu_chunk_grads_fits_two_ctas_per_sm():
   assert "wkv7_chunk_grads" in text
 
 
+def test_gpu_state_bwd_fits_two_ctas_per_sm():
+  """The backward state pass at N = 64 with its widest V tile (bv 64, K1's) fits two CTAs per H100 SM: the states and
+  dU leave from the split's hi tiles, with no staging copies (`mosaic_gpu_state_pass`)."""
+  from pallas_kernels.wkv7 import gpu  # noqa: PLC0415
+
+  B, Tp, H, N, C = 1, 128, 1, 64, 2
+  tile = jax.ShapeDtypeStruct((B, H, Tp, N), jnp.bfloat16)
+  args = (tile, tile, tile, jax.ShapeDtypeStruct((B, Tp, H, N), jnp.bfloat16),
+          jax.ShapeDtypeStruct((B, H, C, N), jnp.float32), jax.ShapeDtypeStruct((B, H, N, N), jnp.float32))
+  text = pallas_checks.lower_for_two_ctas_per_sm(functools.partial(gpu._state_bwd, bv=64), *args)
+  assert "wkv7_state_bwd" in text
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # pallas_gpu (and chunked's GPU numerics for bf16 inputs) on a Hopper GPU, against a float64 reference
 # ------------------------------------------------------------------------------------------------------------------
