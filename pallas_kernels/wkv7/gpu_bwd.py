@@ -14,16 +14,15 @@ are two passes of dA with the split factors). Rounding the factors of the factor
 error (the Mosaic GPU interpreter against float64: max 7.4e-3 against 1.8e-3 over 20 cases), as dw's regrouping then
 cancels sums whose terms carry different roundings; with dA rounded, dw max 2.6e-3, every output <= 5.5e-3 as before.
 
-Grid (C, H, B), one warpgroup per 64-wide block kb of the K dimension (state rows, key channels), head dims
-N = 64 and 128. All tiles are 64 rows. The first phase (the forward recompute, du, dR, dv) runs on the first
-warpgroup; then each warpgroup computes and writes the 64 columns kb of dr, dw, dk, da, db (at N = 128 both
-recompute the register-only matrix gradients below). At N = 128 the two warpgroups share the CTA's SMEM and run 8
-warps per SM, as two N = 64 CTAs do: with one warpgroup walking both blocks (4 warps per SM) the kernel took
-10.12 ms at K5 (8, 4096, 16, 128) on an H100, with two 5.95 (twelfth session). SMEM (bf16): one stack `wide`
-[6, L, N] of the zero tile, the pair W2 and the tiles v, dO, u (so that a loop index can pick them), the [L, L]
-pairs `square` (Q0, Q1, Q3 and, N = 128, Q2 in the first phase, N = L: Q2 is W2; then Q0, Q1, Q3 of each
-warpgroup) and the state tile [N, N] (dS', whose 64-row block kb is replaced by S's by TMA once the role loop is done
-with it, after role b):
+Grid (C, H, B), one warpgroup per 64-wide block kb of the K dimension (state rows, key channels), head dims N = 64
+and 128. All tiles are 64 rows. The first phase (the forward recompute, du, dR, dv) runs on the first warpgroup; then
+each warpgroup computes and writes the 64 columns kb of dr, dw, dk, da, db (at N = 128 both recompute the
+register-only matrix gradients below). At N = 128 the two warpgroups share the CTA's SMEM and run 8 warps per SM, as
+two N = 64 CTAs do: with one warpgroup walking both blocks (4 warps per SM) the kernel took 10.12 ms at K5 (8, 4096,
+16, 128) on an H100, with two 5.95 (twelfth session). SMEM (bf16): one stack `wide` [6, L, N] of the zero tile, the
+pair W2 and the tiles v, dO, u (so that a loop index can pick them), the [L, L] pairs `square` (T, A_ak, A_qk and, N
+= 128, A_qb in the first phase, N = L: A_qb takes W2; then Q0, Q1, Q3 of each warpgroup) and the state tile [N, N]
+(dS', whose 64-row block kb is replaced by S's by TMA once the role loop is done with it, after role b):
   N = 64:  13 tiles of 8 KiB = 104 KiB per CTA, so two CTAs fit on an H100 SM;
   N = 128: 224 KiB, one CTA (two warpgroups) per SM
 (tests/ops/wkv7_pallas_test.py checks both figures through Mosaic GPU's lowering). To fit, operands used only
@@ -99,14 +98,16 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
            u_ref, dus_ref, tri_ref, dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref, wide, square, st_s,
            bar, st_bar, *rest):
     # `wide` [6, L, N]: the zero tile, the (hi, lo) pair W2 and the tiles v, dO, u (one stack, so that a role's
-    # operands are picked by index); `square` [3 KB, 2, L, L] (hi, lo) pairs: Q0, Q1, Q3 and (N > L) Q2 in
-    # the first phase (N = L: Q2 is W2: du / dR take A_qb's slot when it dies), then Q0, Q1, Q3 of each warpgroup's
+    # operands are picked by index); `square` [3 KB, 2, L, L] (hi, lo) pairs: T, A_ak, A_qk and (N > L) A_qb in
+    # the first phase (N = L: A_qb takes W2, which du / dR take when it dies), then Q0, Q1, Q3 of each warpgroup's
     # K block in the role loop
     W2 = (wide.at[W2H], wide.at[W2L])
     v_s, do_s, u_s = (wide.at[i] for i in (V_, DO_, U_))
-    pair = lambda i: (square.at[i, 0], square.at[i, 1])  # noqa: E731
-    Q0, Q1, Q3 = pair(0), pair(1), pair(2)
-    Q2 = pair(3) if KB > 1 else W2
+    def pair(i):  # the (hi, lo) pair i of `square`
+      return square.at[i, 0], square.at[i, 1]
+
+    T_s, Aak_s, Aqk_s = pair(0), pair(1), pair(2)  # the first phase's pairs
+    Aqb_s = pair(3) if KB > 1 else W2
     wg = lax.axis_index("wg")
     phase_bar, stage = (rest[0], rest[1:]) if KB > 1 else (None, rest)  # (N > L) the first phase is done
     staged = None
@@ -177,20 +178,21 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       x, X = role_input(j, kb)
       return x * jnp.exp(sigma(j) * (X - mid(kb)))
 
-    # Slot plan: `wide` (zero / right factor, W2, v, dO, u), `square` (Q0, Q1, Q3, Q2; then each warpgroup's Q0, Q1,
-    # Q3) and the state tile [N, N] (dS', its 64-row blocks replaced by S's as the gradient phase goes). Operands used
-    # only as non-transposed lhs stay in registers (split) and values are recomputed rather than kept across phases.
-    # The parts that repeat with other operands are loop bodies over an index (roles, products) that picks the
-    # operands: unrolled, the kernel stalled on fetching its instructions (docs/benchmarks.md, seventh session).
-    # The first phase (the forward recompute, du, dR, dv) runs on the first warpgroup; the role loop on every
-    # warpgroup, one 64-column K block each (N = 128: two warpgroups, 8 warps per SM as two N = 64 CTAs have).
+    # Slot plan: `wide` (zero / right factor, W2, v, dO, u), `square` (T, A_ak, A_qk, A_qb; then each warpgroup's
+    # Q0, Q1, Q3) and the state tile [N, N] (dS', its 64-row blocks replaced by S's as the gradient phase goes).
+    # Operands used only as non-transposed lhs stay in registers (split) and values are recomputed rather than
+    # kept across phases. The parts that repeat with other operands are loop bodies over an index (roles,
+    # products) that picks the operands: unrolled, the kernel stalled on fetching its instructions
+    # (docs/benchmarks.md, seventh session). The first phase (the forward recompute, du, dR, dv) runs on the first
+    # warpgroup; the role loop on every warpgroup, one 64-column K block each (N = 128: two warpgroups, 8 warps
+    # per SM as two N = 64 CTAs have).
     def first_phase():
-      for src, dst in ((v_ref.at[bi, tok, h], v_s), (do_ref.at[bi, tok, h], do_s), (thi_ref.at[bi, h, c], Q0[0]),
-                       (tlo_ref.at[bi, h, c], Q0[1]), (u_ref.at[bi, h, tok], u_s), (dst_ref.at[bi, h, c], st_s)):
-        plgpu.copy_gmem_to_smem(src, dst, bar)  # v, dO, T (the forward's, into Q0), u, dS'
+      for src, dst in ((v_ref.at[bi, tok, h], v_s), (do_ref.at[bi, tok, h], do_s), (thi_ref.at[bi, h, c], T_s[0]),
+                       (tlo_ref.at[bi, h, c], T_s[1]), (u_ref.at[bi, h, tok], u_s), (dst_ref.at[bi, h, c], st_s)):
+        plgpu.copy_gmem_to_smem(src, dst, bar)  # v, dO, T (the forward's), u, dS'
 
-      # forward recompute, one loop body: A_ak = M_>(a~ k^T) (Q1), A_qk = M_>=(q~ k^T) (Q3), A_qb = M_>=(q~ b^T)
-      # (Q2), the right factor (k^, then b^) in the zero tile; T (Q0) arrives by TMA
+      # forward recompute, one loop body: A_ak = M_>(a~ k^T), A_qk = M_>=(q~ k^T), A_qb = M_>=(q~ b^T), the right
+      # factor (k^, then b^) in the zero tile; T arrives by TMA
       def attention(i):
         @pl.when(i != 1)
         def _():
@@ -199,17 +201,17 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
 
         left = factor(jnp.where(i == 0, A_, R_)).astype(BF16)  # a~, then q~ twice
         A = jnp.where(causal(1, pick(i, (1, 0, 0))), mm(LL, [(left, wide.at[ZERO].T)]), 0.0)
-        lax.switch(i, [lambda dst=dst: put(A, dst) for dst in (Q1, Q3, Q2)])
+        lax.switch(i, [lambda dst=dst: put(A, dst) for dst in (Aak_s, Aqk_s, Aqb_s)])
         plgpu.commit_smem()
 
       lax.fori_loop(0, 3, lambda i, _: attention(i), None)
       plgpu.barrier_wait(bar)  # v, dO, T, u and dS' are in SMEM
       # du = Bbar dS' (the backward state pass's) + A_qb^T dO, dR = T^T du, dv = Kbar dS' + A_qk^T dO + A_ak^T dR
-      put(load(dus_ref.at[bi, h, tok]).astype(F32) + mm(LN, x2(transposed(Q2), do_s)), W2)
+      put(load(dus_ref.at[bi, h, tok]).astype(F32) + mm(LN, x2(transposed(Aqb_s), do_s)), W2)
       plgpu.commit_smem()
-      put(mm(LN, x3(transposed(Q0), W2)), W2)  # dR
+      put(mm(LN, x3(transposed(T_s), W2)), W2)  # dR
       plgpu.commit_smem()
-      dv = mm(LN, x2(transposed(Q3), do_s) + x3(transposed(Q1), W2))
+      dv = mm(LN, x2(transposed(Aqk_s), do_s) + x3(transposed(Aak_s), W2))
       for kb in range(KB):
         kbar = split(jnp.where(last(kb), inp(k_ref, kb) * jnp.exp(gl(kb) - G(kb)), 0.0))
         dv = dv + mm(LN, x2(kbar, st_rows(kb)))
@@ -256,7 +258,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
 
     Y = (V_, U_, DO_, W2H)  # the roles' lhs in `wide`
     kb = wg  # this warpgroup's K block
-    Q0, Q1, Q3 = pair(3 * kb), pair(3 * kb + 1), pair(3 * kb + 2)
+    Q0, Q1, Q3 = pair(3 * kb), pair(3 * kb + 1), pair(3 * kb + 2)  # (warpgroup 0: the first phase's T, A_ak, A_qk)
 
     def role(j, P):
       @pl.when(j % 2 == 0)  # the other pair's factors: a~ (Q0), q~ (Q1) for k, b; b^ (Q0), k^ (Q1) for r, a
