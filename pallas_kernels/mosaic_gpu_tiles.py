@@ -11,6 +11,7 @@ an array, `COL` one value per column.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -29,7 +30,7 @@ ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per row of a WGMMA-layout array
 COL = plgpu.Layout.WGMMA.reduce(0)  # one value per column
 
 __all__ = ["CHUNK", "HEAD_DIMS", "WG", "ROW", "COL", "swizzled", "load", "iota", "rows", "cols", "split",
-           "store_split", "Mma", "x3", "x2", "transposed", "is_reg", "compiler_params", "interpret_params", "block_v",
+           "store_split", "Mma", "x3", "x2", "transposed", "is_reg", "profiled", "compiler_params", "interpret_params", "block_v",
            "unsupported_reason", "is_hopper"]
 
 
@@ -171,13 +172,30 @@ def is_reg(x):
                                                                          state_types.AbstractRef)
 
 
+_PROFILE = {}  # the on-device profiler's compiler parameters while `profiled` is active
+
+
+@contextlib.contextmanager
+def profiled(directory: str, regions: int = 64):
+  """Within: the kernels traced (built) record, per warpgroup, the SM clock at the start and end of each
+  `jax.named_scope` region of their bodies (Mosaic GPU's on-device profiler: at most `regions` regions per warpgroup,
+  later ones dropped; 16 bytes of SMEM per region) and every call writes a Chrome trace JSON into `directory`
+  (`benchmarks/kernel_regions.py` runs and summarizes them). Needs a GPU: the trace leaves by a host callback."""
+  _PROFILE.update(profile_space=regions, profile_dir=directory, profile_bounds_check=True)
+  try:
+    yield
+  finally:
+    _PROFILE.clear()
+
+
 def compiler_params(cross_warp_sums: bool = True):
-  """The kernels' `plgpu.CompilerParams`: lane (per-warpgroup array) semantics, approximate exp.
+  """The kernels' `plgpu.CompilerParams`: lane (per-warpgroup array) semantics, approximate exp (and the profiler's
+  parameters inside `profiled`).
 
   cross_warp_sums=False for a kernel whose sums stay inside warps (row sums of WGMMA-layout arrays; no column sums):
   Pallas then reserves no SMEM for cross-warp reductions (2 KiB by default, for any kernel with a sum)."""
   extra = {} if cross_warp_sums else {"reduction_scratch_bytes": 0}
-  return plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane, approx_math=True, **extra)
+  return plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane, approx_math=True, **extra, **_PROFILE)
 
 
 def interpret_params(interpret: bool):

@@ -71,13 +71,13 @@ L = CHUNK  # tokens per chunk
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
+def _prep(r, k, v, a, b, w, seg, *, save=False, interpret=False):
   """Six bf16 tiles [B, H, Tp, N]: (wy_w, wy_u, qo, ob, bbar, kbar), see the module docstring, and the chunk decay
-  dec [B, H, C, N] float32 (e^{G_last} of chunks without a segment start, else 0); with save_inverse, for the
+  dec [B, H, C, N] float32 (e^{G_last} of chunks without a segment start, else 0); with `save`, for the
   backward, also g_pad [B, 1 + Tp, H, N] float32 (row 1 + t: the chunk-local inclusive cumulative log-decay G of
-  token t; row 0 is never written: the kernels only read it under a mask) and the split inverse
-  T = (I - A_ab)^{-1} of every chunk, (hi, lo) bf16 [B, H, C, L, L] each (`gpu_bwd.chunk_grads` loads both instead of
-  rebuilding them).
+  token t; row 0 is never written: the kernels only read it under a mask), the split inverse
+  T = (I - A_ab)^{-1} of every chunk, (hi, lo) bf16 [B, H, C, L, L] each, and the factors a~, k^, b^, q~ rounded to
+  bf16, [B, H, Tp, N] each (`gpu_bwd.chunk_grads` loads these instead of rebuilding them).
 
   r, k, v, a, b: [B, Tp, H, N] bf16, Tp a multiple of L; w [B, Tp, H, N] float32 log-decay (zero-padded); seg
   [B, Tp] float32 segment index inside each chunk.
@@ -99,8 +99,9 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
 
   def body(r_ref, k_ref, v_ref, a_ref, b_ref, w_ref, s_ref, sums_ref, ww_ref, wu_ref, qo_ref, ob_ref, bb_ref, kb_ref,
            dec_ref, *refs):
-    g_refs, t_refs = refs[:save_inverse], refs[save_inverse:3 * save_inverse]  # g_pad; the (hi, lo) inverse
-    tiles, *rest = refs[3 * save_inverse:]
+    # with `save`: g_pad, the (hi, lo) inverse and the bf16 factors a~, k^, b^, q~
+    g_refs, t_refs, f_refs = refs[:save], refs[save:3 * save], refs[3 * save:7 * save]
+    tiles, *rest = refs[7 * save:]
     wg = lax.axis_index("wg")
     v_s, R0, R1, R2, R3, I0, I1, I2, I3, O0, O1 = (tiles.at[wg, i] for i in range(11))
     bar, sums_bar, late_bar = (x.at[wg] for x in rest[:3])
@@ -131,136 +132,155 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
       plgpu.barrier_wait(xbar)
       return total
 
-    # G (inclusive prefix sums of w), its middle row and its last row in every row: 0/1 matrices (TMA) times w in
-    # three exact bf16 parts. The inputs come by TMA into tiles that are free until they are read (k, b: the output
-    # staging tiles; a: R3); r and a (again) come later (`late_bar`), so no warp waits on a load from GMEM
-    for i, dst in enumerate((I0, I1, I2)):
-      plgpu.copy_gmem_to_smem(sums_ref.at[i], dst, sums_bar)
-    for src, dst in ((k_ref, O0), (b_ref, O1), (a_ref, R3)):
-      plgpu.copy_gmem_to_smem(src.at[bi, tok, h, ch], dst, sums_bar)
-    wv = load(w_ref.at[bi, tok, h, ch])
-    w_hi = wv.astype(BF16)
-    w_rest = wv - w_hi.astype(F32)
-    w_mid = w_rest.astype(BF16)
-    R0[...], R1[...], R2[...] = w_hi, w_mid, (w_rest - w_mid.astype(F32)).astype(BF16)
-    plgpu.commit_smem()
-    plgpu.barrier_wait(sums_bar)
-
-    def cumsums(issue, read):  # issued together, read in turn; the last: the chunk sums transposed (ones = I2)
-      for i, M in enumerate((I0, I1, I2)):
-        issue(i, [(M, R) for R in (R0, R1, R2)])
-      issue(3, [(R.T, I2) for R in (R0, R1, R2)])
-      return [read(i) for i in range(4)]
-
-    G, mid, last, last_t = mm.scope([LL] * 4, cumsums)
-    if save_inverse:
-      g_refs[0].at[bi, pl.ds(1 + c * L, L), h, ch][...] = G
-    seg_i = load(s_ref.at[bi, tok], ROW)
-    seg_j = load(s_ref.at[bi, tok], COL)
-    seg_last = s_ref[bi, c * L + L - 1]
-    rN = iota(LL, 0)
-    first_rows = rows(seg_i, LL) == 0.0
-    last_rows = rows(seg_i, LL) == seg_last
-    chunk_sum = jnp.max(last_t, axis=1)  # (every column of last_t: the channel's chunk sum; a row reduction)
-    dec_ref.at[bi, h, c, ch][...] = jnp.where(seg_last == 0.0, jnp.exp(chunk_sum), 0.0)
-
-    # the left factor a~ = a e^{Gm-m} (split, registers), read from R3 before b^ takes it
-    Gm = jnp.where(rN == 0, 0.0, G - load(w_ref.at[bi, tok, h, ch]))  # the exclusive prefix sums (w again, from L2)
-    at = split(load(R3).astype(F32) * jnp.exp(Gm - mid))
-
-    # right factors k^ = k e^{m-G}, b^ = b e^{m-G} (split, SMEM); Bbar, Kbar
-    e_out = jnp.exp(mid - G)
-    to_end = jnp.exp(last - G)
-    kk = load(O0).astype(F32)
-    store_split(kk * e_out, R0, R1)
-    bv = load(O1).astype(F32)
-    store_split(bv * e_out, R2, R3)
-    store_pair(jnp.where(last_rows, kk * to_end, 0.0).astype(BF16), kb_ref,
-               jnp.where(last_rows, bv * to_end, 0.0).astype(BF16), bb_ref)
-    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # O0, O1 are read: r and a arrive there during the inverse
-    for src, dst in ((r_ref, O0), (a_ref, O1)):
-      plgpu.copy_gmem_to_smem(src.at[bi, tok, h, ch], dst, late_bar)
-
-    ri, ci = iota(LL, 0), iota(LL, 1)
-    same = rows(seg_i, LL) == cols(seg_j, LL)
-    strict = same & (ri > ci)
-    incl = same & (ri >= ci)
-
-    # T = (I - A_ab)^{-1}: block doubling, D <- D + (D A_off) D, with A_off the level's off-diagonal blocks of A_ab.
-    # D is block diagonal (blocks of 2^shift), so D A_off is D A_ab masked to those blocks: A_ab is stored once.
-    def a_rows(issue, read):  # A_ab first (the inverse waits for it); A_ak runs meanwhile
-      issue(0, x3(at, (R2.T, R3.T)))
-      issue(1, x3(at, (R0.T, R1.T)))
-      A_ab = jnp.where(strict, all_sum(read(0)), 0.0)
-      D = jnp.where(ri == ci, 1.0, 0.0) + jnp.where(((ri >> 1) == (ci >> 1)) & (ri != ci), A_ab, 0.0)
-      store_split(A_ab, I0, I1)
-      return D, jnp.where(strict, all_sum(read(1)), 0.0)
-
-    D, A_ak = mm.scope([LL, LL], a_rows)
-
-    def doubling(shift, D):  # one loop body (so the code is fetched once)
-      off = ((ri >> (shift + 1)) == (ci >> (shift + 1))) & ((ri >> shift) != (ci >> shift))
-      store_split(D, I2, I3)
+    with jax.named_scope("sums"):  # regions of the kernel in `mosaic_gpu_tiles.profiled` traces
+      # G (inclusive prefix sums of w), its middle row and its last row in every row: 0/1 matrices (TMA) times w in
+      # three exact bf16 parts. The inputs come by TMA into tiles that are free until they are read (k, b: the output
+      # staging tiles; a: R3); r and a (again) come later (`late_bar`), so no warp waits on a load from GMEM
+      for i, dst in enumerate((I0, I1, I2)):
+        plgpu.copy_gmem_to_smem(sums_ref.at[i], dst, sums_bar)
+      for src, dst in ((k_ref, O0), (b_ref, O1), (a_ref, R3)):
+        plgpu.copy_gmem_to_smem(src.at[bi, tok, h, ch], dst, sums_bar)
+      wv = load(w_ref.at[bi, tok, h, ch])
+      w_hi = wv.astype(BF16)
+      w_rest = wv - w_hi.astype(F32)
+      w_mid = w_rest.astype(BF16)
+      R0[...], R1[...], R2[...] = w_hi, w_mid, (w_rest - w_mid.astype(F32)).astype(BF16)
       plgpu.commit_smem()
-      P = jnp.where(off, mm(LL, x3(split(D), (I0, I1))), 0.0)
-      return D + mm(LL, x3(split(P), (I2, I3)))
+      plgpu.barrier_wait(sums_bar)
 
-    D = lax.fori_loop(1, levels, doubling, D)
-    Ts = split(D)
-    if save_inverse:  # staged in I0, I1 (free from here on); every warpgroup holds the same T: the first stores it
-      I0[...], I1[...] = Ts
+      def cumsums(issue, read):  # issued together, read in turn; the last: the chunk sums transposed (ones = I2)
+        for i, M in enumerate((I0, I1, I2)):
+          issue(i, [(M, R) for R in (R0, R1, R2)])
+        issue(3, [(R.T, I2) for R in (R0, R1, R2)])
+        return [read(i) for i in range(4)]
+
+      G, mid, last, last_t = mm.scope([LL] * 4, cumsums)
+      if save:
+        g_refs[0].at[bi, pl.ds(1 + c * L, L), h, ch][...] = G
+    with jax.named_scope("factors"):
+      seg_i = load(s_ref.at[bi, tok], ROW)
+      seg_j = load(s_ref.at[bi, tok], COL)
+      seg_last = s_ref[bi, c * L + L - 1]
+      rN = iota(LL, 0)
+      first_rows = rows(seg_i, LL) == 0.0
+      last_rows = rows(seg_i, LL) == seg_last
+      chunk_sum = jnp.max(last_t, axis=1)  # (every column of last_t: the channel's chunk sum; a row reduction)
+      dec_ref.at[bi, h, c, ch][...] = jnp.where(seg_last == 0.0, jnp.exp(chunk_sum), 0.0)
+
+      # the left factor a~ = a e^{Gm-m} (split, registers), read from R3 before b^ takes it
+      Gm = jnp.where(rN == 0, 0.0, G - load(w_ref.at[bi, tok, h, ch]))  # the exclusive prefix sums (w again, from L2)
+      at = split(load(R3).astype(F32) * jnp.exp(Gm - mid))
+
+      # right factors k^ = k e^{m-G}, b^ = b e^{m-G} (split, SMEM); Bbar, Kbar
+      e_out = jnp.exp(mid - G)
+      to_end = jnp.exp(last - G)
+      kk = load(O0).astype(F32)
+      store_split(kk * e_out, R0, R1)
+      bv = load(O1).astype(F32)
+      store_split(bv * e_out, R2, R3)
+      store_pair(jnp.where(last_rows, kk * to_end, 0.0).astype(BF16), kb_ref,
+                 jnp.where(last_rows, bv * to_end, 0.0).astype(BF16), bb_ref)
+      if save:  # bf16(k^), bf16(b^): the hi tiles (read before `wy` rewrites them)
+        for f_ref, f_s in zip(f_refs[1:3], (R0, R2)):
+          plgpu.copy_smem_to_gmem(f_s, f_ref.at[bi, h, tok, ch])
+      # O0, O1 are read (all stores but the two of k^, b^): r and a arrive there during the inverse
+      plgpu.wait_smem_to_gmem(2 if save else 0, wait_read_only=True)
+      for src, dst in ((r_ref, O0), (a_ref, O1)):
+        plgpu.copy_gmem_to_smem(src.at[bi, tok, h, ch], dst, late_bar)
+
+    with jax.named_scope("a_rows"):
+      ri, ci = iota(LL, 0), iota(LL, 1)
+      same = rows(seg_i, LL) == cols(seg_j, LL)
+      strict = same & (ri > ci)
+      incl = same & (ri >= ci)
+
+      # T = (I - A_ab)^{-1}: block doubling, D <- D + (D A_off) D, with A_off the level's off-diagonal blocks of A_ab.
+      # D is block diagonal (blocks of 2^shift), so D A_off is D A_ab masked to those blocks: A_ab is stored once.
+      def a_rows(issue, read):  # A_ab first (the inverse waits for it); A_ak runs meanwhile
+        issue(0, x3(at, (R2.T, R3.T)))
+        issue(1, x3(at, (R0.T, R1.T)))
+        A_ab = jnp.where(strict, all_sum(read(0)), 0.0)
+        D = jnp.where(ri == ci, 1.0, 0.0) + jnp.where(((ri >> 1) == (ci >> 1)) & (ri != ci), A_ab, 0.0)
+        store_split(A_ab, I0, I1)
+        return D, jnp.where(strict, all_sum(read(1)), 0.0)
+
+      D, A_ak = mm.scope([LL, LL], a_rows)
+
+    with jax.named_scope("inverse"):
+      def doubling(shift, D):  # one loop body (so the code is fetched once)
+        off = ((ri >> (shift + 1)) == (ci >> (shift + 1))) & ((ri >> shift) != (ci >> shift))
+        store_split(D, I2, I3)
+        plgpu.commit_smem()
+        P = jnp.where(off, mm(LL, x3(split(D), (I0, I1))), 0.0)
+        return D + mm(LL, x3(split(P), (I2, I3)))
+
+      D = lax.fori_loop(1, levels, doubling, D)
+      Ts = split(D)
+      if save:  # staged in I0, I1 (free from here on); every warpgroup holds the same T: the first stores it
+        I0[...], I1[...] = Ts
+        plgpu.commit_smem()
+
+        @pl.when(wg == 0)
+        def _():
+          for t_ref, t_s in zip(t_refs, (I0, I1)):
+            plgpu.copy_smem_to_gmem(t_s, t_ref.at[bi, h, c])
+
+    with jax.named_scope("q_rows"):
+      # q rows: A_qk, A_qb (r and a from O0, O1 into registers before the outputs' staging takes them)
+      plgpu.barrier_wait(late_bar)
+      rv = load(O0).astype(F32)
+      av = load(O1).astype(F32)
+      qt = (rv * jnp.exp(G - mid)).astype(BF16)  # rounded once (A_qk, A_qb feed only the outputs, not T)
+      q0 = jnp.where(first_rows, rv * jnp.exp(G), 0.0)
+      if save:  # bf16(a~) (as `at` holds it: the same a, Gm, mid), bf16(q~) through I2, I3 (free from here on)
+        I2[...] = (av * jnp.exp(Gm - mid)).astype(BF16)
+        I3[...] = qt
+        plgpu.commit_smem()
+        for f_ref, f_s in zip(f_refs[::3], (I2, I3)):
+          plgpu.copy_smem_to_gmem(f_s, f_ref.at[bi, h, tok, ch])
+
+      def q_rows(issue, read):
+        issue(0, x2(qt, (R0.T, R1.T)))
+        issue(1, x2(qt, (R2.T, R3.T)))
+        return [jnp.where(incl, all_sum(read(i)), 0.0) for i in range(2)]
+
+      A_qk, A_qb = mm.scope([LL, LL], q_rows)
+
+    with jax.named_scope("wy"):
+      # WY: W = T A0, U_wy = T (A_ak V)
+      if save:
+        plgpu.wait_smem_to_gmem(2, wait_read_only=True)  # k^, b^ are read from R0, R2 (all stores but a~, q~)
+      store_split(jnp.where(first_rows, av * jnp.exp(Gm), 0.0), R0, R1)
       plgpu.commit_smem()
+      plgpu.barrier_wait(bar)  # v is in SMEM
+      ak = split(A_ak)
 
-      @pl.when(wg == 0)
-      def _():
-        for t_ref, t_s in zip(t_refs, (I0, I1)):
-          plgpu.copy_smem_to_gmem(t_s, t_ref.at[bi, h, c])
+      def wy(issue, read):  # A_ak V first (U waits for it), W meanwhile
+        issue(0, [(ak[0], v_s), (ak[1], v_s)])
+        issue(1, x3(Ts, (R0, R1)))
+        store_split(read(0), R2, R3)
+        plgpu.commit_smem()
+        issue(2, x3(Ts, (R2, R3)))
+        return read(1), read(2)
 
-    # q rows: A_qk, A_qb (r and a from O0, O1 into registers before the outputs' staging takes them)
-    plgpu.barrier_wait(late_bar)
-    rv = load(O0).astype(F32)
-    av = load(O1).astype(F32)
-    qt = (rv * jnp.exp(G - mid)).astype(BF16)  # rounded once (A_qk, A_qb feed only the outputs, not T)
-    q0 = jnp.where(first_rows, rv * jnp.exp(G), 0.0)
+      W, U = mm.scope([LL] * 3, wy)
+      store_pair(W.astype(BF16), ww_ref, U.astype(BF16), wu_ref)
 
-    def q_rows(issue, read):
-      issue(0, x2(qt, (R0.T, R1.T)))
-      issue(1, x2(qt, (R2.T, R3.T)))
-      return [jnp.where(incl, all_sum(read(i)), 0.0) for i in range(2)]
-
-    A_qk, A_qb = mm.scope([LL, LL], q_rows)
-
-    # WY: W = T A0, U_wy = T (A_ak V)
-    store_split(jnp.where(first_rows, av * jnp.exp(Gm), 0.0), R0, R1)
-    plgpu.commit_smem()
-    plgpu.barrier_wait(bar)  # v is in SMEM
-    ak = split(A_ak)
-
-    def wy(issue, read):  # A_ak V first (U waits for it), W meanwhile
-      issue(0, [(ak[0], v_s), (ak[1], v_s)])
-      issue(1, x3(Ts, (R0, R1)))
-      store_split(read(0), R2, R3)
+    with jax.named_scope("outputs"):
+      # outputs: Qo = Q0 + A_qb W, Ob = A_qb U_wy + A_qk V
+      store_split(W, R0, R1)
+      store_split(U, R2, R3)
       plgpu.commit_smem()
-      issue(2, x3(Ts, (R2, R3)))
-      return read(1), read(2)
+      qb, qk = split(A_qb), split(A_qk)
 
-    W, U = mm.scope([LL] * 3, wy)
-    store_pair(W.astype(BF16), ww_ref, U.astype(BF16), wu_ref)
+      def outputs(issue, read):
+        issue(0, x3(qb, (R0, R1)))
+        issue(1, x3(qb, (R2, R3)) + [(qk[0], v_s), (qk[1], v_s)])
+        return q0 + read(0), read(1)
 
-    # outputs: Qo = Q0 + A_qb W, Ob = A_qb U_wy + A_qk V
-    store_split(W, R0, R1)
-    store_split(U, R2, R3)
-    plgpu.commit_smem()
-    qb, qk = split(A_qb), split(A_qk)
-
-    def outputs(issue, read):
-      issue(0, x3(qb, (R0, R1)))
-      issue(1, x3(qb, (R2, R3)) + [(qk[0], v_s), (qk[1], v_s)])
-      return q0 + read(0), read(1)
-
-    qo, ob = mm.scope([LL, LL], outputs)
-    store_pair(qo.astype(BF16), qo_ref, ob.astype(BF16), ob_ref)
-    plgpu.wait_smem_to_gmem(0)
+      qo, ob = mm.scope([LL, LL], outputs)
+      store_pair(qo.astype(BF16), qo_ref, ob.astype(BF16), ob_ref)
+      plgpu.wait_smem_to_gmem(0)
 
   # per warpgroup: v, R0-R3, I0-I3 and the output staging tiles O0, O1 (11 tiles of 8 KiB) and three TMA barriers (v,
   # the sums' operands, r and a late); N = 128: the exchange tiles of `all_sum` (float32) and their barrier
@@ -273,7 +293,7 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
   dec = jax.ShapeDtypeStruct((B, H, C, N), F32)
   g_pad = jax.ShapeDtypeStruct((B, 1 + Tp, H, N), F32)
   inverse = jax.ShapeDtypeStruct((B, H, C, L, L), BF16)
-  out_type = (out,) * 6 + (dec,) + ((g_pad,) + (inverse,) * 2 if save_inverse else ())
+  out_type = (out,) * 6 + (dec,) + ((g_pad,) + (inverse,) * 2 + (out,) * 4 if save else ())
   kern = plgpu.kernel(body, out_type=out_type, grid=(C, H, B), grid_names=("c", "h", "b"), num_threads=KB,
                       thread_name="wg", scratch_types=tuple(scratch), compiler_params=compiler_params(False),
                       interpret=interpret_params(interpret), kernel_name="wkv7_prep")
@@ -363,18 +383,19 @@ def _wkv7_fwd(r, w, k, v, a, b, s0, seg, interpret, save=True):
   Tp = C * L
   xs = [pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
   ww, wu, qo, ob, bb, kb, dec, *saved = _prep(*xs, pad_time(w.astype(F32), Tp), seg.reshape(B, Tp),
-                                              save_inverse=save, interpret=interpret)
+                                              save=save, interpret=interpret)
   bv = state_block_v(B, H, N)
   outs = _state_fwd(ww, wu, qo, ob, bb, kb, xs[2], dec, s0, bv=bv, save=save, interpret=interpret)
   o, final = outs[0][:, :T], outs[1]
   if not save:
     return (o.astype(r.dtype), final), None
-  g_pad, *inverse = saved
-  return (o.astype(r.dtype), final), (r, g_pad, k, v, a, b, seg, outs[2], outs[3], ww, qo, bb, dec, inverse)
+  g_pad, t_hi, t_lo, *factors = saved
+  return (o.astype(r.dtype), final), (r, g_pad, k, v, a, b, seg, outs[2], outs[3], ww, qo, bb, dec, (t_hi, t_lo),
+                                      factors)
 
 
 def _wkv7_bwd(interpret, res, cts):
-  r, g_pad, k, v, a, b, seg, states, u, ww, qo, bb, dec, inverse = res
+  r, g_pad, k, v, a, b, seg, states, u, ww, qo, bb, dec, inverse, factors = res
   d_o, d_final = cts
   B, T, H, N = r.shape
   C = seg.shape[1]
@@ -384,8 +405,8 @@ def _wkv7_bwd(interpret, res, cts):
   d_states, ds0, du = _state_bwd(ww, qo, bb, d_o_p, dec, d_final.astype(F32), bv=bv, interpret=interpret)
   xs = [pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
   dtypes = [r.dtype, F32, k.dtype, v.dtype, a.dtype, b.dtype]  # w is float32 here (`wkv7_pallas_gpu`)
-  grads = gpu_bwd.chunk_grads(*xs, g_pad, seg.reshape(B, Tp), dec, states, d_o_p, d_states, *inverse, u, du, dtypes,
-                              interpret=interpret)
+  grads = gpu_bwd.chunk_grads(*xs, g_pad, seg.reshape(B, Tp), dec, states, d_o_p, d_states, *inverse, u, du, factors,
+                              dtypes, interpret=interpret)
   return tuple(g[:, :T] for g in grads) + (ds0, None)
 
 

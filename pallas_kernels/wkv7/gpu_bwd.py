@@ -75,8 +75,8 @@ L = CHUNK  # tokens per chunk
 __all__ = ["chunk_grads", "HEAD_DIMS"]
 
 
-def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, u, du_state, out_dtypes, *,
-                interpret=False):
+def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, u, du_state, factors, out_dtypes,
+                *, interpret=False):
   """(dr, dw, dk, dv, da, db), each [B, Tp, H, N] in `out_dtypes` (a sequence of six dtypes).
 
   r, k, v, a, b, d_o: [B, Tp, H, N] bf16 (Tp a multiple of L); g_pad [B, 1 + Tp, H, N] float32 (a zero row, then
@@ -85,7 +85,8 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
   entering each chunk; d_states [B, H, C, N, N] bf16 the state gradient after each chunk; t_hi, t_lo [B, H, C, L, L]
   bf16 the split inverse T = (I - A_ab)^{-1} of each chunk (saved by `gpu._prep`); u [B, H, Tp, N] bf16 the WY
   values u = T (A0 S + A_ak V) of each chunk (saved by the forward state pass); du_state [B, H, Tp, N] bf16 their
-  gradient through the state, Bbar dS' (from the backward state pass)."""
+  gradient through the state, Bbar dS' (from the backward state pass); factors: (a~, k^, b^, q~) [B, H, Tp, N] bf16,
+  the forward's chunk factors rounded to bf16 (saved by `gpu._prep`)."""
   B, Tp, H, N = r.shape
   if N not in HEAD_DIMS:
     raise ValueError(f"chunk_grads: head dim {N} not in {HEAD_DIMS}")
@@ -95,8 +96,8 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
   ZERO, W2H, W2L, V_, DO_, U_ = range(6)  # tiles of `wide`; ZERO: zeros in the role loop (the right factor before)
 
   def body(r_ref, k_ref, v_ref, a_ref, b_ref, g_ref, s_ref, dec_ref, st_ref, do_ref, dst_ref, thi_ref, tlo_ref,
-           u_ref, dus_ref, tri_ref, dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref, wide, square, st_s,
-           bar, st_bar, *rest):
+           u_ref, dus_ref, fa_ref, fk_ref, fb_ref, fq_ref, tri_ref, dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref,
+           wide, square, st_s, bar, fac_bar, u_bar, st_bar, *rest):
     # `wide` [6, L, N]: the zero tile, the (hi, lo) pair W2 and the tiles v, dO, u (one stack, so that a role's
     # operands are picked by index); `square` [3 KB, 2, L, L] (hi, lo) pairs: T, A_ak, A_qk and (N > L) A_qb in
     # the first phase (N = L: A_qb takes W2, which du / dR take when it dies), then Q0, Q1, Q3 of each warpgroup's
@@ -171,6 +172,9 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       X = load(g_ref.at[bi, pl.ds(c * L + pick(j, (1, 1, 1, 0)), L), h, ks(kb)])
       return x, jnp.where(iota(shape(kb), 0) < pick(j, (0, 0, 0, 1)), 0.0, X)  # Gm's first row is 0
 
+    def wide_at(j, idx):  # the `wide` tile idx[j]
+      return wide.at[pick(j, idx)]
+
     def sigma(j):
       return jnp.where(j < R_, -1.0, 1.0).astype(F32)
 
@@ -186,38 +190,43 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     # (docs/benchmarks.md, seventh session). The first phase (the forward recompute, du, dR, dv) runs on the first
     # warpgroup; the role loop on every warpgroup, one 64-column K block each (N = 128: two warpgroups, 8 warps
     # per SM as two N = 64 CTAs have).
+    @jax.named_scope("first_phase")  # (the regions of the kernel in `mosaic_gpu_tiles.profiled` traces)
     def first_phase():
+      # the forward's bf16 factors a~, k^, q~, b^ in the tiles u, zero and W2 (free until u and dR take them)
+      for src, dst in ((fa_ref, U_), (fk_ref, ZERO), (fq_ref, W2H), (fb_ref, W2L)):
+        plgpu.copy_gmem_to_smem(src.at[bi, h, tok], wide.at[dst], fac_bar)
       for src, dst in ((v_ref.at[bi, tok, h], v_s), (do_ref.at[bi, tok, h], do_s), (thi_ref.at[bi, h, c], T_s[0]),
-                       (tlo_ref.at[bi, h, c], T_s[1]), (u_ref.at[bi, h, tok], u_s), (dst_ref.at[bi, h, c], st_s)):
-        plgpu.copy_gmem_to_smem(src, dst, bar)  # v, dO, T (the forward's), u, dS'
+                       (tlo_ref.at[bi, h, c], T_s[1]), (dst_ref.at[bi, h, c], st_s)):
+        plgpu.copy_gmem_to_smem(src, dst, bar)  # v, dO, T (the forward's), dS'
+      plgpu.barrier_wait(fac_bar)
 
-      # forward recompute, one loop body: A_ak = M_>(a~ k^T), A_qk = M_>=(q~ k^T), A_qb = M_>=(q~ b^T), the right
-      # factor (k^, then b^) in the zero tile; T arrives by TMA
+      # forward recompute, one loop body: A_ak = M_>(a~ k^T), A_qk = M_>=(q~ k^T), A_qb = M_>=(q~ b^T) (N = L: into
+      # W2, from q~ and b^ there: reading the product waits until it is done)
+      @jax.named_scope("attention")
       def attention(i):
-        @pl.when(i != 1)
-        def _():
-          wide.at[ZERO][...] = factor(jnp.where(i == 0, K_, B_)).astype(BF16)
-          plgpu.commit_smem()
-
-        left = factor(jnp.where(i == 0, A_, R_)).astype(BF16)  # a~, then q~ twice
-        A = jnp.where(causal(1, pick(i, (1, 0, 0))), mm(LL, [(left, wide.at[ZERO].T)]), 0.0)
+        left, right = wide_at(i, (U_, W2H, W2H)), wide_at(i, (ZERO, ZERO, W2L))
+        A = jnp.where(causal(1, pick(i, (1, 0, 0))), mm(LL, [(left, right.T)]), 0.0)
         lax.switch(i, [lambda dst=dst: put(A, dst) for dst in (Aak_s, Aqk_s, Aqb_s)])
         plgpu.commit_smem()
 
       lax.fori_loop(0, 3, lambda i, _: attention(i), None)
-      plgpu.barrier_wait(bar)  # v, dO, T, u and dS' are in SMEM
+      plgpu.copy_gmem_to_smem(u_ref.at[bi, h, tok], u_s, u_bar)  # a~'s tile is free
+      plgpu.barrier_wait(bar)  # v, dO, T and dS' are in SMEM
       # du = Bbar dS' (the backward state pass's) + A_qb^T dO, dR = T^T du, dv = Kbar dS' + A_qk^T dO + A_ak^T dR
-      put(load(dus_ref.at[bi, h, tok]).astype(F32) + mm(LN, x2(transposed(Aqb_s), do_s)), W2)
-      plgpu.commit_smem()
-      put(mm(LN, x3(transposed(T_s), W2)), W2)  # dR
-      plgpu.commit_smem()
-      dv = mm(LN, x2(transposed(Aqk_s), do_s) + x3(transposed(Aak_s), W2))
-      for kb in range(KB):
-        kbar = split(jnp.where(last(kb), inp(k_ref, kb) * jnp.exp(gl(kb) - G(kb)), 0.0))
-        dv = dv + mm(LN, x2(kbar, st_rows(kb)))
-      out(dv_ref, dv, None)
+      with jax.named_scope("du_dR"):
+        put(load(dus_ref.at[bi, h, tok]).astype(F32) + mm(LN, x2(transposed(Aqb_s), do_s)), W2)
+        plgpu.commit_smem()
+        put(mm(LN, x3(transposed(T_s), W2)), W2)  # dR
+        plgpu.commit_smem()
+      with jax.named_scope("dv"):
+        dv = mm(LN, x2(transposed(Aqk_s), do_s) + x3(transposed(Aak_s), W2))
+        for kb in range(KB):
+          kbar = split(jnp.where(last(kb), inp(k_ref, kb) * jnp.exp(gl(kb) - G(kb)), 0.0))
+          dv = dv + mm(LN, x2(kbar, st_rows(kb)))
+        out(dv_ref, dv, None)
       wide.at[ZERO][...] = plgpu.layout_cast(jnp.zeros(LN, BF16), plgpu.Layout.WGMMA)
       plgpu.commit_smem()
+      plgpu.barrier_wait(u_bar)  # u is in SMEM (for the role loop)
 
     if KB == 1:
       first_phase()
@@ -244,9 +253,6 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     #   a     M_>  (dR u^T)      M_>  (dR v^T)      dR   Gm   +1     0    first segment
     # with e_factor = exp(sigma (X - m)), e_side = exp(sigma X + tau g_last), x e_factor the role's own factor
     # (k^, b^, q~, a~). The roles' terms of dw: P = q~ dq~ + Q0 dQ0 - k^ dk^ - b^ db^ + dgm, Q (k, b side terms).
-    def wide_at(j, idx):  # the `wide` tile idx[j]
-      return wide.at[pick(j, idx)]
-
     def products(lhs, rhs, second):  # lhs rhs^T + second[0] second[1]^T (SMEM operands). Roles with one product
       # take the zero tile as second[0]: a zero product, not a branch (a `lax.cond` around loads in a hot loop cost
       # more than the loads, eighth session)
@@ -260,8 +266,10 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     kb = wg  # this warpgroup's K block
     Q0, Q1, Q3 = pair(3 * kb), pair(3 * kb + 1), pair(3 * kb + 2)  # (warpgroup 0: the first phase's T, A_ak, A_qk)
 
+    @jax.named_scope("role")
     def role(j, P):
       @pl.when(j % 2 == 0)  # the other pair's factors: a~ (Q0), q~ (Q1) for k, b; b^ (Q0), k^ (Q1) for r, a
+      @jax.named_scope("role_factors")
       def _():
         def put_factor(i, _):  # A_ - j - i: a, r for j = 0; b, k for j = 2
           x = factor(A_ - j - i, kb)
@@ -273,25 +281,29 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       y = wide_at(j, Y)
       sign = pick(j, (-1, -1, 1, 1))
       second = (wide_at(j, (V_, U_, ZERO, W2L)), wide_at(j, (W2L, W2L, U_, U_)))
-      dA0 = products(y, wide_at(j, (W2H, W2H, U_, U_)), second)
-      dA0 = masked(sign, pick(j, (1, 1, 0, 1)), dA0)
       dR_lo = wide_at(j, (ZERO, ZERO, ZERO, W2L))  # dR's lo tile for role a, else the zero tile
-      dA1 = products(y, wide_at(j, (DO_, DO_, V_, V_)), (dR_lo, wide.at[V_]))
-      dA1 = masked(sign, pick(j, (0, 0, 0, 1)), dA1)
-      d_fac = mm(LL, x2(dA0, Q0) + x2(dA1, Q1))
+      with jax.named_scope("dA"):
+        dA0 = products(y, wide_at(j, (W2H, W2H, U_, U_)), second)
+        dA0 = masked(sign, pick(j, (1, 1, 0, 1)), dA0)
+        dA1 = products(y, wide_at(j, (DO_, DO_, V_, V_)), (dR_lo, wide.at[V_]))
+        dA1 = masked(sign, pick(j, (0, 0, 0, 1)), dA1)
+      with jax.named_scope("d_fac"):
+        d_fac = mm(LL, x2(dA0, Q0) + x2(dA1, Q1))
 
       @pl.when(j == R_)  # S rows kb have arrived in the state tile (fetched after role b)
       def _():
         plgpu.barrier_wait(st_bar.at[kb])
 
-      d_side = products(y, st_rows(kb), (dR_lo, st_rows(kb)))
-      side = seg_rows(LL) == jnp.where(j < R_, seg_last, 0.0)
-      d_side = jnp.where(side, d_side, 0.0)
-      x, X = role_input(j, kb)
-      e_fac = jnp.exp(sigma(j) * (X - mid(kb)))
-      e_side = jnp.exp(sigma(j) * X + jnp.where(j < R_, 1.0, 0.0).astype(F32) * gl(kb))
-      dx = d_fac * e_fac + d_side * e_side
-      lax.switch(j, [lambda dx_ref=dx_ref: out(dx_ref, dx, kb) for _, dx_ref in role_refs])
+      with jax.named_scope("d_side"):
+        d_side = products(y, st_rows(kb), (dR_lo, st_rows(kb)))
+        side = seg_rows(LL) == jnp.where(j < R_, seg_last, 0.0)
+        d_side = jnp.where(side, d_side, 0.0)
+      with jax.named_scope("dx"):
+        x, X = role_input(j, kb)
+        e_fac = jnp.exp(sigma(j) * (X - mid(kb)))
+        e_side = jnp.exp(sigma(j) * X + jnp.where(j < R_, 1.0, 0.0).astype(F32) * gl(kb))
+        dx = d_fac * e_fac + d_side * e_side
+        lax.switch(j, [lambda dx_ref=dx_ref: out(dx_ref, dx, kb) for _, dx_ref in role_refs])
 
       @pl.when(j == B_)  # the tensor cores are done with dS' rows kb: S's take their place
       def _():
@@ -310,6 +322,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       P = P + sigma(j) * term_fac + jnp.where(j < R_, 0.0, 1.0).astype(F32) * term_side
 
       @pl.when(j == A_)
+      @jax.named_scope("dw")
       def _():
         dgm = term_fac + term_side
         put(P, Q0)  # M_>= P + M_> dgm = M_>= (P + dgm) - dgm, P including dgm
@@ -328,8 +341,9 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
 
     lax.fori_loop(0, 4, role, plgpu.layout_cast(jnp.zeros(LL, F32), plgpu.Layout.WGMMA))
 
-  scratch = [swizzled((6, L, N)), swizzled((3 * KB, 2, L, L)), swizzled((N, N)),
-             plgpu.Barrier(num_arrivals=6), plgpu.Barrier(num_arrivals=1, num_barriers=KB)]
+  scratch = [swizzled((6, L, N)), swizzled((3 * KB, 2, L, L)), swizzled((N, N))]
+  scratch += [plgpu.Barrier(num_arrivals=n) for n in (5, 4, 1)]  # v, dO, T, dS'; the factors; u
+  scratch.append(plgpu.Barrier(num_arrivals=1, num_barriers=KB))  # S rows kb
   if KB > 1:
     scratch.append(plgpu.Barrier(num_arrivals=1))  # the first phase is done
   if interpret:
@@ -342,4 +356,4 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
                       interpret=interpret_params(interpret), kernel_name="wkv7_chunk_grads")
   ri, ci = jnp.indices((L, L))
   tri = jnp.stack([ci >= ri, ci < ri, jnp.ones((L, L), bool)]).astype(BF16)  # M_>=, M_< and ones: dw's products
-  return kern(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, u, du_state, tri)
+  return kern(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, u, du_state, *factors, tri)
