@@ -391,8 +391,8 @@ def pieces(label, shape, repeats, log, state_bvs=()):
   bv = gpu.state_block_v(B, H, N)
   s0 = jnp.zeros((B, H, N, N), jnp.float32)
   seg_flat = seg.reshape(B, T)
-  prep = jax.jit(functools.partial(gpu._prep, save=True))  # as in training (the forward saving for the VJP)
-  ww, wu, qo, ob, bb, kb, dec, g_pad, t_hi, t_lo, *factors = prep(bf(r), bf(k), bf(v), bf(a), bf(b), w, seg_flat)
+  prep = jax.jit(functools.partial(gpu._prep, save_inverse=True))  # as in training (the forward saving for the VJP)
+  ww, wu, qo, ob, bb, kb, dec, g_pad, t_hi, t_lo = prep(bf(r), bf(k), bf(v), bf(a), bf(b), w, seg_flat)
   sf = jax.jit(functools.partial(gpu._state_fwd, bv=bv, save=True))
   o, fin, states, u = sf(ww, wu, qo, ob, bb, kb, bf(v), dec, s0)
   sb = jax.jit(functools.partial(gpu._state_bwd, bv=bv))
@@ -414,8 +414,7 @@ def pieces(label, shape, repeats, log, state_bvs=()):
     "prep": lambda: prep(rb, kb_, vb_, ab, bb_, w, seg_flat),
     "state_fwd": lambda: sf(ww, wu, qo, ob, bb, kb, vb_, dec, s0),
     "state_bwd": lambda: sb(ww, qo, bb, dob, dec, ds),
-    "chunk_grads": lambda: cg(rb, kb_, vb_, ab, bb_, g_pad, seg_flat, dec, states, dob, dst, t_hi, t_lo, u, du,
-                              factors),
+    "chunk_grads": lambda: cg(rb, kb_, vb_, ab, bb_, g_pad, seg_flat, dec, states, dob, dst, t_hi, t_lo, u, du),
     "xla_chunk_grads": lambda: b1j(rb, w, kb_, vb_, ab, bb_, seg, states, dob, dst),
   }
   _add_state_widths(calls, state_bvs, gpu, (ww, wu, qo, ob, bb, kb, vb_, dec, s0), (ww, qo, bb, dob, dec, ds))

@@ -71,13 +71,13 @@ L = CHUNK  # tokens per chunk
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _prep(r, k, v, a, b, w, seg, *, save=False, interpret=False):
+def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
   """Six bf16 tiles [B, H, Tp, N]: (wy_w, wy_u, qo, ob, bbar, kbar), see the module docstring, and the chunk decay
-  dec [B, H, C, N] float32 (e^{G_last} of chunks without a segment start, else 0); with `save`, for the
+  dec [B, H, C, N] float32 (e^{G_last} of chunks without a segment start, else 0); with save_inverse, for the
   backward, also g_pad [B, 1 + Tp, H, N] float32 (row 1 + t: the chunk-local inclusive cumulative log-decay G of
-  token t; row 0 is never written: the kernels only read it under a mask), the split inverse
-  T = (I - A_ab)^{-1} of every chunk, (hi, lo) bf16 [B, H, C, L, L] each, and the factors a~, k^, b^, q~ rounded to
-  bf16, [B, H, Tp, N] each (`gpu_bwd.chunk_grads` loads these instead of rebuilding them).
+  token t; row 0 is never written: the kernels only read it under a mask) and the split inverse
+  T = (I - A_ab)^{-1} of every chunk, (hi, lo) bf16 [B, H, C, L, L] each (`gpu_bwd.chunk_grads` loads both instead of
+  rebuilding them).
 
   r, k, v, a, b: [B, Tp, H, N] bf16, Tp a multiple of L; w [B, Tp, H, N] float32 log-decay (zero-padded); seg
   [B, Tp] float32 segment index inside each chunk.
@@ -99,9 +99,8 @@ def _prep(r, k, v, a, b, w, seg, *, save=False, interpret=False):
 
   def body(r_ref, k_ref, v_ref, a_ref, b_ref, w_ref, s_ref, sums_ref, ww_ref, wu_ref, qo_ref, ob_ref, bb_ref, kb_ref,
            dec_ref, *refs):
-    # with `save`: g_pad, the (hi, lo) inverse and the bf16 factors a~, k^, b^, q~
-    g_refs, t_refs, f_refs = refs[:save], refs[save:3 * save], refs[3 * save:7 * save]
-    tiles, *rest = refs[7 * save:]
+    g_refs, t_refs = refs[:save_inverse], refs[save_inverse:3 * save_inverse]  # g_pad; the (hi, lo) inverse
+    tiles, *rest = refs[3 * save_inverse:]
     wg = lax.axis_index("wg")
     v_s, R0, R1, R2, R3, I0, I1, I2, I3, O0, O1 = (tiles.at[wg, i] for i in range(11))
     bar, sums_bar, late_bar = (x.at[wg] for x in rest[:3])
@@ -155,7 +154,7 @@ def _prep(r, k, v, a, b, w, seg, *, save=False, interpret=False):
         return [read(i) for i in range(4)]
 
       G, mid, last, last_t = mm.scope([LL] * 4, cumsums)
-      if save:
+      if save_inverse:
         g_refs[0].at[bi, pl.ds(1 + c * L, L), h, ch][...] = G
     with jax.named_scope("factors"):
       seg_i = load(s_ref.at[bi, tok], ROW)
@@ -180,11 +179,7 @@ def _prep(r, k, v, a, b, w, seg, *, save=False, interpret=False):
       store_split(bv * e_out, R2, R3)
       store_pair(jnp.where(last_rows, kk * to_end, 0.0).astype(BF16), kb_ref,
                  jnp.where(last_rows, bv * to_end, 0.0).astype(BF16), bb_ref)
-      if save:  # bf16(k^), bf16(b^): the hi tiles (read before `wy` rewrites them)
-        for f_ref, f_s in zip(f_refs[1:3], (R0, R2)):
-          plgpu.copy_smem_to_gmem(f_s, f_ref.at[bi, h, tok, ch])
-      # O0, O1 are read (all stores but the two of k^, b^): r and a arrive there during the inverse
-      plgpu.wait_smem_to_gmem(2 if save else 0, wait_read_only=True)
+      plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # O0, O1 are read: r and a arrive there during the inverse
       for src, dst in ((r_ref, O0), (a_ref, O1)):
         plgpu.copy_gmem_to_smem(src.at[bi, tok, h, ch], dst, late_bar)
 
@@ -216,7 +211,7 @@ def _prep(r, k, v, a, b, w, seg, *, save=False, interpret=False):
 
       D = lax.fori_loop(1, levels, doubling, D)
       Ts = split(D)
-      if save:  # staged in I0, I1 (free from here on); every warpgroup holds the same T: the first stores it
+      if save_inverse:  # staged in I0, I1 (free from here on); every warpgroup holds the same T: the first stores it
         I0[...], I1[...] = Ts
         plgpu.commit_smem()
 
@@ -232,12 +227,6 @@ def _prep(r, k, v, a, b, w, seg, *, save=False, interpret=False):
       av = load(O1).astype(F32)
       qt = (rv * jnp.exp(G - mid)).astype(BF16)  # rounded once (A_qk, A_qb feed only the outputs, not T)
       q0 = jnp.where(first_rows, rv * jnp.exp(G), 0.0)
-      if save:  # bf16(a~) (as `at` holds it: the same a, Gm, mid), bf16(q~) through I2, I3 (free from here on)
-        I2[...] = (av * jnp.exp(Gm - mid)).astype(BF16)
-        I3[...] = qt
-        plgpu.commit_smem()
-        for f_ref, f_s in zip(f_refs[::3], (I2, I3)):
-          plgpu.copy_smem_to_gmem(f_s, f_ref.at[bi, h, tok, ch])
 
       def q_rows(issue, read):
         issue(0, x2(qt, (R0.T, R1.T)))
@@ -248,8 +237,6 @@ def _prep(r, k, v, a, b, w, seg, *, save=False, interpret=False):
 
     with jax.named_scope("wy"):
       # WY: W = T A0, U_wy = T (A_ak V)
-      if save:
-        plgpu.wait_smem_to_gmem(2, wait_read_only=True)  # k^, b^ are read from R0, R2 (all stores but a~, q~)
       store_split(jnp.where(first_rows, av * jnp.exp(Gm), 0.0), R0, R1)
       plgpu.commit_smem()
       plgpu.barrier_wait(bar)  # v is in SMEM
@@ -293,7 +280,7 @@ def _prep(r, k, v, a, b, w, seg, *, save=False, interpret=False):
   dec = jax.ShapeDtypeStruct((B, H, C, N), F32)
   g_pad = jax.ShapeDtypeStruct((B, 1 + Tp, H, N), F32)
   inverse = jax.ShapeDtypeStruct((B, H, C, L, L), BF16)
-  out_type = (out,) * 6 + (dec,) + ((g_pad,) + (inverse,) * 2 + (out,) * 4 if save else ())
+  out_type = (out,) * 6 + (dec,) + ((g_pad,) + (inverse,) * 2 if save_inverse else ())
   kern = plgpu.kernel(body, out_type=out_type, grid=(C, H, B), grid_names=("c", "h", "b"), num_threads=KB,
                       thread_name="wg", scratch_types=tuple(scratch), compiler_params=compiler_params(False),
                       interpret=interpret_params(interpret), kernel_name="wkv7_prep")
@@ -383,19 +370,18 @@ def _wkv7_fwd(r, w, k, v, a, b, s0, seg, interpret, save=True):
   Tp = C * L
   xs = [pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
   ww, wu, qo, ob, bb, kb, dec, *saved = _prep(*xs, pad_time(w.astype(F32), Tp), seg.reshape(B, Tp),
-                                              save=save, interpret=interpret)
+                                              save_inverse=save, interpret=interpret)
   bv = state_block_v(B, H, N)
   outs = _state_fwd(ww, wu, qo, ob, bb, kb, xs[2], dec, s0, bv=bv, save=save, interpret=interpret)
   o, final = outs[0][:, :T], outs[1]
   if not save:
     return (o.astype(r.dtype), final), None
-  g_pad, t_hi, t_lo, *factors = saved
-  return (o.astype(r.dtype), final), (r, g_pad, k, v, a, b, seg, outs[2], outs[3], ww, qo, bb, dec, (t_hi, t_lo),
-                                      factors)
+  g_pad, *inverse = saved
+  return (o.astype(r.dtype), final), (r, g_pad, k, v, a, b, seg, outs[2], outs[3], ww, qo, bb, dec, inverse)
 
 
 def _wkv7_bwd(interpret, res, cts):
-  r, g_pad, k, v, a, b, seg, states, u, ww, qo, bb, dec, inverse, factors = res
+  r, g_pad, k, v, a, b, seg, states, u, ww, qo, bb, dec, inverse = res
   d_o, d_final = cts
   B, T, H, N = r.shape
   C = seg.shape[1]
@@ -405,8 +391,8 @@ def _wkv7_bwd(interpret, res, cts):
   d_states, ds0, du = _state_bwd(ww, qo, bb, d_o_p, dec, d_final.astype(F32), bv=bv, interpret=interpret)
   xs = [pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
   dtypes = [r.dtype, F32, k.dtype, v.dtype, a.dtype, b.dtype]  # w is float32 here (`wkv7_pallas_gpu`)
-  grads = gpu_bwd.chunk_grads(*xs, g_pad, seg.reshape(B, Tp), dec, states, d_o_p, d_states, *inverse, u, du, factors,
-                              dtypes, interpret=interpret)
+  grads = gpu_bwd.chunk_grads(*xs, g_pad, seg.reshape(B, Tp), dec, states, d_o_p, d_states, *inverse, u, du, dtypes,
+                              interpret=interpret)
   return tuple(g[:, :T] for g in grads) + (ds0, None)
 
 

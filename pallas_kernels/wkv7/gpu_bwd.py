@@ -75,8 +75,8 @@ L = CHUNK  # tokens per chunk
 __all__ = ["chunk_grads", "HEAD_DIMS"]
 
 
-def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, u, du_state, factors, out_dtypes,
-                *, interpret=False):
+def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, u, du_state, out_dtypes, *,
+                interpret=False):
   """(dr, dw, dk, dv, da, db), each [B, Tp, H, N] in `out_dtypes` (a sequence of six dtypes).
 
   r, k, v, a, b, d_o: [B, Tp, H, N] bf16 (Tp a multiple of L); g_pad [B, 1 + Tp, H, N] float32 (a zero row, then
@@ -85,8 +85,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
   entering each chunk; d_states [B, H, C, N, N] bf16 the state gradient after each chunk; t_hi, t_lo [B, H, C, L, L]
   bf16 the split inverse T = (I - A_ab)^{-1} of each chunk (saved by `gpu._prep`); u [B, H, Tp, N] bf16 the WY
   values u = T (A0 S + A_ak V) of each chunk (saved by the forward state pass); du_state [B, H, Tp, N] bf16 their
-  gradient through the state, Bbar dS' (from the backward state pass); factors: (a~, k^, b^, q~) [B, H, Tp, N] bf16,
-  the forward's chunk factors rounded to bf16 (saved by `gpu._prep`)."""
+  gradient through the state, Bbar dS' (from the backward state pass)."""
   B, Tp, H, N = r.shape
   if N not in HEAD_DIMS:
     raise ValueError(f"chunk_grads: head dim {N} not in {HEAD_DIMS}")
@@ -96,8 +95,8 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
   ZERO, W2H, W2L, V_, DO_, U_ = range(6)  # tiles of `wide`; ZERO: zeros in the role loop (the right factor before)
 
   def body(r_ref, k_ref, v_ref, a_ref, b_ref, g_ref, s_ref, dec_ref, st_ref, do_ref, dst_ref, thi_ref, tlo_ref,
-           u_ref, dus_ref, fa_ref, fk_ref, fb_ref, fq_ref, tri_ref, dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref,
-           wide, square, st_s, bar, fac_bar, u_bar, st_bar, *rest):
+           u_ref, dus_ref, tri_ref, dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref, wide, square, st_s,
+           bar, st_bar, *rest):
     # `wide` [6, L, N]: the zero tile, the (hi, lo) pair W2 and the tiles v, dO, u (one stack, so that a role's
     # operands are picked by index); `square` [3 KB, 2, L, L] (hi, lo) pairs: T, A_ak, A_qk and (N > L) A_qb in
     # the first phase (N = L: A_qb takes W2, which du / dR take when it dies), then Q0, Q1, Q3 of each warpgroup's
@@ -172,9 +171,6 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       X = load(g_ref.at[bi, pl.ds(c * L + pick(j, (1, 1, 1, 0)), L), h, ks(kb)])
       return x, jnp.where(iota(shape(kb), 0) < pick(j, (0, 0, 0, 1)), 0.0, X)  # Gm's first row is 0
 
-    def wide_at(j, idx):  # the `wide` tile idx[j]
-      return wide.at[pick(j, idx)]
-
     def sigma(j):
       return jnp.where(j < R_, -1.0, 1.0).astype(F32)
 
@@ -192,26 +188,26 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     # per SM as two N = 64 CTAs have).
     @jax.named_scope("first_phase")  # (the regions of the kernel in `mosaic_gpu_tiles.profiled` traces)
     def first_phase():
-      # the forward's bf16 factors a~, k^, q~, b^ in the tiles u, zero and W2 (free until u and dR take them)
-      for src, dst in ((fa_ref, U_), (fk_ref, ZERO), (fq_ref, W2H), (fb_ref, W2L)):
-        plgpu.copy_gmem_to_smem(src.at[bi, h, tok], wide.at[dst], fac_bar)
       for src, dst in ((v_ref.at[bi, tok, h], v_s), (do_ref.at[bi, tok, h], do_s), (thi_ref.at[bi, h, c], T_s[0]),
-                       (tlo_ref.at[bi, h, c], T_s[1]), (dst_ref.at[bi, h, c], st_s)):
-        plgpu.copy_gmem_to_smem(src, dst, bar)  # v, dO, T (the forward's), dS'
-      plgpu.barrier_wait(fac_bar)
+                       (tlo_ref.at[bi, h, c], T_s[1]), (u_ref.at[bi, h, tok], u_s), (dst_ref.at[bi, h, c], st_s)):
+        plgpu.copy_gmem_to_smem(src, dst, bar)  # v, dO, T (the forward's), u, dS'
 
-      # forward recompute, one loop body: A_ak = M_>(a~ k^T), A_qk = M_>=(q~ k^T), A_qb = M_>=(q~ b^T) (N = L: into
-      # W2, from q~ and b^ there: reading the product waits until it is done)
+      # forward recompute, one loop body: A_ak = M_>(a~ k^T), A_qk = M_>=(q~ k^T), A_qb = M_>=(q~ b^T), the right
+      # factor (k^, then b^) in the zero tile; T arrives by TMA
       @jax.named_scope("attention")
       def attention(i):
-        left, right = wide_at(i, (U_, W2H, W2H)), wide_at(i, (ZERO, ZERO, W2L))
-        A = jnp.where(causal(1, pick(i, (1, 0, 0))), mm(LL, [(left, right.T)]), 0.0)
+        @pl.when(i != 1)
+        def _():
+          wide.at[ZERO][...] = factor(jnp.where(i == 0, K_, B_)).astype(BF16)
+          plgpu.commit_smem()
+
+        left = factor(jnp.where(i == 0, A_, R_)).astype(BF16)  # a~, then q~ twice
+        A = jnp.where(causal(1, pick(i, (1, 0, 0))), mm(LL, [(left, wide.at[ZERO].T)]), 0.0)
         lax.switch(i, [lambda dst=dst: put(A, dst) for dst in (Aak_s, Aqk_s, Aqb_s)])
         plgpu.commit_smem()
 
       lax.fori_loop(0, 3, lambda i, _: attention(i), None)
-      plgpu.copy_gmem_to_smem(u_ref.at[bi, h, tok], u_s, u_bar)  # a~'s tile is free
-      plgpu.barrier_wait(bar)  # v, dO, T and dS' are in SMEM
+      plgpu.barrier_wait(bar)  # v, dO, T, u and dS' are in SMEM
       # du = Bbar dS' (the backward state pass's) + A_qb^T dO, dR = T^T du, dv = Kbar dS' + A_qk^T dO + A_ak^T dR
       with jax.named_scope("du_dR"):
         put(load(dus_ref.at[bi, h, tok]).astype(F32) + mm(LN, x2(transposed(Aqb_s), do_s)), W2)
@@ -226,7 +222,6 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
         out(dv_ref, dv, None)
       wide.at[ZERO][...] = plgpu.layout_cast(jnp.zeros(LN, BF16), plgpu.Layout.WGMMA)
       plgpu.commit_smem()
-      plgpu.barrier_wait(u_bar)  # u is in SMEM (for the role loop)
 
     if KB == 1:
       first_phase()
@@ -253,6 +248,9 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     #   a     M_>  (dR u^T)      M_>  (dR v^T)      dR   Gm   +1     0    first segment
     # with e_factor = exp(sigma (X - m)), e_side = exp(sigma X + tau g_last), x e_factor the role's own factor
     # (k^, b^, q~, a~). The roles' terms of dw: P = q~ dq~ + Q0 dQ0 - k^ dk^ - b^ db^ + dgm, Q (k, b side terms).
+    def wide_at(j, idx):  # the `wide` tile idx[j]
+      return wide.at[pick(j, idx)]
+
     def products(lhs, rhs, second):  # lhs rhs^T + second[0] second[1]^T (SMEM operands). Roles with one product
       # take the zero tile as second[0]: a zero product, not a branch (a `lax.cond` around loads in a hot loop cost
       # more than the loads, eighth session)
@@ -341,9 +339,8 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
 
     lax.fori_loop(0, 4, role, plgpu.layout_cast(jnp.zeros(LL, F32), plgpu.Layout.WGMMA))
 
-  scratch = [swizzled((6, L, N)), swizzled((3 * KB, 2, L, L)), swizzled((N, N))]
-  scratch += [plgpu.Barrier(num_arrivals=n) for n in (5, 4, 1)]  # v, dO, T, dS'; the factors; u
-  scratch.append(plgpu.Barrier(num_arrivals=1, num_barriers=KB))  # S rows kb
+  scratch = [swizzled((6, L, N)), swizzled((3 * KB, 2, L, L)), swizzled((N, N)),
+             plgpu.Barrier(num_arrivals=6), plgpu.Barrier(num_arrivals=1, num_barriers=KB)]
   if KB > 1:
     scratch.append(plgpu.Barrier(num_arrivals=1))  # the first phase is done
   if interpret:
@@ -356,4 +353,4 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
                       interpret=interpret_params(interpret), kernel_name="wkv7_chunk_grads")
   ri, ci = jnp.indices((L, L))
   tri = jnp.stack([ci >= ri, ci < ri, jnp.ones((L, L), bool)]).astype(BF16)  # M_>=, M_< and ones: dw's products
-  return kern(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, u, du_state, *factors, tri)
+  return kern(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, u, du_state, tri)
