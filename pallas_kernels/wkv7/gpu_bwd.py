@@ -192,21 +192,27 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
                        (tlo_ref.at[bi, h, c], T_s[1]), (u_ref.at[bi, h, tok], u_s), (dst_ref.at[bi, h, c], st_s)):
         plgpu.copy_gmem_to_smem(src, dst, bar)  # v, dO, T (the forward's), u, dS'
 
-      # forward recompute, one loop body: A_ak = M_>(a~ k^T), A_qk = M_>=(q~ k^T), A_qb = M_>=(q~ b^T), the right
-      # factor (k^, then b^) in the zero tile; T arrives by TMA
-      @jax.named_scope("attention")
-      def attention(i):
-        @pl.when(i != 1)
-        def _():
-          wide.at[ZERO][...] = factor(jnp.where(i == 0, K_, B_)).astype(BF16)
-          plgpu.commit_smem()
-
-        left = factor(jnp.where(i == 0, A_, R_)).astype(BF16)  # a~, then q~ twice
-        A = jnp.where(causal(1, pick(i, (1, 0, 0))), mm(LL, [(left, wide.at[ZERO].T)]), 0.0)
-        lax.switch(i, [lambda dst=dst: put(A, dst) for dst in (Aak_s, Aqk_s, Aqb_s)])
+      # forward recompute: A_qk = M_>=(q~ k^T), A_ak = M_>(a~ k^T), A_qb = M_>=(q~ b^T), the right factor (k^, then
+      # b^) in the zero tile, while T arrives by TMA. Written out, without a loop or a switch around the loads: G and
+      # m are loaded once, e^{m-G} serves k^ and b^, q~ two products (a loop body with a factor per role took 26k of
+      # the kernel's 106k cycles per chunk at K1 on an H100, `benchmarks/kernel_regions.py`)
+      def attention(left, dst, t):  # dst <- M(left right^T), right in the zero tile, mask [row - col >= t]
+        put(jnp.where(causal(1, t), mm(LL, [(left, wide.at[ZERO].T)]), 0.0), dst)
         plgpu.commit_smem()
 
-      lax.fori_loop(0, 3, lambda i, _: attention(i), None)
+      with jax.named_scope("attention"):
+        m, Gt = mid(), G()
+        e_out = jnp.exp(m - Gt)
+        wide.at[ZERO][...] = (inp(k_ref) * e_out).astype(BF16)  # k^
+        plgpu.commit_smem()
+        b_hat = (inp(b_ref) * e_out).astype(BF16)
+        q_til = (inp(r_ref) * jnp.exp(Gt - m)).astype(BF16)
+        attention(q_til, Aqk_s, 0)
+        Gm = jnp.where(iota(LN, 0) == 0, 0.0, load(g_ref.at[bi, pl.ds(c * L, L), h]))  # exclusive: Gm's first row 0
+        attention((inp(a_ref) * jnp.exp(Gm - m)).astype(BF16), Aak_s, 1)  # a~
+        wide.at[ZERO][...] = b_hat  # (the products that read k^ are done)
+        plgpu.commit_smem()
+        attention(q_til, Aqb_s, 0)
       plgpu.barrier_wait(bar)  # v, dO, T, u and dS' are in SMEM
       # du = Bbar dS' (the backward state pass's) + A_qb^T dO, dR = T^T du, dv = Kbar dS' + A_qk^T dO + A_ak^T dR
       with jax.named_scope("du_dR"):
