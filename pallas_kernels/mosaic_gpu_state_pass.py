@@ -111,7 +111,7 @@ def state_pass(transition: Callable, k_tiles, v_tiles, tok_tiles, dec, s0, *, L:
 
     S = lax.fori_loop(0, C, step, s_in)
     fin_ref.at[bi, h, :, vcols][...] = S
-    plgpu.wait_smem_to_gmem(0)
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # (the CTA may exit while its last stores land)
 
   sw = min(2 * bv, 128)  # the swizzle of a bv-wide bf16 row: the K-side tiles must match it
   scratch_types = ([swizzled((2, L, N), swizzle=sw) for _ in range(nk)] + [swizzled((2, L, bv)) for _ in range(nv)]

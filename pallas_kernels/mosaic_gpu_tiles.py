@@ -30,8 +30,8 @@ ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per row of a WGMMA-layout array
 COL = plgpu.Layout.WGMMA.reduce(0)  # one value per column
 
 __all__ = ["CHUNK", "HEAD_DIMS", "WG", "ROW", "COL", "swizzled", "load", "iota", "rows", "cols", "split",
-           "store_split", "Mma", "x3", "x2", "transposed", "is_reg", "profiled", "compiler_params", "interpret_params", "block_v",
-           "unsupported_reason", "is_hopper"]
+           "store_split", "Mma", "x3", "x2", "transposed", "is_reg", "profiled", "compiler_params", "interpret_params",
+           "block_v", "unsupported_reason", "is_hopper"]
 
 
 def swizzled(shape, dtype=BF16, swizzle=None):

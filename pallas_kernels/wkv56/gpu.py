@@ -151,7 +151,7 @@ def _prep(r, k, v, w, u, seg, *, interpret=False):
     Q0[...] = mm(LN, [(a_hi, v_s), (a_lo, v_s)]).astype(BF16)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(Q0, ob_ref.at[bi, h, tok])
-    plgpu.wait_smem_to_gmem(0)
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # (the CTA may exit while its last stores land)
 
   scratch = [swizzled(LN) for _ in range(5)] + [swizzled((2, L, L))]
   if interpret:

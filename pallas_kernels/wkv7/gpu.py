@@ -267,7 +267,7 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
 
       qo, ob = mm.scope([LL, LL], outputs)
       store_pair(qo.astype(BF16), qo_ref, ob.astype(BF16), ob_ref)
-      plgpu.wait_smem_to_gmem(0)
+      plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # (the CTA may exit while its last stores land)
 
   # per warpgroup: v, R0-R3, I0-I3 and the output staging tiles O0, O1 (11 tiles of 8 KiB) and three TMA barriers (v,
   # the sums' operands, r and a late); N = 128: the exchange tiles of `all_sum` (float32) and their barrier
