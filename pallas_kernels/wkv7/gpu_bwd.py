@@ -29,7 +29,12 @@ pair W2 and the tiles v, dO, u (so that a loop index can pick them), the [L, L] 
 as non-transposed lhs stay in registers (split bf16), values are recomputed rather than kept across phases (the
 factors q~, a~, k^, b^ are rebuilt in the gradient phase), and the four matrix gradients dA are never stored: each
 is a product into registers in the orientation where it is used (dA for dq~, da~; dA^T for dk^, db^), so those 8
-products run twice. The slot plan is written at each step of `body`. Registers: a 64 x 64 fp32 value is 32 per
+products run twice. The slot plan is written at each step of `body`. Where the cycles go, by region of `body`
+(`benchmarks/kernel_regions.py`, K1 on an H100, thirteenth session, before the attention recompute was written out):
+105.6k cycles per chunk and warpgroup, of them the attention recompute 26.3k, the role loop 65.7k (dx 16.7k, the
+other pair's factors 11.9k, dw 11.6k, dA 10.8k): the regions that load inputs and G from GMEM into registers take
+most. Saving the forward's factors in `gpu._prep` instead (taken by TMA here) cut this kernel 3.82 -> 3.38 ms at K1
+but `_prep` grew 2.25 -> 2.71 (its extra stores; 537 MB more residuals): not kept. Registers: a 64 x 64 fp32 value is 32 per
 thread (64 x 128: 64), a split bf16 one as many; about seven 64 x 64 values are live at most (the dk / db steps).
 ptxas (H100): 255 registers, 292 / 216 bytes of spill stores / loads at N = 64, 1112 / 1016 at N = 128 (twelfth
 session; 1676 / 2228 at N = 64 when the kernel rebuilt T, u and the states' terms itself). Issuing the independent
