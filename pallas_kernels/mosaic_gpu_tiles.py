@@ -3,7 +3,8 @@
 Op-independent pieces of `pallas_kernels.wkv7.gpu` and `pallas_kernels.wkv56.gpu`: register layouts, swizzled SMEM
 tiles, loads and broadcasts in the WGMMA layout, split-bf16 values (x = hi + lo), tensor-core products into an fp32
 accumulator (`Mma`, with the staging the Mosaic GPU interpreter needs), the kernels' compiler and interpreter
-parameters, the V-tile width of the sequential state passes and the Hopper check that gates the kernels.
+parameters (and `profiled`, which turns on Mosaic GPU's on-device profiler for the kernels built inside it), the V-tile
+width of the sequential state passes and the Hopper check that gates the kernels.
 
 Register arrays are in the WGMMA layout (`WG`) unless a name says otherwise: `ROW` holds one value per row of such
 an array, `COL` one value per column.
