@@ -39,7 +39,6 @@ from pallas_kernels import mosaic_gpu_tiles  # noqa: E402
 from pallas_kernels.wkv7.gpu import wkv7_pallas_gpu  # noqa: E402
 
 
-
 def region_cycles(trace: dict) -> tuple[dict[str, list[float]], list[float]]:
   """({region: [inclusive cycles per warpgroup trace]}, [span cycles per trace]) of one profiler trace (Chrome trace
   events, "B" / "E" pairs per tid; Mosaic GPU writes clock cycles / 1e3 as "ts")."""

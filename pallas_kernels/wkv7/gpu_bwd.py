@@ -34,8 +34,8 @@ products run twice. The slot plan is written at each step of `body`. Where the c
 105.6k cycles per chunk and warpgroup, of them the attention recompute 26.3k, the role loop 65.7k (dx 16.7k, the
 other pair's factors 11.9k, dw 11.6k, dA 10.8k): the regions that load inputs and G from GMEM into registers take
 most. Saving the forward's factors in `gpu._prep` instead (taken by TMA here) cut this kernel 3.82 -> 3.38 ms at K1
-but `_prep` grew 2.25 -> 2.71 (its extra stores; 537 MB more residuals): not kept. Registers: a 64 x 64 fp32 value is 32 per
-thread (64 x 128: 64), a split bf16 one as many; about seven 64 x 64 values are live at most (the dk / db steps).
+but `_prep` grew 2.25 -> 2.71 (its extra stores; 537 MB more residuals): not kept. Registers: a 64 x 64 fp32 value is
+32 per thread (64 x 128: 64), a split bf16 one as many; about seven 64 x 64 values are live at most (the dk / db steps).
 ptxas (H100): 255 registers, 292 / 216 bytes of spill stores / loads at N = 64, 1112 / 1016 at N = 128 (twelfth
 session; 1676 / 2228 at N = 64 when the kernel rebuilt T, u and the states' terms itself). Issuing the independent
 products of the role loop and of dv together (`Mma.scope`) made it slower (K1 3.94 / 3.98 -> 4.42 / 4.51 ms,
@@ -171,10 +171,13 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
         out = jnp.where(j == i, jnp.int32(values[i]), out)
       return out
 
+    def decay_rows(excl, kb=None):  # G (excl 0) or the exclusive Gm (excl 1: G one row down, its first row 0)
+      X = load(g_ref.at[bi, pl.ds(c * L + 1 - excl, L), h, ks(kb)])
+      return jnp.where(iota(shape(kb), 0) < excl, 0.0, X)
+
     def role_input(j, kb=None):  # the role's input block (float32) and its cumulative log-decay X (G, or Gm for a)
       x = lax.switch(j, [lambda ref=ref: inp(ref, kb) for ref, _ in role_refs])
-      X = load(g_ref.at[bi, pl.ds(c * L + pick(j, (1, 1, 1, 0)), L), h, ks(kb)])
-      return x, jnp.where(iota(shape(kb), 0) < pick(j, (0, 0, 0, 1)), 0.0, X)  # Gm's first row is 0
+      return x, decay_rows(pick(j, (0, 0, 0, 1)), kb)
 
     def sigma(j):
       return jnp.where(j < R_, -1.0, 1.0).astype(F32)
@@ -213,8 +216,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
         b_hat = (inp(b_ref) * e_out).astype(BF16)
         q_til = (inp(r_ref) * jnp.exp(Gt - m)).astype(BF16)
         attention(q_til, Aqk_s, 0)
-        Gm = jnp.where(iota(LN, 0) == 0, 0.0, load(g_ref.at[bi, pl.ds(c * L, L), h]))  # exclusive: Gm's first row 0
-        attention((inp(a_ref) * jnp.exp(Gm - m)).astype(BF16), Aak_s, 1)  # a~
+        attention((inp(a_ref) * jnp.exp(decay_rows(1) - m)).astype(BF16), Aak_s, 1)  # a~
         wide.at[ZERO][...] = b_hat  # (the products that read k^ are done)
         plgpu.commit_smem()
         attention(q_til, Aqb_s, 0)
