@@ -97,15 +97,16 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
   C = Tp // L
   LN, LL, KB = (L, N), (L, L), N // L  # KB: 64-wide blocks of the K (state row / key channel) dimension
 
-  ZERO, W2H, W2L, V_, DO_, U_ = range(6)  # tiles of `wide`; ZERO: zeros in the role loop (the right factor before)
+  W2H, W2L, V_, DO_, U_ = range(5)  # tiles of `wide`
+  staged = KB == 1  # N = 64: k and a in SMEM (by TMA), in the SMEM a CTA has left (see `body`)
 
   def body(r_ref, k_ref, v_ref, a_ref, b_ref, g_ref, s_ref, dec_ref, st_ref, do_ref, dst_ref, thi_ref, tlo_ref,
            u_ref, dus_ref, tri_ref, dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref, wide, square, st_s,
-           bar, st_bar, *rest):
-    # `wide` [6, L, N]: the zero tile, the (hi, lo) pair W2 and the tiles v, dO, u (one stack, so that a role's
-    # operands are picked by index); `square` [3 KB, 2, L, L] (hi, lo) pairs: T, A_ak, A_qk and (N > L) A_qb in
-    # the first phase (N = L: A_qb takes W2, which du / dR take when it dies), then Q0, Q1, Q3 of each warpgroup's
-    # K block in the role loop
+           bar, u_bar, st_bar, *rest):
+    # `wide` [5, L, N]: the (hi, lo) pair W2 and the tiles v, dO, u (one stack, so that a role's operands are picked
+    # by index; u's tile holds the right factors k^, b^ of the forward recompute before u arrives); `square`
+    # [3 KB, 2, L, L] (hi, lo) pairs: T, A_ak, A_qk and (N > L) A_qb in the first phase (N = L: A_qb takes W2, which
+    # du / dR take when it dies), then Q0, Q1, Q3 of each warpgroup's K block in the role loop
     W2 = (wide.at[W2H], wide.at[W2L])
     v_s, do_s, u_s = (wide.at[i] for i in (V_, DO_, U_))
     def pair(i):  # the (hi, lo) pair i of `square`
@@ -114,12 +115,15 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     T_s, Aak_s, Aqk_s = pair(0), pair(1), pair(2)  # the first phase's pairs
     Aqb_s = pair(3) if KB > 1 else W2
     wg = lax.axis_index("wg")
-    phase_bar, stage = (rest[0], rest[1:]) if KB > 1 else (None, rest)  # (N > L) the first phase is done
-    staged = None
+    if staged:  # the tiles of k and a, and their barrier
+      (kr_s, kr_bar), phase_bar, stage = rest[:2], None, rest[2:]
+    else:  # (N > L) the first phase is done
+      kr_s, phase_bar, stage = None, rest[0], rest[1:]
+    lhs_stage = None
     if interpret:  # register lhs operands go through `stage`, per warpgroup
-      staged = {LL: [stage[0].at[wg, i] for i in range(4)]} | ({LN: [stage[1].at[wg, i] for i in range(2)]}
-                                                               if KB > 1 else {})
-    mm = Mma(staged)
+      lhs_stage = {LL: [stage[0].at[wg, i] for i in range(4)]} | ({LN: [stage[1].at[wg, i] for i in range(2)]}
+                                                                  if KB > 1 else {})
+    mm = Mma(lhs_stage)
     c, h, bi = lax.axis_index("c"), lax.axis_index("h"), lax.axis_index("b")
     tok = pl.ds(c * L, L)
     def put(x, dst):  # x (float32 registers) -> the (hi, lo) pair dst
@@ -131,7 +135,12 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     def shape(kb):
       return LN if kb is None else LL
 
+    in_smem = (k_ref, a_ref) if staged else ()  # the inputs in SMEM (k is read four times, a three)
+
     def inp(ref, kb=None):
+      for i, x in enumerate(in_smem):
+        if ref is x:
+          return load(kr_s.at[i]).astype(F32)
       return load(ref.at[bi, tok, h, ks(kb)]).astype(F32)
 
     def out(ref, x, kb):
@@ -140,15 +149,21 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     def st_rows(kb):  # rows kb of the state tile: dS', then (fetched into it during block kb) S
       return st_s.at[ks(kb)]
 
+    def g_row(t):  # the row of g_pad that holds G of the chunk's token t
+      return c * L + 1 + t
+
     def G(kb=None):  # chunk-local inclusive cumulative log-decay
-      return load(g_ref.at[bi, pl.ds(c * L + 1, L), h, ks(kb)])
+      return load(g_ref.at[bi, pl.ds(g_row(0), L), h, ks(kb)])
+
+    def Gm(kb=None):  # the exclusive one: G one row down, its first row 0
+      return jnp.where(iota(shape(kb), 0) == 0, 0.0, load(g_ref.at[bi, pl.ds(g_row(-1), L), h, ks(kb)]))
 
     # masks and broadcast rows are rebuilt where they are used (cheap loads and iotas) rather than kept live
     def mid(kb=None):  # the centring row m
-      return cols(load(g_ref.at[bi, c * L + (L - 1) // 2 + 1, h, ks(kb)], COL), shape(kb))
+      return cols(load(g_ref.at[bi, g_row((L - 1) // 2), h, ks(kb)], COL), shape(kb))
 
     def gl(kb=None):  # the chunk's last row
-      return cols(load(g_ref.at[bi, c * L + L, h, ks(kb)], COL), shape(kb))
+      return cols(load(g_ref.at[bi, g_row(L - 1), h, ks(kb)], COL), shape(kb))
 
     seg_i, seg_last = load(s_ref.at[bi, tok], ROW), s_ref[bi, c * L + L - 1]  # loaded once (3 registers)
 
@@ -171,13 +186,9 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
         out = jnp.where(j == i, jnp.int32(values[i]), out)
       return out
 
-    def decay_rows(excl, kb=None):  # G (excl 0) or the exclusive Gm (excl 1: G one row down, its first row 0)
-      X = load(g_ref.at[bi, pl.ds(c * L + 1 - excl, L), h, ks(kb)])
-      return jnp.where(iota(shape(kb), 0) < excl, 0.0, X)
-
     def role_input(j, kb=None):  # the role's input block (float32) and its cumulative log-decay X (G, or Gm for a)
       x = lax.switch(j, [lambda ref=ref: inp(ref, kb) for ref, _ in role_refs])
-      return x, decay_rows(pick(j, (0, 0, 0, 1)), kb)
+      return x, lax.cond(j == A_, lambda: Gm(kb), lambda: G(kb))
 
     def sigma(j):
       return jnp.where(j < R_, -1.0, 1.0).astype(F32)
@@ -196,31 +207,36 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     # per SM as two N = 64 CTAs have).
     @jax.named_scope("first_phase")  # (the regions of the kernel in `mosaic_gpu_tiles.profiled` traces)
     def first_phase():
+      for i, ref in enumerate(in_smem):
+        plgpu.copy_gmem_to_smem(ref.at[bi, tok, h], kr_s.at[i], kr_bar)
       for src, dst in ((v_ref.at[bi, tok, h], v_s), (do_ref.at[bi, tok, h], do_s), (thi_ref.at[bi, h, c], T_s[0]),
-                       (tlo_ref.at[bi, h, c], T_s[1]), (u_ref.at[bi, h, tok], u_s), (dst_ref.at[bi, h, c], st_s)):
-        plgpu.copy_gmem_to_smem(src, dst, bar)  # v, dO, T (the forward's), u, dS'
+                       (tlo_ref.at[bi, h, c], T_s[1]), (dst_ref.at[bi, h, c], st_s)):
+        plgpu.copy_gmem_to_smem(src, dst, bar)  # v, dO, T (the forward's), dS'
 
       # forward recompute: A_qk = M_>=(q~ k^T), A_ak = M_>(a~ k^T), A_qb = M_>=(q~ b^T), the right factor (k^, then
-      # b^) in the zero tile, while T arrives by TMA. Written out, without a loop or a switch around the loads: G and
-      # m are loaded once, e^{m-G} serves k^ and b^, q~ two products (a loop body with a factor per role took 26k of
-      # the kernel's 106k cycles per chunk at K1 on an H100, `benchmarks/kernel_regions.py`)
-      def attention(left, dst, t):  # dst <- M(left right^T), right in the zero tile, mask [row - col >= t]
-        put(jnp.where(causal(1, t), mm(LL, [(left, wide.at[ZERO].T)]), 0.0), dst)
+      # b^) in u's tile (u arrives after), while T arrives by TMA. Written out, without a loop or a switch around the
+      # loads: G and m are loaded once, e^{m-G} serves k^ and b^, q~ two products (a loop body with a factor per role
+      # took 26k of the kernel's 106k cycles per chunk at K1 on an H100, `benchmarks/kernel_regions.py`)
+      def attention(left, dst, t):  # dst <- M(left right^T), right in u's tile, mask [row - col >= t]
+        put(jnp.where(causal(1, t), mm(LL, [(left, u_s.T)]), 0.0), dst)
         plgpu.commit_smem()
 
       with jax.named_scope("attention"):
+        if staged:
+          plgpu.barrier_wait(kr_bar)
         m, Gt = mid(), G()
         e_out = jnp.exp(m - Gt)
-        wide.at[ZERO][...] = (inp(k_ref) * e_out).astype(BF16)  # k^
+        u_s[...] = (inp(k_ref) * e_out).astype(BF16)  # k^
         plgpu.commit_smem()
         b_hat = (inp(b_ref) * e_out).astype(BF16)
         q_til = (inp(r_ref) * jnp.exp(Gt - m)).astype(BF16)
         attention(q_til, Aqk_s, 0)
-        attention((inp(a_ref) * jnp.exp(decay_rows(1) - m)).astype(BF16), Aak_s, 1)  # a~
-        wide.at[ZERO][...] = b_hat  # (the products that read k^ are done)
+        attention((inp(a_ref) * jnp.exp(Gm() - m)).astype(BF16), Aak_s, 1)  # a~
+        u_s[...] = b_hat  # (the products that read k^ are done)
         plgpu.commit_smem()
         attention(q_til, Aqb_s, 0)
-      plgpu.barrier_wait(bar)  # v, dO, T, u and dS' are in SMEM
+      plgpu.copy_gmem_to_smem(u_ref.at[bi, h, tok], u_s, u_bar)  # (the products that read b^ are done)
+      plgpu.barrier_wait(bar)  # v, dO, T and dS' are in SMEM
       # du = Bbar dS' (the backward state pass's) + A_qb^T dO, dR = T^T du, dv = Kbar dS' + A_qk^T dO + A_ak^T dR
       with jax.named_scope("du_dR"):
         put(load(dus_ref.at[bi, h, tok]).astype(F32) + mm(LN, x2(transposed(Aqb_s), do_s)), W2)
@@ -233,8 +249,6 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
           kbar = split(jnp.where(last(kb), inp(k_ref, kb) * jnp.exp(gl(kb) - G(kb)), 0.0))
           dv = dv + mm(LN, x2(kbar, st_rows(kb)))
         out(dv_ref, dv, None)
-      wide.at[ZERO][...] = plgpu.layout_cast(jnp.zeros(LN, BF16), plgpu.Layout.WGMMA)
-      plgpu.commit_smem()
 
     if KB == 1:
       first_phase()
@@ -242,11 +256,12 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       @pl.when(wg == 0)
       def _():
         first_phase()
-        plgpu.barrier_arrive(phase_bar)  # the other warpgroups wait for dR, the zero tile and the free `square`
+        plgpu.barrier_arrive(phase_bar)  # the other warpgroups wait for dR and the free `square`
 
       @pl.when(wg != 0)
       def _():
         plgpu.barrier_wait(phase_bar)
+    plgpu.barrier_wait(u_bar)  # u is in SMEM
 
     # live: dR (W2), v, dO, u, dS'. The rest goes by 64-column blocks kb of dr, dw, dk, da, db (block kb on warpgroup
     # kb), and inside a block by a loop over the four inputs ("roles" k, b, r, a: one body, so the code is fetched
@@ -264,10 +279,10 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     def wide_at(j, idx):  # the `wide` tile idx[j]
       return wide.at[pick(j, idx)]
 
-    def products(lhs, rhs, second):  # lhs rhs^T + second[0] second[1]^T (SMEM operands). Roles with one product
-      # take the zero tile as second[0]: a zero product, not a branch (a `lax.cond` around loads in a hot loop cost
-      # more than the loads, eighth session)
-      return mm(LL, [(lhs, rhs.T), (second[0], second[1].T)])
+    def products(lhs, rhs, second, scale):  # scale (lhs rhs^T + second[0] second[1]^T), SMEM operands. Roles with
+      # one product issue it twice, halved (scale 0.5, exact but for float32 rounding): not a branch (a `lax.cond`
+      # around loads in a hot loop cost more than the loads, eighth session) and no tile of zeros
+      return scale * mm(LL, [(lhs, rhs.T), (second[0], second[1].T)])
 
     def masked(s, t, product):  # a matrix gradient: the product masked by causal(s, t), rounded once to bf16 (a
       # register lhs; the same rounded dA enters both sums of dw's regrouping, so their terms still cancel)
@@ -290,14 +305,17 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
         plgpu.commit_smem()
 
       y = wide_at(j, Y)
+      y_lo = wide_at(j, (V_, U_, DO_, W2L))  # dR's lo tile for role a, else y (its single products issued twice)
+      half = jnp.where(j == A_, 1.0, 0.5).astype(F32)
       sign = pick(j, (-1, -1, 1, 1))
-      second = (wide_at(j, (V_, U_, ZERO, W2L)), wide_at(j, (W2L, W2L, U_, U_)))
-      dR_lo = wide_at(j, (ZERO, ZERO, ZERO, W2L))  # dR's lo tile for role a, else the zero tile
       with jax.named_scope("dA"):
-        dA0 = products(y, wide_at(j, (W2H, W2H, U_, U_)), second)
+        rhs0 = wide_at(j, (W2H, W2H, U_, U_))
+        dA0 = products(y, rhs0, (y_lo, wide_at(j, (W2L, W2L, U_, U_))), jnp.where(j == R_, 0.5, 1.0).astype(F32))
         dA0 = masked(sign, pick(j, (1, 1, 0, 1)), dA0)
-        dA1 = products(y, wide_at(j, (DO_, DO_, V_, V_)), (dR_lo, wide.at[V_]))
+        rhs1 = wide_at(j, (DO_, DO_, V_, V_))
+        dA1 = products(y, rhs1, (y_lo, rhs1), half)
         dA1 = masked(sign, pick(j, (0, 0, 0, 1)), dA1)
+
       with jax.named_scope("d_fac"):
         d_fac = mm(LL, x2(dA0, Q0) + x2(dA1, Q1))
 
@@ -306,7 +324,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
         plgpu.barrier_wait(st_bar.at[kb])
 
       with jax.named_scope("d_side"):
-        d_side = products(y, st_rows(kb), (dR_lo, st_rows(kb)))
+        d_side = products(y, st_rows(kb), (y_lo, st_rows(kb)), half)
         side = seg_rows(LL) == jnp.where(j < R_, seg_last, 0.0)
         d_side = jnp.where(side, d_side, 0.0)
       with jax.named_scope("dx"):
@@ -336,25 +354,31 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       @jax.named_scope("dw")
       def _():
         dgm = term_fac + term_side
-        put(P, Q0)  # M_>= P + M_> dgm = M_>= (P + dgm) - dgm, P including dgm
-        # dw = M_>= P - dgm + M_< Q + dec * diag(dS' S^T) in every row: the diagonal of dS'_kb S_kb^T (dS' rows from
-        # GMEM, exact bf16; S rows from the state tile), masked and scaled, in Q1, then summed down by a ones matrix
-        diag = mm(LL, [(load(dst_ref.at[bi, h, c, ks(kb)]), st_rows(kb).T)])
+        # dw = M_>= P - dgm + M_< Q + dec * diag(dS' S^T) in every row (P including dgm: M_>= P + M_> dgm = M_>= (P +
+        # dgm) - dgm), with M_< = ones - M_>=: M_>= (P - Q) in Q0 and ones (Q + D) in Q3, D the diagonal of
+        # dS'_kb S_kb^T (dS' rows exact bf16, S rows from the state tile), masked and scaled
+        Q = Q3[0][...].astype(F32) + Q3[1][...].astype(F32)
+        put(P - Q, Q0)
+        # register lhs operands from GMEM: the 0/1 matrices are data (built with iota in registers, they gave NaN or
+        # wrong dw on the H100, 2026-11-26, depending on register allocation); taken by TMA into the role loop's
+        # idle tiles instead, the kernel took 0.36 ms more at K1 (H200, fourteenth session)
+        lhs = (load(tri_ref.at[0]), load(tri_ref.at[1]), load(dst_ref.at[bi, h, c, ks(kb)]))
+        diag = mm(LL, [(lhs[2], st_rows(kb).T)])
         dec_cols = cols(load(dec_ref.at[bi, h, c, ks(kb)], COL), LL)
-        put(jnp.where(iota(LL, 0) == iota(LL, 1), diag * dec_cols, 0.0), Q1)
+        put(Q + jnp.where(iota(LL, 0) == iota(LL, 1), diag * dec_cols, 0.0), Q3)
         plgpu.commit_smem()
-        # the 0/1 lhs operands come from GMEM (built with iota in registers, they gave NaN or wrong dw on the
-        # H100, 2026-11-26, depending on register allocation), one accumulator per term
-        parts = [mm(LL, x2(load(tri_ref.at[i]), x)) for i, x in enumerate((Q0, Q3, Q1))]
+        parts = [mm(LL, x2(m, x)) for m, x in zip(lhs, (Q0, Q3))]  # one accumulator per term
         out(dw_ref, sum(parts) - dgm, kb)
 
       return P
 
     lax.fori_loop(0, 4, role, plgpu.layout_cast(jnp.zeros(LL, F32), plgpu.Layout.WGMMA))
 
-  scratch = [swizzled((6, L, N)), swizzled((3 * KB, 2, L, L)), swizzled((N, N)),
-             plgpu.Barrier(num_arrivals=6), plgpu.Barrier(num_arrivals=1, num_barriers=KB)]
-  if KB > 1:
+  scratch = [swizzled((5, L, N)), swizzled((3 * KB, 2, L, L)), swizzled((N, N)), plgpu.Barrier(num_arrivals=5),
+             plgpu.Barrier(num_arrivals=1), plgpu.Barrier(num_arrivals=1, num_barriers=KB)]
+  if staged:  # k, a and their barrier
+    scratch += [swizzled((2, L, N)), plgpu.Barrier(num_arrivals=2)]
+  else:
     scratch.append(plgpu.Barrier(num_arrivals=1))  # the first phase is done
   if interpret:
     scratch.append(swizzled((KB, 4, L, L)))
@@ -365,5 +389,5 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
                       thread_name="wg", scratch_types=tuple(scratch), compiler_params=compiler_params(),
                       interpret=interpret_params(interpret), kernel_name="wkv7_chunk_grads")
   ri, ci = jnp.indices((L, L))
-  tri = jnp.stack([ci >= ri, ci < ri, jnp.ones((L, L), bool)]).astype(BF16)  # M_>=, M_< and ones: dw's products
+  tri = jnp.stack([ci >= ri, jnp.ones((L, L), bool)]).astype(BF16)  # M_>= and ones: dw's products
   return kern(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, u, du_state, tri)
