@@ -19,13 +19,17 @@ and 128. All tiles are 64 rows. The first phase (the forward recompute, du, dR, 
 each warpgroup computes and writes the 64 columns kb of dr, dw, dk, da, db (at N = 128 both recompute the
 register-only matrix gradients below). At N = 128 the two warpgroups share the CTA's SMEM and run 8 warps per SM, as
 two N = 64 CTAs do: with one warpgroup walking both blocks (4 warps per SM) the kernel took 10.12 ms at K5 (8, 4096,
-16, 128) on an H100, with two 5.95 (twelfth session). SMEM (bf16): one stack `wide` [6, L, N] of the zero tile, the
-pair W2 and the tiles v, dO, u (so that a loop index can pick them), the [L, L] pairs `square` (T, A_ak, A_qk and, N
-= 128, A_qb in the first phase, N = L: A_qb takes W2; then Q0, Q1, Q3 of each warpgroup) and the state tile [N, N]
-(dS', whose 64-row block kb is replaced by S's by TMA once the role loop is done with it, after role b):
-  N = 64:  13 tiles of 8 KiB = 104 KiB per CTA, so two CTAs fit on an H100 SM;
-  N = 128: 224 KiB, one CTA (two warpgroups) per SM
-(tests/ops/wkv7_pallas_test.py checks both figures through Mosaic GPU's lowering). To fit, operands used only
+16, 128) on an H100, with two 5.95 (twelfth session). SMEM (bf16): one stack `wide` [5, L, N] of the pair W2 and the
+tiles v, dO, u (so that a loop index can pick them; u's tile holds the forward recompute's right factors k^, b^ until u
+arrives by TMA), the [L, L] pairs `square` (T, A_ak, A_qk and, N = 128, A_qb in the first phase, N = L: A_qb takes W2;
+then Q0, Q1, Q3 of each warpgroup), the state tile [N, N] (dS', whose 64-row block kb is replaced by S's by TMA once
+the role loop is done with it, after role b) and, N = 64 only, the inputs k and a (by TMA at the start: the kernel
+reads k four times and a three; the others come from GMEM into registers each time):
+  N = 64:  14 tiles of 8 KiB = 112 KiB per CTA, so two CTAs fit on an H100 SM (113 KiB each);
+  N = 128: 208 KiB, one CTA (two warpgroups) per SM
+(tests/ops/wkv7_pallas_test.py checks both figures through Mosaic GPU's lowering). Roles with a single product issue
+it twice and halve the sum instead of adding a product with a tile of zeros, which freed the tile for k and a
+(fourteenth session). To fit, operands used only
 as non-transposed lhs stay in registers (split bf16), values are recomputed rather than kept across phases (the
 factors q~, a~, k^, b^ are rebuilt in the gradient phase), and the four matrix gradients dA are never stored: each
 is a product into registers in the orientation where it is used (dA for dq~, da~; dA^T for dk^, db^), so those 8
@@ -34,8 +38,13 @@ products run twice. The slot plan is written at each step of `body`. Where the c
 105.6k cycles per chunk and warpgroup, of them the attention recompute 26.3k, the role loop 65.7k (dx 16.7k, the
 other pair's factors 11.9k, dw 11.6k, dA 10.8k): the regions that load inputs and G from GMEM into registers take
 most. Saving the forward's factors in `gpu._prep` instead (taken by TMA here) cut this kernel 3.82 -> 3.38 ms at K1
-but `_prep` grew 2.25 -> 2.71 (its extra stores; 537 MB more residuals): not kept. Registers: a 64 x 64 fp32 value is
-32 per thread (64 x 128: 64), a split bf16 one as many; about seven 64 x 64 values are live at most (the dk / db steps).
+but `_prep` grew 2.25 -> 2.71 (its extra stores; 537 MB more residuals): not kept. What staging loads in SMEM would
+save, measured with what-if variants that load from an SMEM tile instead (`benchmarks/kernel_variants.py`, K1, one
+process, fourteenth session): every input 0.5-0.6 ms, G 0.4 ms, dw's 0/1 matrices 0.2 ms; k and a in SMEM (the
+tiles the SMEM has room for) took the kernel 3.66 -> 3.41 ms on an H100, while G in SMEM (in place of k and a) gained
+0.1 ms and dw's operands taken by TMA into idle tiles inside the role loop cost 0.36 ms (H200). Registers: a 64 x 64
+fp32 value is 32 per thread (64 x 128: 64), a split bf16 one as many; about seven 64 x 64 values are live at most (the
+dk / db steps).
 ptxas (H100): 255 registers, 292 / 216 bytes of spill stores / loads at N = 64, 1112 / 1016 at N = 128 (twelfth
 session; 1676 / 2228 at N = 64 when the kernel rebuilt T, u and the states' terms itself). Issuing the independent
 products of the role loop and of dv together (`Mma.scope`) made it slower (K1 3.94 / 3.98 -> 4.42 / 4.51 ms,
@@ -52,11 +61,11 @@ twelfth session; 68 with split factors and dA); rebuilding T, u and Bbar dS' and
 
 The log-decay gradient is assembled as in `chunk_backward`, regrouped so that the last-segment terms cancel exactly:
     dw = M_>= P + M_> dgm + M_< Q + dec * diag(dS' S^T)      (M_op[i, j] = [j op i], 0/1 bf16 matrices)
-       = M_>= (P + dgm) - dgm + M_< Q + dec * diag(dS' S^T)      (M_> = M_>= - I)
-with P = q~ dq~ + Q0 dQ0 - k^ dk^ - b^ db^ (dg without the Kbar / Bbar terms), dgm = a~ da~ + A0 dA0 and
-Q = Kbar dKbar + Bbar dBbar; the last term enters as ones (diag(dec) (dS' S^T o I)), every row the same, with
-dS' S^T one product of the state rows kb (no [L, N] pair of dec S o dS' in SMEM: at N = 128 the two warpgroups'
-tiles would not fit). Each of the three products is its own, and their 0/1 matrices come from GMEM (see the note in
+       = M_>= (P + dgm - Q) - dgm + ones (Q + D)      (M_> = M_>= - I, M_< = ones - M_>=)
+with P = q~ dq~ + Q0 dQ0 - k^ dk^ - b^ db^ (dg without the Kbar / Bbar terms), dgm = a~ da~ + A0 dA0,
+Q = Kbar dKbar + Bbar dBbar and D = diag(dec) (dS' S^T o I): ones (Q + D) has the column sums of Q + D in every row,
+with dS' S^T one product of the state rows kb (no [L, N] pair of dec S o dS' in SMEM: at N = 128 the two warpgroups'
+tiles would not fit). Each of the two products is its own, and their 0/1 matrices come from GMEM (see the note in
 `body`).
 """
 
@@ -116,9 +125,9 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     Aqb_s = pair(3) if KB > 1 else W2
     wg = lax.axis_index("wg")
     if staged:  # the tiles of k and a, and their barrier
-      (kr_s, kr_bar), phase_bar, stage = rest[:2], None, rest[2:]
+      (in_s, in_bar), phase_bar, stage = rest[:2], None, rest[2:]
     else:  # (N > L) the first phase is done
-      kr_s, phase_bar, stage = None, rest[0], rest[1:]
+      in_s, phase_bar, stage = None, rest[0], rest[1:]
     lhs_stage = None
     if interpret:  # register lhs operands go through `stage`, per warpgroup
       lhs_stage = {LL: [stage[0].at[wg, i] for i in range(4)]} | ({LN: [stage[1].at[wg, i] for i in range(2)]}
@@ -140,7 +149,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     def inp(ref, kb=None):
       for i, x in enumerate(in_smem):
         if ref is x:
-          return load(kr_s.at[i]).astype(F32)
+          return load(in_s.at[i]).astype(F32)
       return load(ref.at[bi, tok, h, ks(kb)]).astype(F32)
 
     def out(ref, x, kb):
@@ -197,8 +206,9 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       x, X = role_input(j, kb)
       return x * jnp.exp(sigma(j) * (X - mid(kb)))
 
-    # Slot plan: `wide` (zero / right factor, W2, v, dO, u), `square` (T, A_ak, A_qk, A_qb; then each warpgroup's
-    # Q0, Q1, Q3) and the state tile [N, N] (dS', its 64-row blocks replaced by S's as the gradient phase goes).
+    # Slot plan: `wide` (W2, v, dO, u: the right factor before), `square` (T, A_ak, A_qk, A_qb; then each
+    # warpgroup's Q0, Q1, Q3), the state tile [N, N] (dS', its 64-row blocks replaced by S's as the gradient phase
+    # goes) and (N = 64) k and a.
     # Operands used only as non-transposed lhs stay in registers (split) and values are recomputed rather than
     # kept across phases. The parts that repeat with other operands are loop bodies over an index (roles,
     # products) that picks the operands: unrolled, the kernel stalled on fetching its instructions
@@ -208,7 +218,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
     @jax.named_scope("first_phase")  # (the regions of the kernel in `mosaic_gpu_tiles.profiled` traces)
     def first_phase():
       for i, ref in enumerate(in_smem):
-        plgpu.copy_gmem_to_smem(ref.at[bi, tok, h], kr_s.at[i], kr_bar)
+        plgpu.copy_gmem_to_smem(ref.at[bi, tok, h], in_s.at[i], in_bar)
       for src, dst in ((v_ref.at[bi, tok, h], v_s), (do_ref.at[bi, tok, h], do_s), (thi_ref.at[bi, h, c], T_s[0]),
                        (tlo_ref.at[bi, h, c], T_s[1]), (dst_ref.at[bi, h, c], st_s)):
         plgpu.copy_gmem_to_smem(src, dst, bar)  # v, dO, T (the forward's), dS'
@@ -223,7 +233,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
 
       with jax.named_scope("attention"):
         if staged:
-          plgpu.barrier_wait(kr_bar)
+          plgpu.barrier_wait(in_bar)
         m, Gt = mid(), G()
         e_out = jnp.exp(m - Gt)
         u_s[...] = (inp(k_ref) * e_out).astype(BF16)  # k^

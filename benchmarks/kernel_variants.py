@@ -1,0 +1,148 @@
+"""Times variants of one WKV-7 Mosaic GPU kernel in one process: each variant is a kernel module's source (this tree's,
+or another tree's copy) with text replacements applied, built as a module of its own and timed on the same inputs,
+all variants interleaved round by round (median of every call). In one process the variants compare to a few percent;
+between processes (`compare_trees.sh`) one unchanged kernel moved by up to 9%.
+
+  python benchmarks/kernel_variants.py VARIANTS_FILE [--kernel chunk_grads|prep] [--shape K1] [--rounds 5]
+      [--repeats 15] [--check]
+
+VARIANTS_FILE is a Python file that defines VARIANTS = {name: (source, [(old, new), ...])}: `source` the path of a
+copy of the kernel's module (`pallas_kernels/wkv7/gpu_bwd.py` for chunk_grads, `gpu.py` for prep; relative to the
+repository root), each `old` a text that must occur in it (every occurrence is replaced). A replacement may be a
+what-if that computes wrong values but shows what a change could save: loading an operand from an SMEM tile instead of
+GMEM bounds what staging it would gain (`benchmarks/variants/wkv7_chunk_grads_whatif.py`: the fourteenth session's).
+The variants must keep the kernel's signature; their inputs come from this tree's forward at the shape. `--check`
+only builds every variant's module (on any machine: what CI runs). Needs a Hopper GPU otherwise; prints a table and
+the dated row for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import pathlib
+import runpy
+import statistics
+import sys
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+
+import provenance  # benchmarks/, the script's folder
+import wkv_bench
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pallas_kernels import mosaic_gpu_tiles  # noqa: E402
+from pallas_kernels.chunking import segment_index  # noqa: E402
+from pallas_kernels.wkv7 import gpu  # noqa: E402
+
+MODULES = {"chunk_grads": "pallas_kernels/wkv7/gpu_bwd.py", "prep": "pallas_kernels/wkv7/gpu.py"}
+
+
+def load_variants(path) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+  """VARIANTS of the file at `path`, checked: {name: (source path, [(old, new), ...])}."""
+  variants = runpy.run_path(str(path)).get("VARIANTS")
+  if not isinstance(variants, dict) or not variants:
+    raise ValueError(f"{path}: expected a non-empty dict VARIANTS = {{name: (source, [(old, new), ...])}}")
+  for name, spec in variants.items():
+    if not (isinstance(spec, tuple) and len(spec) == 2 and all(len(p) == 2 for p in spec[1])):
+      raise ValueError(f"{path}: VARIANTS[{name!r}] must be (source path, [(old, new), ...]), got {spec!r}")
+  return variants
+
+
+def build(name: str, source: str, patches) -> types.ModuleType:
+  """The module `source` (a path relative to the repository root, or absolute) with every (old, new) applied."""
+  path = ROOT / source
+  text = path.read_text()
+  for old, new in patches:
+    if old not in text:
+      raise ValueError(f"variant {name!r}: text not found in {path}: {old!r}")
+    text = text.replace(old, new)
+  module = types.ModuleType(f"variant_{name}")
+  module.__file__ = str(path)
+  exec(compile(text, f"<variant {name}: {source}>", "exec"), module.__dict__)  # noqa: S102
+  return module
+
+
+def inputs(shape):
+  """(prep's arguments, chunk_grads' arguments) at `shape` from this tree's forward (the forward saving for its VJP, as
+  in training) and backward state pass."""
+  B, T, H, N = shape
+  r, w, k, v, a, b, do, ds = wkv_bench.make_inputs(1, *shape)
+  rb, kb, vb, ab, bb, dob = (x.astype(jnp.bfloat16) for x in (r, k, v, a, b, do))
+  seg = segment_index(None, B, T, gpu.L).reshape(B, T)
+  bv = gpu.state_block_v(B, H, N)
+  prep_args = (rb, kb, vb, ab, bb, w, seg)
+  ww, wu, qo, ob, bbar, kbar, dec, g_pad, t_hi, t_lo = jax.jit(functools.partial(gpu._prep, save_inverse=True))(
+    *prep_args)
+  s0 = jnp.zeros((B, H, N, N), jnp.float32)
+  _, _, states, u = jax.jit(functools.partial(gpu._state_fwd, bv=bv, save=True))(ww, wu, qo, ob, bbar, kbar, vb, dec,
+                                                                                   s0)
+  d_states, _, du = jax.jit(functools.partial(gpu._state_bwd, bv=bv))(ww, qo, bbar, dob, dec, ds)
+  return prep_args, (rb, kb, vb, ab, bb, g_pad, seg, dec, states, dob, d_states, t_hi, t_lo, u, du)
+
+
+def kernel_call(kernel: str, module: types.ModuleType):
+  """The jitted kernel of a built variant module."""
+  if kernel == "chunk_grads":
+    return jax.jit(functools.partial(module.chunk_grads, out_dtypes=[jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 4))
+  return jax.jit(functools.partial(module._prep, save_inverse=True))
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("variants", help="a Python file defining VARIANTS")
+  p.add_argument("--kernel", default="chunk_grads", choices=sorted(MODULES))
+  p.add_argument("--shape", default="K1", help=f"one of {', '.join(wkv_bench.SHAPES)}")
+  p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--repeats", type=int, default=15, help="timed calls per variant and round")
+  p.add_argument("--check", action="store_true", help="only build every variant's module")
+  args = p.parse_args(argv)
+  variants = load_variants(args.variants)
+  modules = {name: build(name, source, patches) for name, (source, patches) in variants.items()}
+  print(f"{len(modules)} variants built: {', '.join(modules)}", flush=True)
+  if args.check:
+    return
+  if not mosaic_gpu_tiles.is_hopper():
+    sys.exit("kernel_variants.py: needs a Hopper (sm_90) GPU (or --check)")
+  shape = wkv_bench.SHAPES[args.shape]
+  prep_args, grads_args = inputs(shape)
+  call_args = grads_args if args.kernel == "chunk_grads" else prep_args
+  calls = {}
+  for name, module in modules.items():
+    t0 = time.time()
+    try:
+      f = kernel_call(args.kernel, module)
+      jax.block_until_ready(f(*call_args))
+    except Exception as e:  # noqa: BLE001 (a variant that does not build is reported, the others still run)
+      print(f"  {name}: FAILED {type(e).__name__}: {str(e)[:1000]}", flush=True)
+      continue
+    calls[name] = f
+    print(f"  {name}: built in {time.time() - t0:.1f} s", flush=True)
+  times = {name: [] for name in calls}
+  for _ in range(args.rounds):
+    for name, f in calls.items():
+      for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*call_args))
+        times[name].append(time.perf_counter() - t0)
+  medians = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+  first = next(iter(medians.values()), None)
+  device = jax.devices()[0].device_kind
+  print(f"\nWKV-7 {args.kernel} at {args.shape} {shape}, {device}, {args.rounds} x {args.repeats} calls per variant")
+  print("| variant | median ms | min ms | / first |\n|---|---|---|---|")
+  for name, ms in medians.items():
+    print(f"| {name} | {ms:.3f} | {min(times[name]) * 1e3:.3f} | {ms / first:.3f} |")
+  cmd = "python benchmarks/kernel_variants.py " + " ".join(argv or sys.argv[1:])
+  cells = ", ".join(f"{name} {ms:.2f}" for name, ms in medians.items())
+  print(f"\n| {datetime.date.today().isoformat()} | {device} | `{cmd}` | {provenance.commit()} | WKV-7 {args.kernel} "
+        f"{args.shape} ms: {cells} |")
+
+
+if __name__ == "__main__":
+  main()
