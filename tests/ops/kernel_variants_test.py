@@ -8,13 +8,17 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 import kernel_variants  # noqa: E402
 
-WHATIF = os.path.join(os.path.dirname(kernel_variants.__file__), "variants", "wkv7_chunk_grads_whatif.py")
+VARIANTS_DIR = os.path.join(os.path.dirname(kernel_variants.__file__), "variants")
 
 
-def test_the_committed_whatif_variants_still_apply(capsys):
-  """Every replacement of the committed what-if file finds its text in the current kernel, and each variant builds."""
-  kernel_variants.main([WHATIF, "--check"])
-  assert "5 variants built: head, no_inputs_in_smem, all_inputs_smem, G_smem, dw_lhs_smem" in capsys.readouterr().out
+@pytest.mark.parametrize("name, built", [
+  ("wkv7_chunk_grads_whatif.py", "head, no_inputs_in_smem, all_inputs_smem, G_smem, dw_lhs_smem"),
+  ("wkv7_prep_whatif.py", "head, w_kept, w_smem, no_inverse_levels, inverse_x2"),
+])
+def test_the_committed_whatif_variants_still_apply(name, built, capsys):
+  """Every replacement of a committed what-if file finds its text in the current kernel, and each variant builds."""
+  kernel_variants.main([os.path.join(VARIANTS_DIR, name), "--check"])
+  assert f"5 variants built: {built}" in capsys.readouterr().out
 
 
 def test_a_replacement_that_does_not_apply_names_the_variant_and_text():
