@@ -4,7 +4,7 @@ all variants interleaved round by round (median of every call). In one process t
 between processes (`compare_trees.sh`) one unchanged kernel moved by up to 9%.
 
   python benchmarks/kernel_variants.py VARIANTS_FILE [--kernel chunk_grads|prep] [--shape K1] [--rounds 5]
-      [--repeats 15] [--check]
+      [--repeats 15] [--check] [--verify B,T,H,N]
 
 VARIANTS_FILE is a Python file that defines VARIANTS = {name: (source, [(old, new), ...])}: `source` the path of a
 copy of the kernel's module (`pallas_kernels/wkv7/gpu_bwd.py` for chunk_grads, `gpu.py` for prep; relative to the
@@ -12,8 +12,13 @@ repository root), each `old` a text that must occur in it (every occurrence is r
 what-if that computes wrong values but shows what a change could save: loading an operand from an SMEM tile instead of
 GMEM bounds what staging it would gain (`benchmarks/variants/wkv7_chunk_grads_whatif.py`: the fourteenth session's).
 The variants must keep the kernel's signature; their inputs come from this tree's forward at the shape. `--check`
-only builds every variant's module (on any machine: what CI runs). Needs a Hopper GPU otherwise; prints a table and
-the dated row for docs/benchmarks.md.
+only builds every variant's module and lowers its kernel for CUDA at a small shape, under the SMEM of two CTAs per
+SM (on any machine: what CI runs). `--verify B,T,H,N` runs every variant once at that small shape (with a document
+reset) and prints each output's largest difference from the first variant's, relative to the first's largest
+magnitude: on a Hopper GPU on the hardware, elsewhere in the Mosaic GPU interpreter (so a variant meant to compute the
+same values is checked on CPU before device time is spent on it; what-ifs differ by design). The timing needs a Hopper
+GPU; it prints a table and the dated row for docs/benchmarks.md. A variant that wins is then written into the kernel
+and checked as any kernel change (the float64 tests on the GPU, `benchmarks/gpu_checks.sh kernels`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ import wkv_bench
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from jax.experimental.mosaic.gpu import core as mgpu_core  # noqa: E402
 
 from pallas_kernels import mosaic_gpu_tiles  # noqa: E402
 from pallas_kernels.chunking import segment_index  # noqa: E402
@@ -69,29 +76,73 @@ def build(name: str, source: str, patches) -> types.ModuleType:
   return module
 
 
-def inputs(shape):
+def inputs(shape, segment_ids=None, interpret=False):
   """(prep's arguments, chunk_grads' arguments) at `shape` from this tree's forward (the forward saving for its VJP, as
-  in training) and backward state pass."""
+  in training) and backward state pass; segment_ids [B, T] int or None; interpret: the kernels in the interpreter."""
   B, T, H, N = shape
   r, w, k, v, a, b, do, ds = wkv_bench.make_inputs(1, *shape)
   rb, kb, vb, ab, bb, dob = (x.astype(jnp.bfloat16) for x in (r, k, v, a, b, do))
-  seg = segment_index(None, B, T, gpu.L).reshape(B, T)
+  seg = segment_index(segment_ids, B, T, gpu.L).reshape(B, T)
   bv = gpu.state_block_v(B, H, N)
   prep_args = (rb, kb, vb, ab, bb, w, seg)
-  ww, wu, qo, ob, bbar, kbar, dec, g_pad, t_hi, t_lo = jax.jit(functools.partial(gpu._prep, save_inverse=True))(
-    *prep_args)
+  ww, wu, qo, ob, bbar, kbar, dec, g_pad, t_hi, t_lo = jax.jit(functools.partial(
+    gpu._prep, save_inverse=True, interpret=interpret))(*prep_args)
   s0 = jnp.zeros((B, H, N, N), jnp.float32)
-  _, _, states, u = jax.jit(functools.partial(gpu._state_fwd, bv=bv, save=True))(ww, wu, qo, ob, bbar, kbar, vb, dec,
-                                                                                   s0)
-  d_states, _, du = jax.jit(functools.partial(gpu._state_bwd, bv=bv))(ww, qo, bbar, dob, dec, ds)
+  _, _, states, u = jax.jit(functools.partial(gpu._state_fwd, bv=bv, save=True, interpret=interpret))(
+    ww, wu, qo, ob, bbar, kbar, vb, dec, s0)
+  d_states, _, du = jax.jit(functools.partial(gpu._state_bwd, bv=bv, interpret=interpret))(ww, qo, bbar, dob, dec, ds)
   return prep_args, (rb, kb, vb, ab, bb, g_pad, seg, dec, states, dob, d_states, t_hi, t_lo, u, du)
 
 
-def kernel_call(kernel: str, module: types.ModuleType):
-  """The jitted kernel of a built variant module."""
+def kernel_call(kernel: str, module: types.ModuleType, interpret=False):
+  """The jitted kernel of a built variant module (interpret: in the Mosaic GPU interpreter)."""
   if kernel == "chunk_grads":
-    return jax.jit(functools.partial(module.chunk_grads, out_dtypes=[jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 4))
-  return jax.jit(functools.partial(module._prep, save_inverse=True))
+    return jax.jit(functools.partial(module.chunk_grads, out_dtypes=[jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 4,
+                                     interpret=interpret))
+  return jax.jit(functools.partial(module._prep, save_inverse=True, interpret=interpret))
+
+
+def lower(kernel: str, module: types.ModuleType, shape=(1, 128, 1, 64)) -> None:
+  """Lowers the variant's kernel for CUDA at `shape` (N = 64) on any host, under the SMEM of two CTAs per H100 SM
+  (228 KiB / 2, less the 1 KiB reserved per CTA), which both kernels fit at N = 64: Mosaic GPU's lowering fails for a
+  variant that needs more."""
+  B, T, H, N = shape
+  C = T // gpu.L
+
+  def spec(*s, dtype=jnp.bfloat16):
+    return jax.ShapeDtypeStruct(s, dtype)
+
+  x, f32 = spec(B, T, H, N), functools.partial(spec, dtype=jnp.float32)
+  if kernel == "chunk_grads":
+    t, state, tile = spec(B, H, C, gpu.L, gpu.L), spec(B, H, C, N, N), spec(B, H, T, N)
+    args = (x,) * 5 + (f32(B, 1 + T, H, N), f32(B, T), f32(B, H, C, N), state, x, state, t, t, tile, tile)
+  else:
+    args = (x,) * 5 + (f32(B, T, H, N), f32(B, T))
+  with mgpu_core.artificial_shared_memory_limit(228 * 1024 // 2 - 1024):
+    kernel_call(kernel, module).trace(*args).lower(lowering_platforms=("cuda",))
+
+
+def verify(kernel: str, modules: dict, shape) -> dict[str, list[float]]:
+  """{variant: [per output: max |out - first's| / max |first's|, nan if out is not finite where the first's is]} of
+  one call of every variant at `shape` (a document reset at T // 3); on the GPU if it is a Hopper one, else in the
+  Mosaic GPU interpreter."""
+  B, T, H, N = shape
+  interpret = not mosaic_gpu_tiles.is_hopper()
+  segment_ids = jnp.broadcast_to((jnp.arange(T) >= T // 3).astype(jnp.int32), (B, T))
+  prep_args, grads_args = inputs(shape, segment_ids, interpret)
+  args = grads_args if kernel == "chunk_grads" else prep_args
+  outs = {name: [jnp.asarray(x, jnp.float32) for x in kernel_call(kernel, m, interpret)(*args)]
+          for name, m in modules.items()}
+  first = next(iter(outs.values()))
+
+  def difference(x, y):  # nan if x is not finite where y is (memory no kernel writes, as g_pad's first row, may not be)
+    finite = jnp.isfinite(y)
+    if not bool(jnp.all(jnp.isfinite(x) == finite)):
+      return float("nan")
+    x, y = jnp.where(finite, x, 0.0), jnp.where(finite, y, 0.0)
+    return float(jnp.max(jnp.abs(x - y)) / jnp.maximum(jnp.max(jnp.abs(y)), 1e-30))
+
+  return {name: [difference(x, y) for x, y in zip(xs, first)] for name, xs in outs.items()}
 
 
 def main(argv=None):
@@ -102,11 +153,21 @@ def main(argv=None):
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--repeats", type=int, default=15, help="timed calls per variant and round")
   p.add_argument("--check", action="store_true", help="only build every variant's module")
+  p.add_argument("--verify", default=None, metavar="B,T,H,N", help="compare every variant's outputs with the first's")
   args = p.parse_args(argv)
   variants = load_variants(args.variants)
   modules = {name: build(name, source, patches) for name, (source, patches) in variants.items()}
   print(f"{len(modules)} variants built: {', '.join(modules)}", flush=True)
   if args.check:
+    for module in modules.values():
+      lower(args.kernel, module)
+    print(f"{len(modules)} variants lowered for CUDA", flush=True)
+    return
+  if args.verify:
+    shape = tuple(int(x) for x in args.verify.split(","))
+    for name, errors in verify(args.kernel, modules, shape).items():
+      print(f"  {name}: max relative difference from {next(iter(modules))} per output: "
+            + " ".join(f"{e:.1e}" for e in errors), flush=True)
     return
   if not mosaic_gpu_tiles.is_hopper():
     sys.exit("kernel_variants.py: needs a Hopper (sm_90) GPU (or --check)")

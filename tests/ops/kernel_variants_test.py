@@ -11,14 +11,17 @@ import kernel_variants  # noqa: E402
 VARIANTS_DIR = os.path.join(os.path.dirname(kernel_variants.__file__), "variants")
 
 
-@pytest.mark.parametrize("name, built", [
-  ("wkv7_chunk_grads_whatif.py", "head, no_inputs_in_smem, all_inputs_smem, G_smem, dw_lhs_smem"),
-  ("wkv7_prep_whatif.py", "head, w_kept, w_smem, no_inverse_levels, inverse_x2"),
+@pytest.mark.parametrize("name, kernel, built", [
+  ("wkv7_chunk_grads_whatif.py", "chunk_grads", "head, no_inputs_in_smem, all_inputs_smem, G_smem, dw_lhs_smem"),
+  ("wkv7_prep_whatif.py", "prep", "head, w_kept, w_smem, no_inverse_levels, inverse_x2"),
+  ("wkv7_prep_candidates.py", "prep", "head, level_store_overlapped, Gm_reloaded, both"),
 ])
-def test_the_committed_whatif_variants_still_apply(name, built, capsys):
-  """Every replacement of a committed what-if file finds its text in the current kernel, and each variant builds."""
-  kernel_variants.main([os.path.join(VARIANTS_DIR, name), "--check"])
-  assert f"5 variants built: {built}" in capsys.readouterr().out
+def test_the_committed_variants_still_apply_and_lower(name, kernel, built, capsys):
+  """Every replacement of a committed variants file finds its text in the current kernel, and each variant builds and
+  lowers for CUDA."""
+  kernel_variants.main([os.path.join(VARIANTS_DIR, name), "--kernel", kernel, "--check"])
+  n = len(built.split(", "))
+  assert f"{n} variants built: {built}\n{n} variants lowered for CUDA" in capsys.readouterr().out
 
 
 def test_a_replacement_that_does_not_apply_names_the_variant_and_text():
@@ -39,3 +42,17 @@ def test_malformed_variant_files_are_rejected(tmp_path):
   path.write_text("OTHER = 1")
   with pytest.raises(ValueError, match="expected a non-empty dict VARIANTS"):
     kernel_variants.load_variants(path)
+
+
+def test_verify_in_the_interpreter_tells_same_values_from_what_ifs(tmp_path, capsys):
+  """--verify on CPU runs the variants in the Mosaic GPU interpreter: a rewrite that computes the same values (w's
+  second load replaced by the first's registers) is exact, a what-if (the inverse's levels skipped) is not."""
+  path = tmp_path / "v.py"
+  path.write_text(
+    "SRC = 'pallas_kernels/wkv7/gpu.py'\n"
+    "VARIANTS = {'head': (SRC, []), 'w_kept': (SRC, [('G - load(w_ref.at[bi, tok, h, ch])', 'G - wv')]),\n"
+    "            'no_levels': (SRC, [('D = lax.fori_loop(1, levels, doubling, D)', 'D = D')])}\n")
+  errors = kernel_variants.verify("prep", {n: kernel_variants.build(n, *spec)
+                                           for n, spec in kernel_variants.load_variants(path).items()}, (1, 128, 1, 64))
+  assert errors["head"] == [0.0] * 10 and errors["w_kept"] == [0.0] * 10
+  assert max(errors["no_levels"][:4]) > 1e-2  # W, U_wy, Qo, Ob use T
