@@ -377,7 +377,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
         dec_cols = cols(load(dec_ref.at[bi, h, c, ks(kb)], COL), LL)
         put(Q + jnp.where(iota(LL, 0) == iota(LL, 1), diag * dec_cols, 0.0), Q3)
         plgpu.commit_smem()
-        parts = [mm(LL, x2(m, x)) for m, x in zip(lhs, (Q0, Q3))]  # one accumulator per term
+        parts = [mm(LL, x2(m, x)) for m, x in ((lhs[0], Q0), (lhs[1], Q3))]  # one accumulator per term
         out(dw_ref, sum(parts) - dgm, kb)
 
       return P
