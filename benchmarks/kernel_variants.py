@@ -118,7 +118,7 @@ def lower(kernel: str, module: types.ModuleType, shape=(1, 128, 1, 64)) -> None:
     args = (x,) * 5 + (f32(B, 1 + T, H, N), f32(B, T), f32(B, H, C, N), state, x, state, t, t, tile, tile)
   else:
     args = (x,) * 5 + (f32(B, T, H, N), f32(B, T))
-  with mgpu_core.artificial_shared_memory_limit(228 * 1024 // 2 - 1024):
+  with mgpu_core.artificial_shared_memory_limit(mosaic_gpu_tiles.SMEM_TWO_CTAS_PER_SM):
     kernel_call(kernel, module).trace(*args).lower(lowering_platforms=("cuda",))
 
 

@@ -27,10 +27,12 @@ BF16 = jnp.bfloat16
 WG = plgpu.Layout.WGMMA
 CHUNK = 64  # tokens per chunk of the WKV kernels: every tile is 64 rows, the K dimension goes by 64-wide blocks
 HEAD_DIMS = (64, 128)  # the head sizes the WKV kernels support (multiples of CHUNK)
+SMEM_TWO_CTAS_PER_SM = 228 * 1024 // 2 - 1024  # bytes per CTA for two CTAs per H100 SM (1 KiB reserved per CTA)
 ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per row of a WGMMA-layout array
 COL = plgpu.Layout.WGMMA.reduce(0)  # one value per column
 
-__all__ = ["CHUNK", "HEAD_DIMS", "WG", "ROW", "COL", "swizzled", "load", "iota", "rows", "cols", "split",
+__all__ = ["CHUNK", "HEAD_DIMS", "SMEM_TWO_CTAS_PER_SM", "WG", "ROW", "COL", "swizzled", "load", "iota", "rows",
+           "cols", "split",
            "store_split", "Mma", "x3", "x2", "transposed", "is_reg", "profiled", "compiler_params", "interpret_params",
            "block_v", "unsupported_reason", "is_hopper"]
 

@@ -54,10 +54,10 @@ passed the float64 tests on the H100 (max 5.6e-3), but on the worst-conditioned 
 1.06e-2 against float64 for one seed (8.5e-3 before), over the tests' 1e-2: not kept. The parts that repeat with
 other operands (the gradients of k, b, r, a; the forward recompute's three matrices) are loop bodies whose operands
 the loop index picks: fully unrolled, the kernel was one straight block of about 11,400 PTX instructions per thread
-that stalled on instruction fetch and took twice the time (docs/benchmarks.md, seventh session). At N = 64, 55
+that stalled on instruction fetch and took twice the time (docs/benchmarks.md, seventh session). At N = 64, 53
 tensor-core products of 64 x 64 x 64 per chunk (x3 counted as 3; with dS' S^T for dw's diagonal term since the
-twelfth session; 68 with split factors and dA); rebuilding T, u and Bbar dS' and splitting the float32 states took
-124.
+twelfth session, two fewer with dw's two products since the fourteenth; 68 with split factors and dA);
+rebuilding T, u and Bbar dS' and splitting the float32 states took 124.
 
 The log-decay gradient is assembled as in `chunk_backward`, regrouped so that the last-segment terms cancel exactly:
     dw = M_>= P + M_> dgm + M_< Q + dec * diag(dS' S^T)      (M_op[i, j] = [j op i], 0/1 bf16 matrices)

@@ -115,7 +115,9 @@ def lower_for_two_ctas_per_sm(fn, *args) -> str:
   reserved per CTA: Mosaic GPU's lowering fails if a kernel's scratch needs more."""
   from jax.experimental.mosaic.gpu import core as mgpu_core  # noqa: PLC0415
 
-  with mgpu_core.artificial_shared_memory_limit(228 * 1024 // 2 - 1024):
+  from pallas_kernels.mosaic_gpu_tiles import SMEM_TWO_CTAS_PER_SM  # noqa: PLC0415
+
+  with mgpu_core.artificial_shared_memory_limit(SMEM_TWO_CTAS_PER_SM):
     return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
