@@ -197,7 +197,9 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
 
     def role_input(j, kb=None):  # the role's input block (float32) and its cumulative log-decay X (G, or Gm for a)
       x = lax.switch(j, [lambda ref=ref: inp(ref, kb) for ref, _ in role_refs])
-      return x, lax.cond(j == A_, lambda: Gm(kb), lambda: G(kb))
+      excl = jnp.where(j == A_, 1, 0)  # Gm is G one row down: one load at a role-picked row (a cond of two: 4% slower)
+      X = load(g_ref.at[bi, pl.ds(g_row(0) - excl, L), h, ks(kb)])
+      return x, jnp.where(iota(shape(kb), 0) < excl, 0.0, X)
 
     def sigma(j):
       return jnp.where(j < R_, -1.0, 1.0).astype(F32)
