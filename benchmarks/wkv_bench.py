@@ -546,6 +546,7 @@ def main(argv=None):
                  if label in args.trace.split(",") else None)
     all_res[label] = bench_shape(label, SHAPES[label], impls, args.repeats, log, args.op, trace_dir)
     if out_dir:
+      os.makedirs(out_dir, exist_ok=True)
       with open(os.path.join(out_dir, f"wkv_bench_{args.op}.json"), "w") as f:
         json.dump(all_res, f, indent=1, default=str)
   text = table(all_res)

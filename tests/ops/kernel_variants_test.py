@@ -14,8 +14,7 @@ VARIANTS_DIR = os.path.join(os.path.dirname(kernel_variants.__file__), "variants
 @pytest.mark.parametrize("name, kernel, built", [
   ("wkv7_chunk_grads_whatif.py", "chunk_grads", "head, no_inputs_in_smem, all_inputs_smem, G_smem, dw_lhs_smem"),
   ("wkv7_prep_whatif.py", "prep", "head, w_kept, w_smem, no_inverse_levels, inverse_x2"),
-  ("wkv7_prep_candidates.py", "prep", "head, level_store_overlapped, Gm_reloaded, both"),
-  ("wkv7_chunk_grads_candidates.py", "chunk_grads", "head, e_side_from_e_fac, X_one_load, dw_masks_in_smem, all"),
+  ("wkv7_prep_inverse.py", "prep", "head, E_carried, E_carried_acc_init"),
 ])
 def test_the_committed_variants_still_apply_and_lower(name, kernel, built, capsys):
   """Every replacement of a committed variants file finds its text in the current kernel, and each variant builds and
@@ -57,3 +56,12 @@ def test_verify_in_the_interpreter_tells_same_values_from_what_ifs(tmp_path, cap
                                            for n, spec in kernel_variants.load_variants(path).items()}, (1, 128, 1, 64))
   assert errors["head"] == [0.0] * 10 and errors["w_kept"] == [0.0] * 10
   assert max(errors["no_levels"][:4]) > 1e-2  # W, U_wy, Qo, Ob use T
+
+
+def test_the_two_warpgroup_experiment_matches_the_kernel_at_n128():
+  """The fifteenth session's two-warpgroup `chunk_grads` (a variant source: its N = 128 path timed faster than the
+  kernel's) still runs on this tree's inputs and gives the kernel's outputs, in the interpreter."""
+  variants = kernel_variants.load_variants(os.path.join(VARIANTS_DIR, "wkv7_chunk_grads_by_role.py"))
+  modules = {name: kernel_variants.build(name, *spec) for name, spec in variants.items()}
+  errors = kernel_variants.verify("chunk_grads", modules, (1, 128, 2, 128))
+  assert errors["by_role"] == [0.0] * 6
