@@ -25,7 +25,9 @@ arrives by TMA), the [L, L] pairs `square` (T, A_ak, A_qk and, N = 128, A_qb in 
 then Q0, Q1, Q3 of each warpgroup), the state tile [N, N] (dS', whose 64-row block kb is replaced by S's by TMA once
 the role loop is done with it, after role b) and, N = 64 only, the inputs k and a (by TMA at the start: the kernel
 reads k four times and a three; the others come from GMEM into registers each time):
-  N = 64:  14 tiles of 8 KiB = 112 KiB per CTA, so two CTAs fit on an H100 SM (113 KiB each);
+  N = 64:  14 tiles of 8 KiB = 112 KiB per CTA, so two CTAs fit on an H100 SM (113 KiB each; two warpgroups on
+           one chunk instead, the roles split and every input, G and S staged, one CTA per SM, took 4.26 ms at
+           K1 against 3.49: `benchmarks/variants/wkv7_gpu_bwd_by_role.py`, fifteenth session);
   N = 128: 208 KiB, one CTA (two warpgroups) per SM
 (tests/ops/wkv7_pallas_test.py checks both figures through Mosaic GPU's lowering). Roles with a single product issue
 it twice and halve the sum instead of adding a product with a tile of zeros, which freed the tile for k and a
