@@ -58,10 +58,12 @@ def test_verify_in_the_interpreter_tells_same_values_from_what_ifs(tmp_path, cap
   assert max(errors["no_levels"][:4]) > 1e-2  # W, U_wy, Qo, Ob use T
 
 
-def test_the_two_warpgroup_experiment_matches_the_kernel_at_n128():
+def test_the_two_warpgroup_experiment_and_its_bisection_match_the_kernel_at_n128():
   """The fifteenth session's two-warpgroup `chunk_grads` (a variant source: its N = 128 path timed faster than the
-  kernel's) still runs on this tree's inputs and gives the kernel's outputs, in the interpreter."""
+  kernel's) and its variants toward the kernel still run on this tree's inputs and give the kernel's outputs, in the
+  interpreter."""
   variants = kernel_variants.load_variants(os.path.join(VARIANTS_DIR, "wkv7_chunk_grads_by_role.py"))
   modules = {name: kernel_variants.build(name, *spec) for name, spec in variants.items()}
   errors = kernel_variants.verify("chunk_grads", modules, (1, 128, 2, 128))
-  assert errors["by_role"] == [0.0] * 6
+  assert list(errors) == ["head", "by_role", "tma_in_phase", "u_late", "st_2d", "all_three"]
+  assert all(e == [0.0] * 6 for e in errors.values()), errors
