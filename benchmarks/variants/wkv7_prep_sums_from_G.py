@@ -4,6 +4,9 @@ matrices' TMAs drop from three to one). G goes to an untiled float32 SMEM tile (
 two CTAs per SM; at N = 128 `all_sum`'s exchange tiles, made untiled, which are free at that point), and m, the last
 row (COL layout, broadcast over the rows) and the chunk sums (ROW layout) are row loads from it. Same values up to the
 sums' float32 rounding order (m is now exactly G's middle row). `--verify` in the interpreter, `--check` lowers it.
+w_from_parts: the exclusive sums Gm = G - w with w the sum of its three bf16 parts, still in SMEM (R0-R2) at that
+point, instead of w loaded from GMEM a second time (the fourteenth session's what-if: w from SMEM 2.11 against 2.16 ms
+at K1).
 
   python benchmarks/kernel_variants.py benchmarks/variants/wkv7_prep_sums_from_G.py --kernel prep [--shape K5]
 """
@@ -38,7 +41,12 @@ PATCHES = [
 """),
 ]
 
+W_PARTS = [("G - load(w_ref.at[bi, tok, h, ch]))  # the exclusive prefix sums (w again, from L2)",
+            "G - sum(load(R).astype(F32) for R in (R0, R1, R2)))  # the exclusive prefix sums (w's parts)")]
+
 VARIANTS = {
   "head": (SRC, []),
   "sums_from_G": (SRC, PATCHES),
+  "w_from_parts": (SRC, W_PARTS),
+  "both": (SRC, PATCHES + W_PARTS),
 }

@@ -15,7 +15,7 @@ VARIANTS_DIR = os.path.join(os.path.dirname(kernel_variants.__file__), "variants
   ("wkv7_chunk_grads_whatif.py", "chunk_grads", "head, no_inputs_in_smem, all_inputs_smem, G_smem, dw_lhs_smem"),
   ("wkv7_prep_whatif.py", "prep", "head, w_kept, w_smem, no_inverse_levels, inverse_x2"),
   ("wkv7_prep_inverse.py", "prep", "head, E_carried, E_carried_acc_init"),
-  ("wkv7_prep_sums_from_G.py", "prep", "head, sums_from_G"),
+  ("wkv7_prep_sums_from_G.py", "prep", "head, sums_from_G, w_from_parts, both"),
 ])
 def test_the_committed_variants_still_apply_and_lower(name, kernel, built, capsys):
   """Every replacement of a committed variants file finds its text in the current kernel, and each variant builds and
