@@ -36,14 +36,18 @@ OFF = """      def off_diagonal(shift, E):
         off = ((ri >> (shift + 1)) == (ci >> (shift + 1))) & ((ri >> shift) != (ci >> shift))
         return split(jnp.where(off, E, 0.0))
 
-"""
-LOOP_SCOPE = OFF + """      def doubling(shift, DE):
+      def doubling(shift, DE):
         D, E = DE
         store_split(D, I2, I3)
         store_split(E, I0, I1)
         plgpu.commit_smem()
         P = off_diagonal(shift, E)
-
+"""
+LAST = """      store_split(D, I2, I3)
+      plgpu.commit_smem()
+      D = D + mm(LL, x3(off_diagonal(levels - 1, E), (I2, I3)))
+"""
+LOOP_SCOPE = OFF + """
         def both(issue, read):
           issue(0, x3(P, (I2, I3)))
           issue(1, x3(P, (I0, I1)))
@@ -52,17 +56,8 @@ LOOP_SCOPE = OFF + """      def doubling(shift, DE):
         return mm.scope([LL, LL], both)
 
       D, E = lax.fori_loop(0, levels - 1, doubling, (jnp.where(ri == ci, 1.0, 0.0), E))
-      store_split(D, I2, I3)
-      plgpu.commit_smem()
-      D = D + mm(LL, x3(off_diagonal(levels - 1, E), (I2, I3)))
-"""
-LOOP_INIT = OFF + """      def doubling(shift, DE):
-        D, E = DE
-        store_split(D, I2, I3)
-        store_split(E, I0, I1)
-        plgpu.commit_smem()
-        P = off_diagonal(shift, E)
-
+""" + LAST
+LOOP_INIT = OFF + """
         def both(accs):
           for acc, rhs in zip(accs, ((I2, I3), (I0, I1))):
             for lhs_, rhs_ in x3(P, rhs):
@@ -73,10 +68,7 @@ LOOP_INIT = OFF + """      def doubling(shift, DE):
 
       eye = plgpu.layout_cast(jnp.where(ri == ci, 1.0, 0.0), plgpu.Layout.WGMMA)
       D, E = lax.fori_loop(0, levels - 1, doubling, (eye, E))
-      store_split(D, I2, I3)
-      plgpu.commit_smem()
-      D = D + mm(LL, x3(off_diagonal(levels - 1, E), (I2, I3)))
-"""
+""" + LAST
 
 VARIANTS = {
   "head": (SRC, []),
