@@ -10,7 +10,7 @@ INPUTS = "return load(ref.at[bi, tok, h, ks(kb)]).astype(F32)"  # the inputs not
 G_LOAD = "return load(g_ref.at[bi, pl.ds(g_row(0), L), h, ks(kb)])"
 GM_LOAD = "load(g_ref.at[bi, pl.ds(g_row(-1), L), h, ks(kb)])"
 SMEM_F32 = "load(square.at[2, 1]).astype(F32)"  # any SMEM tile of the shape
-DW_LHS = "lhs = (load(tri_ref.at[0]), load(tri_ref.at[1]), load(dst_ref.at[bi, h, c, ks(kb)]))"
+DW_LHS = ["load(dst_ref.at[bi, h, c, ks(kb)])", "load(tri_ref.at[0])", "load(tri_ref.at[1])"]
 
 VARIANTS = {
   "head": (SRC, []),
@@ -18,5 +18,5 @@ VARIANTS = {
                               ("plgpu.barrier_wait(in_bar)", "pass")]),
   "all_inputs_smem": (SRC, [(INPUTS, "return load(v_s).astype(F32)")]),
   "G_smem": (SRC, [(G_LOAD, "return " + SMEM_F32), (GM_LOAD, SMEM_F32)]),
-  "dw_lhs_smem": (SRC, [(DW_LHS, "lhs = (load(v_s), load(v_s), load(v_s))")]),
+  "dw_lhs_smem": (SRC, [(x, "load(v_s)") for x in DW_LHS]),
 }

@@ -86,10 +86,13 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
   exchanged through SMEM (`all_sum`: the same sum in every warpgroup), so that each builds the same inverse T.
   At N = 128 a CTA thus runs 8 warps as two N = 64 CTAs do (with one warpgroup of N = 128 tiles: 4 warps per SM, and
   `_prep` took 3.6x its K1 time at K5 on an H100, eleventh session).
-  G, its middle row and its last row are tensor-core sums of w split into three bf16 parts (24 bits: w exactly) with
-  0/1 matrices (`_cumsum_matrices`), fp32 accumulation; they replace an XLA prologue (a cumsum and a copy, 0.66 ms at
-  K1 on an H100). The chunk sum per channel (for the decay) is the same sum transposed, reduced along rows (inside
-  warps: no SMEM reduction scratch, which warpgroups would share).
+  G is a tensor-core sum of w split into three bf16 parts (24 bits: w exactly) with the 0/1 lower triangle
+  (`_cumsum_matrix`), fp32 accumulation; it replaces an XLA prologue (a cumsum and a copy, 0.66 ms at K1 on an H100).
+  G goes to an untiled float32 SMEM tile (N = 128: `all_sum`'s exchange tile, free until the inverse), one row down,
+  so that its middle row m, its last row and the chunk sums (for the decay) are row loads and Gm (G one row down, the
+  backward's) is a load too: three more tensor-core sums, w's second load and Gm = G - w before (2.31 -> 2.22 ms at
+  K1, 2.55 -> 2.47 at K5 on an H100, sixteenth session). At N = 64, G, m and Gm are loaded again after the inverse
+  rather than kept live across it (ptxas: spills 532 -> 336 bytes; 2.25 -> 2.11 ms at K1).
   """
   B, Tp, H, N = r.shape
   C = Tp // L
@@ -97,14 +100,15 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
   LL = (L, L)  # every tile: L tokens (or L rows of T) x 64 channels
   levels = int(math.log2(L))
 
-  def body(r_ref, k_ref, v_ref, a_ref, b_ref, w_ref, s_ref, sums_ref, ww_ref, wu_ref, qo_ref, ob_ref, bb_ref, kb_ref,
+  def body(r_ref, k_ref, v_ref, a_ref, b_ref, w_ref, s_ref, tri_ref, ww_ref, wu_ref, qo_ref, ob_ref, bb_ref, kb_ref,
            dec_ref, *refs):
     g_refs, t_refs = refs[:save_inverse], refs[save_inverse:3 * save_inverse]  # g_pad; the (hi, lo) inverse
     tiles, *rest = refs[3 * save_inverse:]
     wg = lax.axis_index("wg")
     v_s, R0, R1, R2, R3, I0, I1, I2, I3, O0, O1 = (tiles.at[wg, i] for i in range(11))
     bar, sums_bar, late_bar = (x.at[wg] for x in rest[:3])
-    exchange = rest[3:5]  # N = 128: the float32 tiles and the barrier of `all_sum`
+    g_tile = rest[3].at[wg]  # [L + 1, L] float32: G at rows 1..L (row 0 never written: read under a mask)
+    exchange = rest[3:5] if KB > 1 else ()  # N = 128: the float32 tiles and the barrier of `all_sum`
     mm = Mma({LL: [rest[-1].at[wg, i] for i in range(4)]} if interpret else None)
     c, h, bi = lax.axis_index("c"), lax.axis_index("h"), lax.axis_index("b")
     tok, ch = pl.ds(c * L, L), pl.ds(wg * L, L)  # the chunk's tokens, the warpgroup's channels
@@ -122,21 +126,34 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
       if KB == 1:
         return x
       xs, xbar = exchange
-      xs.at[wg][...] = x
+      xs.at[wg, pl.ds(1, L)][...] = x
       plgpu.commit_smem()
       plgpu.barrier_arrive(xbar)
       plgpu.barrier_wait(xbar)
-      total = x + load(xs.at[1 - wg])  # (KB = 2) the same sum in both: float addition commutes
+      total = x + load(xs.at[1 - wg, pl.ds(1, L)])  # (KB = 2) the same sum in both: float addition commutes
       plgpu.barrier_arrive(xbar)  # both have read before the next exchange writes
       plgpu.barrier_wait(xbar)
       return total
 
+    def G_row(t):  # G's row t (token t) in every row
+      return cols(load(g_tile.at[1 + t], COL), LL)
+
+    def seg_rows():  # each row's segment index, in every column: loaded again where used (the masks made from the
+      # values loaded once, kept live across the inverse, spilled: 336 -> 296 bytes, 1.95 -> 1.87 ms at K1 on an H100)
+      return rows(load(s_ref.at[bi, tok], ROW), LL)
+
+    def first_rows():  # rows of the chunk's first segment (the entering state reaches them)
+      return seg_rows() == 0.0
+
+    def G_down():  # Gm, the exclusive prefix sums: G one row down, its first row 0
+      return jnp.where(iota(LL, 0) == 0, 0.0, load(g_tile.at[pl.ds(0, L)]))
+
     with jax.named_scope("sums"):  # regions of the kernel in `mosaic_gpu_tiles.profiled` traces
-      # G (inclusive prefix sums of w), its middle row and its last row in every row: 0/1 matrices (TMA) times w in
-      # three exact bf16 parts. The inputs come by TMA into tiles that are free until they are read (k, b: the output
-      # staging tiles; a: R3); r and a (again) come later (`late_bar`), so no warp waits on a load from GMEM
-      for i, dst in enumerate((I0, I1, I2)):
-        plgpu.copy_gmem_to_smem(sums_ref.at[i], dst, sums_bar)
+      # G (inclusive prefix sums of w): the 0/1 lower triangle (TMA) times w in three exact bf16 parts; its middle row
+      # m and last row (in every row) are row loads from G in SMEM. The inputs come by TMA into tiles that are free
+      # until they are read (k, b: the output staging tiles; a: R3); r and a (again) come later (`late_bar`), so no
+      # warp waits on a load from GMEM
+      plgpu.copy_gmem_to_smem(tri_ref, I0, sums_bar)
       for src, dst in ((k_ref, O0), (b_ref, O1), (a_ref, R3)):
         plgpu.copy_gmem_to_smem(src.at[bi, tok, h, ch], dst, sums_bar)
       wv = load(w_ref.at[bi, tok, h, ch])
@@ -147,27 +164,22 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
       plgpu.commit_smem()
       plgpu.barrier_wait(sums_bar)
 
-      def cumsums(issue, read):  # issued together, read in turn; the last: the chunk sums transposed (ones = I2)
-        for i, M in enumerate((I0, I1, I2)):
-          issue(i, [(M, R) for R in (R0, R1, R2)])
-        issue(3, [(R.T, I2) for R in (R0, R1, R2)])
-        return [read(i) for i in range(4)]
-
-      G, mid, last, last_t = mm.scope([LL] * 4, cumsums)
+      G = mm(LL, [(I0, R) for R in (R0, R1, R2)])
+      g_tile.at[pl.ds(1, L)][...] = G
+      plgpu.commit_smem()
+      mid, last = G_row((L - 1) // 2), G_row(L - 1)
       if save_inverse:
         g_refs[0].at[bi, pl.ds(1 + c * L, L), h, ch][...] = G
     with jax.named_scope("factors"):
       seg_i = load(s_ref.at[bi, tok], ROW)
       seg_j = load(s_ref.at[bi, tok], COL)
       seg_last = s_ref[bi, c * L + L - 1]
-      rN = iota(LL, 0)
-      first_rows = rows(seg_i, LL) == 0.0
       last_rows = rows(seg_i, LL) == seg_last
-      chunk_sum = jnp.max(last_t, axis=1)  # (every column of last_t: the channel's chunk sum; a row reduction)
+      chunk_sum = load(g_tile.at[L], ROW)  # G's last row, a channel per column
       dec_ref.at[bi, h, c, ch][...] = jnp.where(seg_last == 0.0, jnp.exp(chunk_sum), 0.0)
 
       # the left factor a~ = a e^{Gm-m} (split, registers), read from R3 before b^ takes it
-      Gm = jnp.where(rN == 0, 0.0, G - load(w_ref.at[bi, tok, h, ch]))  # the exclusive prefix sums (w again, from L2)
+      Gm = G_down()
       at = split(load(R3).astype(F32) * jnp.exp(Gm - mid))
 
       # right factors k^ = k e^{m-G}, b^ = b e^{m-G} (split, SMEM); Bbar, Kbar
@@ -187,7 +199,6 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
       ri, ci = iota(LL, 0), iota(LL, 1)
       same = rows(seg_i, LL) == cols(seg_j, LL)
       strict = same & (ri > ci)
-      incl = same & (ri >= ci)
 
       # T = (I - A_ab)^{-1}: block doubling, D <- D + (D A_off) D, with A_off the level's off-diagonal blocks of A_ab.
       # D is block diagonal (blocks of 2^shift), so D A_off is D A_ab masked to those blocks: A_ab is stored once.
@@ -223,21 +234,26 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
     with jax.named_scope("q_rows"):
       # q rows: A_qk, A_qb (r and a from O0, O1 into registers before the outputs' staging takes them)
       plgpu.barrier_wait(late_bar)
+      if KB == 1:  # (N = 128: G's tile is `all_sum`'s exchange tile since the inverse)
+        G, mid = load(g_tile.at[pl.ds(1, L)]), G_row((L - 1) // 2)
       rv = load(O0).astype(F32)
       av = load(O1).astype(F32)
       qt = (rv * jnp.exp(G - mid)).astype(BF16)  # rounded once (A_qk, A_qb feed only the outputs, not T)
-      q0 = jnp.where(first_rows, rv * jnp.exp(G), 0.0)
+      q0 = jnp.where(first_rows(), rv * jnp.exp(G), 0.0)
 
       def q_rows(issue, read):
         issue(0, x2(qt, (R0.T, R1.T)))
         issue(1, x2(qt, (R2.T, R3.T)))
+        incl = (seg_rows() == cols(load(s_ref.at[bi, tok], COL), LL)) & (ri >= ci)
         return [jnp.where(incl, all_sum(read(i)), 0.0) for i in range(2)]
 
       A_qk, A_qb = mm.scope([LL, LL], q_rows)
 
     with jax.named_scope("wy"):
       # WY: W = T A0, U_wy = T (A_ak V)
-      store_split(jnp.where(first_rows, av * jnp.exp(Gm), 0.0), R0, R1)
+      if KB == 1:
+        Gm = G_down()
+      store_split(jnp.where(first_rows(), av * jnp.exp(Gm), 0.0), R0, R1)
       plgpu.commit_smem()
       plgpu.barrier_wait(bar)  # v is in SMEM
       ak = split(A_ak)
@@ -269,11 +285,13 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
       store_pair(qo.astype(BF16), qo_ref, ob.astype(BF16), ob_ref)
       plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # (the CTA may exit while its last stores land)
 
-  # per warpgroup: v, R0-R3, I0-I3 and the output staging tiles O0, O1 (11 tiles of 8 KiB) and three TMA barriers (v,
-  # the sums' operands, r and a late); N = 128: the exchange tiles of `all_sum` (float32) and their barrier
-  scratch = [swizzled((KB, 11, L, L))] + [plgpu.Barrier(num_arrivals=n, num_barriers=KB) for n in (1, 6, 2)]
+  # per warpgroup: v, R0-R3, I0-I3 and the output staging tiles O0, O1 (11 tiles of 8 KiB), three TMA barriers (v,
+  # the sums' operands, r and a late) and G's untiled float32 tile (16 KiB: 106 KiB per CTA at N = 64, two CTAs per
+  # SM); N = 128: G's tiles are also the exchange tiles of `all_sum`, with their barrier
+  scratch = [swizzled((KB, 11, L, L))] + [plgpu.Barrier(num_arrivals=n, num_barriers=KB) for n in (1, 4, 2)]
+  scratch += [plgpu.SMEM((KB, L + 1, L), F32)]
   if KB > 1:
-    scratch += [swizzled((KB, L, L), F32), plgpu.Barrier(num_arrivals=KB)]
+    scratch += [plgpu.Barrier(num_arrivals=KB)]
   if interpret:
     scratch += [swizzled((KB, 4, L, L))]  # `Mma`'s staging of register lhs operands
   out = jax.ShapeDtypeStruct((B, H, Tp, N), BF16)
@@ -284,14 +302,13 @@ def _prep(r, k, v, a, b, w, seg, *, save_inverse=False, interpret=False):
   kern = plgpu.kernel(body, out_type=out_type, grid=(C, H, B), grid_names=("c", "h", "b"), num_threads=KB,
                       thread_name="wg", scratch_types=tuple(scratch), compiler_params=compiler_params(False),
                       interpret=interpret_params(interpret), kernel_name="wkv7_prep")
-  return kern(r, k, v, a, b, w, seg, _cumsum_matrices())
+  return kern(r, k, v, a, b, w, seg, _cumsum_matrix())
 
 
-def _cumsum_matrices():
-  """[3, L, L] bf16 0/1: the inclusive lower triangle (G = tri w), every row [j <= (L - 1) / 2] (G's middle row) and
-  ones (G's last row, the chunk's sum), fetched by `_prep` into SMEM by TMA."""
+def _cumsum_matrix():
+  """[L, L] bf16 0/1, the inclusive lower triangle (G = tri w), fetched by `_prep` into SMEM by TMA."""
   i, j = jnp.arange(L)[:, None], jnp.arange(L)[None, :]
-  return jnp.stack([i >= j, jnp.broadcast_to(j <= (L - 1) // 2, (L, L)), jnp.ones((L, L), bool)]).astype(BF16)
+  return (i >= j).astype(BF16)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -345,14 +345,16 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
         x, X = role_input(j, kb)
         e_fac = jnp.exp(sigma(j) * (X - mid(kb)))
         e_side = jnp.exp(sigma(j) * X + jnp.where(j < R_, 1.0, 0.0).astype(F32) * gl(kb))
-        dx = d_fac * e_fac + d_side * e_side
-        lax.switch(j, [lambda dx_ref=dx_ref: out(dx_ref, dx, kb) for _, dx_ref in role_refs])
+        # dx's two terms, then dw's as x times them: three float32 values live, not five (x, the e's, the d's; ptxas
+        # spills 204 -> 156 bytes at N = 64, chunk_grads 3.47 -> 3.41 ms at K1 on an H100, sixteenth session)
+        d_fac, d_side = d_fac * e_fac, d_side * e_side
+        lax.switch(j, [lambda dx_ref=dx_ref: out(dx_ref, d_fac + d_side, kb) for _, dx_ref in role_refs])
 
       @pl.when(j == B_)  # the tensor cores are done with dS' rows kb: S's take their place
       def _():
         plgpu.copy_gmem_to_smem(st_ref.at[bi, h, c, ks(kb)], st_rows(kb), st_bar.at[kb])
 
-      term_fac, term_side = (x * e_fac) * d_fac, (x * e_side) * d_side
+      term_fac, term_side = x * d_fac, x * d_side
 
       @pl.when(j == K_)  # Q = the k and b side terms (Kbar dKbar + Bbar dBbar), kept in Q3 (A_qk is dead)
       def _():
@@ -375,13 +377,13 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
         put(P - Q, Q0)
         # register lhs operands from GMEM: the 0/1 matrices are data (built with iota in registers, they gave NaN or
         # wrong dw on the H100, 2026-11-26, depending on register allocation); taken by TMA into the role loop's
-        # idle tiles instead, the kernel took 0.36 ms more at K1 (H200, fourteenth session)
-        lhs = (load(tri_ref.at[0]), load(tri_ref.at[1]), load(dst_ref.at[bi, h, c, ks(kb)]))
-        diag = mm(LL, [(lhs[2], st_rows(kb).T)])
+        # idle tiles instead, the kernel took 0.36 ms more at K1 (H200, fourteenth session). Each is loaded where its
+        # product takes it (loaded together first: ptxas spills 156 -> 92 bytes, 3.27 -> 3.16 ms at K1 on an H100)
+        diag = mm(LL, [(load(dst_ref.at[bi, h, c, ks(kb)]), st_rows(kb).T)])
         dec_cols = cols(load(dec_ref.at[bi, h, c, ks(kb)], COL), LL)
         put(Q + jnp.where(iota(LL, 0) == iota(LL, 1), diag * dec_cols, 0.0), Q3)
         plgpu.commit_smem()
-        parts = [mm(LL, x2(m, x)) for m, x in ((lhs[0], Q0), (lhs[1], Q3))]  # one accumulator per term
+        parts = [mm(LL, x2(m, x)) for m, x in ((load(tri_ref.at[0]), Q0), (load(tri_ref.at[1]), Q3))]  # one accumulator per term
         out(dw_ref, sum(parts) - dgm, kb)
 
       return P
