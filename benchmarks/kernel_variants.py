@@ -4,7 +4,7 @@ all variants interleaved round by round (median of every call). In one process t
 between processes (`compare_trees.sh`) one unchanged kernel moved by up to 9%.
 
   python benchmarks/kernel_variants.py VARIANTS_FILE [--kernel chunk_grads|prep] [--shape K1] [--rounds 5]
-      [--repeats 15] [--check] [--verify B,T,H,N]
+      [--repeats 15] [--check] [--verify B,T,H,N] [--ptxas [DIR]]
 
 VARIANTS_FILE is a Python file that defines VARIANTS = {name: (source, [(old, new), ...])}: `source` the path of a
 copy of the kernel's module (`pallas_kernels/wkv7/gpu_bwd.py` for chunk_grads, `gpu.py` for prep; relative to the
@@ -17,13 +17,17 @@ SM (on any machine: what CI runs). `--verify B,T,H,N` runs every variant once at
 reset) and prints each output's largest difference from the first variant's, relative to the first's largest
 magnitude: on a Hopper GPU on the hardware, elsewhere in the Mosaic GPU interpreter (so a variant meant to compute the
 same values is checked on CPU before device time is spent on it; what-ifs differ by design). The timing needs a Hopper
-GPU; it prints a table and the dated row for docs/benchmarks.md. A variant that wins is then written into the kernel
-and checked as any kernel change (the float64 tests on the GPU, `benchmarks/gpu_checks.sh kernels`).
+GPU; it prints a table and the dated row for docs/benchmarks.md. `--ptxas` prints ptxas's registers and spill bytes of
+every variant's kernel at `--shape`, compiled on this machine without a GPU (`ptxas_offline.py`: the numbers the H100
+reports; the kernels are register-bound, so spills are the first thing a variant is judged by). A variant that wins
+is then written into the kernel and checked as any kernel change (the float64 tests on the GPU,
+`benchmarks/gpu_checks.sh kernels`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import pathlib
@@ -37,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 import provenance  # benchmarks/, the script's folder
+import ptxas_offline
 import wkv_bench
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -103,9 +108,9 @@ def kernel_call(kernel: str, module: types.ModuleType, interpret=False):
 
 
 def lower(kernel: str, module: types.ModuleType, shape=(1, 128, 1, 64)) -> None:
-  """Lowers the variant's kernel for CUDA at `shape` (N = 64) on any host, under the SMEM of two CTAs per H100 SM
-  (228 KiB / 2, less the 1 KiB reserved per CTA), which both kernels fit at N = 64: Mosaic GPU's lowering fails for a
-  variant that needs more."""
+  """Lowers the variant's kernel for CUDA at `shape` on any host; at N = 64 under the SMEM of two CTAs per H100 SM
+  (228 KiB / 2, less the 1 KiB reserved per CTA), which both kernels fit: Mosaic GPU's lowering fails for a variant
+  that needs more."""
   B, T, H, N = shape
   C = T // gpu.L
 
@@ -118,7 +123,8 @@ def lower(kernel: str, module: types.ModuleType, shape=(1, 128, 1, 64)) -> None:
     args = (x,) * 5 + (f32(B, 1 + T, H, N), f32(B, T), f32(B, H, C, N), state, x, state, t, t, tile, tile)
   else:
     args = (x,) * 5 + (f32(B, T, H, N), f32(B, T))
-  with mgpu_core.artificial_shared_memory_limit(mosaic_gpu_tiles.SMEM_TWO_CTAS_PER_SM):
+  limit = mosaic_gpu_tiles.SMEM_TWO_CTAS_PER_SM if N == gpu.L else None
+  with mgpu_core.artificial_shared_memory_limit(limit) if limit else contextlib.nullcontext():
     kernel_call(kernel, module).trace(*args).lower(lowering_platforms=("cuda",))
 
 
@@ -154,6 +160,9 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=15, help="timed calls per variant and round")
   p.add_argument("--check", action="store_true", help="only build every variant's module")
   p.add_argument("--verify", default=None, metavar="B,T,H,N", help="compare every variant's outputs with the first's")
+  p.add_argument("--ptxas", nargs="?", const=str(ptxas_offline.DEFAULT_DIR), default=None, metavar="DIR",
+                 help="print ptxas's registers and spill bytes of every variant at --shape, compiled on this machine "
+                      "(no GPU: benchmarks/ptxas_offline.py; DIR holds its packages, default .ptxas)")
   args = p.parse_args(argv)
   variants = load_variants(args.variants)
   modules = {name: build(name, source, patches) for name, (source, patches) in variants.items()}
@@ -162,6 +171,17 @@ def main(argv=None):
     for module in modules.values():
       lower(args.kernel, module)
     print(f"{len(modules)} variants lowered for CUDA", flush=True)
+    return
+  if args.ptxas:
+    compiler, shape = ptxas_offline.Compiler(args.ptxas), wkv_bench.SHAPES[args.shape]
+    print(f"ptxas at {args.shape} {shape}, sm_90a, compiled on this machine", flush=True)
+    for name, module in modules.items():
+      try:
+        reports = compiler.lowered_reports(functools.partial(lower, args.kernel, module, shape))
+      except Exception as e:  # noqa: BLE001 (a variant that does not lower is reported, the others still run)
+        print(f"  {name}: FAILED {type(e).__name__}: {str(e)[:500]}", flush=True)
+        continue
+      print("\n".join(f"  {name}: {report} ({function})" for function, report in reports.items()), flush=True)
     return
   if args.verify:
     shape = tuple(int(x) for x in args.verify.split(","))

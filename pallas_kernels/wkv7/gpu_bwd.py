@@ -27,7 +27,7 @@ the role loop is done with it, after role b) and, N = 64 only, the inputs k and 
 reads k four times and a three; the others come from GMEM into registers each time):
   N = 64:  14 tiles of 8 KiB = 112 KiB per CTA, so two CTAs fit on an H100 SM (113 KiB each; two warpgroups on
            one chunk instead, the roles split and every input, G and S staged, one CTA per SM, took 4.26 ms at
-           K1 against 3.49: `benchmarks/variants/wkv7_gpu_bwd_by_role.py`, fifteenth session);
+           K1 against 3.49: fifteenth session, docs/benchmarks.md; the module is in git at bbaad13);
   N = 128: 208 KiB, one CTA (two warpgroups) per SM
 (tests/ops/wkv7_pallas_test.py checks both figures through Mosaic GPU's lowering). Roles with a single product issue
 it twice and halve the sum instead of adding a product with a tile of zeros, which freed the tile for k and a
@@ -377,13 +377,14 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
         put(P - Q, Q0)
         # register lhs operands from GMEM: the 0/1 matrices are data (built with iota in registers, they gave NaN or
         # wrong dw on the H100, 2026-11-26, depending on register allocation); taken by TMA into the role loop's
-        # idle tiles instead, the kernel took 0.36 ms more at K1 (H200, fourteenth session). Each is loaded where its
-        # product takes it (loaded together first: ptxas spills 156 -> 92 bytes, 3.27 -> 3.16 ms at K1 on an H100)
+        # idle tiles instead, the kernel took 0.36 ms more at K1 (H200, fourteenth session). Each is loaded just before
+        # the products that take it (all three before diag: ptxas spills 156 -> 92 bytes, 3.27 -> 3.16 ms at K1, H100)
         diag = mm(LL, [(load(dst_ref.at[bi, h, c, ks(kb)]), st_rows(kb).T)])
         dec_cols = cols(load(dec_ref.at[bi, h, c, ks(kb)], COL), LL)
         put(Q + jnp.where(iota(LL, 0) == iota(LL, 1), diag * dec_cols, 0.0), Q3)
         plgpu.commit_smem()
-        parts = [mm(LL, x2(m, x)) for m, x in ((load(tri_ref.at[0]), Q0), (load(tri_ref.at[1]), Q3))]  # one accumulator per term
+        ones_terms = ((load(tri_ref.at[0]), Q0), (load(tri_ref.at[1]), Q3))  # (loaded here, not before diag)
+        parts = [mm(LL, x2(m, x)) for m, x in ones_terms]  # one accumulator per term
         out(dw_ref, sum(parts) - dgm, kb)
 
       return P
