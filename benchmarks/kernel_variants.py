@@ -96,7 +96,7 @@ def inputs(shape, segment_ids=None, interpret=False):
   _, _, states, u = jax.jit(functools.partial(gpu._state_fwd, bv=bv, save=True, interpret=interpret))(
     ww, wu, qo, ob, bbar, kbar, vb, dec, s0)
   d_states, _, du = jax.jit(functools.partial(gpu._state_bwd, bv=bv, interpret=interpret))(ww, qo, bbar, dob, dec, ds)
-  return prep_args, (rb, kb, vb, ab, bb, g_pad, seg, dec, states, dob, d_states, t_hi, t_lo, u, du)
+  return prep_args, (rb, kb, vb, ab, bb, g_pad, seg, dec, states, dob, d_states, t_hi, t_lo, kbar, u, du)
 
 
 def kernel_call(kernel: str, module: types.ModuleType, interpret=False):
@@ -120,7 +120,7 @@ def lower(kernel: str, module: types.ModuleType, shape=(1, 128, 1, 64)) -> None:
   x, f32 = spec(B, T, H, N), functools.partial(spec, dtype=jnp.float32)
   if kernel == "chunk_grads":
     t, state, tile = spec(B, H, C, gpu.L, gpu.L), spec(B, H, C, N, N), spec(B, H, T, N)
-    args = (x,) * 5 + (f32(B, 1 + T, H, N), f32(B, T), f32(B, H, C, N), state, x, state, t, t, tile, tile)
+    args = (x,) * 5 + (f32(B, 1 + T, H, N), f32(B, T), f32(B, H, C, N), state, x, state, t, t, tile, tile, tile)
   else:
     args = (x,) * 5 + (f32(B, T, H, N), f32(B, T))
   limit = mosaic_gpu_tiles.SMEM_TWO_CTAS_PER_SM if N == gpu.L else None

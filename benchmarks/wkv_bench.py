@@ -427,7 +427,7 @@ def pieces(label, shape, repeats, log, state_bvs=()):
     "prep": lambda: prep(rb, kb_, vb_, ab, bb_, w, seg_flat),
     "state_fwd": lambda: sf(ww, wu, qo, ob, bb, kb, vb_, dec, s0),
     "state_bwd": lambda: sb(ww, qo, bb, dob, dec, ds),
-    "chunk_grads": lambda: cg(rb, kb_, vb_, ab, bb_, g_pad, seg_flat, dec, states, dob, dst, t_hi, t_lo, u, du),
+    "chunk_grads": lambda: cg(rb, kb_, vb_, ab, bb_, g_pad, seg_flat, dec, states, dob, dst, t_hi, t_lo, kb, u, du),
     "xla_chunk_grads": lambda: b1j(rb, w, kb_, vb_, ab, bb_, seg, states, dob, dst),
   }
   _add_state_widths(calls, state_bvs, gpu, (ww, wu, qo, ob, bb, kb, vb_, dec, s0), (ww, qo, bb, dob, dec, ds))

@@ -394,11 +394,11 @@ def _wkv7_fwd(r, w, k, v, a, b, s0, seg, interpret, save=True):
   if not save:
     return (o.astype(r.dtype), final), None
   g_pad, *inverse = saved
-  return (o.astype(r.dtype), final), (r, g_pad, k, v, a, b, seg, outs[2], outs[3], ww, qo, bb, dec, inverse)
+  return (o.astype(r.dtype), final), (r, g_pad, k, v, a, b, seg, outs[2], outs[3], ww, qo, bb, kb, dec, inverse)
 
 
 def _wkv7_bwd(interpret, res, cts):
-  r, g_pad, k, v, a, b, seg, states, u, ww, qo, bb, dec, inverse = res
+  r, g_pad, k, v, a, b, seg, states, u, ww, qo, bb, kb, dec, inverse = res
   d_o, d_final = cts
   B, T, H, N = r.shape
   C = seg.shape[1]
@@ -408,7 +408,7 @@ def _wkv7_bwd(interpret, res, cts):
   d_states, ds0, du = _state_bwd(ww, qo, bb, d_o_p, dec, d_final.astype(F32), bv=bv, interpret=interpret)
   xs = [pad_time(x.astype(BF16), Tp) for x in (r, k, v, a, b)]
   dtypes = [r.dtype, F32, k.dtype, v.dtype, a.dtype, b.dtype]  # w is float32 here (`wkv7_pallas_gpu`)
-  grads = gpu_bwd.chunk_grads(*xs, g_pad, seg.reshape(B, Tp), dec, states, d_o_p, d_states, *inverse, u, du, dtypes,
+  grads = gpu_bwd.chunk_grads(*xs, g_pad, seg.reshape(B, Tp), dec, states, d_o_p, d_states, *inverse, kb, u, du, dtypes,
                               interpret=interpret)
   return tuple(g[:, :T] for g in grads) + (ds0, None)
 

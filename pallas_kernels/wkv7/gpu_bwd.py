@@ -80,7 +80,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels.mosaic_gpu_tiles import (
-  CHUNK, COL, HEAD_DIMS, ROW, cols, compiler_params, interpret_params, iota, load, Mma, rows, split, store_split,
+  CHUNK, COL, HEAD_DIMS, ROW, cols, compiler_params, interpret_params, iota, load, Mma, rows, store_split,
   swizzled, transposed, x2, x3,
 )
 
@@ -91,7 +91,7 @@ L = CHUNK  # tokens per chunk
 __all__ = ["chunk_grads", "HEAD_DIMS"]
 
 
-def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, u, du_state, out_dtypes, *,
+def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, kbar, u, du_state, out_dtypes, *,
                 interpret=False):
   """(dr, dw, dk, dv, da, db), each [B, Tp, H, N] in `out_dtypes` (a sequence of six dtypes).
 
@@ -99,7 +99,8 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
   the chunk-local inclusive cumulative log-decay); seg [B, Tp] float32 segment index inside each chunk;
   dec [B, H, C, N] float32 chunk decay (0 for chunks with a segment start); states [B, H, C, N, N] bf16 the state
   entering each chunk; d_states [B, H, C, N, N] bf16 the state gradient after each chunk; t_hi, t_lo [B, H, C, L, L]
-  bf16 the split inverse T = (I - A_ab)^{-1} of each chunk (saved by `gpu._prep`); u [B, H, Tp, N] bf16 the WY
+  bf16 the split inverse T = (I - A_ab)^{-1} of each chunk (saved by `gpu._prep`); kbar [B, H, Tp, N] bf16 the
+  state-side factor Kbar that the forward state pass took (`gpu._prep`'s); u [B, H, Tp, N] bf16 the WY
   values u = T (A0 S + A_ak V) of each chunk (saved by the forward state pass); du_state [B, H, Tp, N] bf16 their
   gradient through the state, Bbar dS' (from the backward state pass)."""
   B, Tp, H, N = r.shape
@@ -112,7 +113,7 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
   staged = KB == 1  # N = 64: k and a in SMEM (by TMA), in the SMEM a CTA has left (see `body`)
 
   def body(r_ref, k_ref, v_ref, a_ref, b_ref, g_ref, s_ref, dec_ref, st_ref, do_ref, dst_ref, thi_ref, tlo_ref,
-           u_ref, dus_ref, tri_ref, dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref, wide, square, st_s,
+           kbar_ref, u_ref, dus_ref, tri_ref, dr_ref, dw_ref, dk_ref, dv_ref, da_ref, db_ref, wide, square, st_s,
            bar, u_bar, st_bar, *rest):
     # `wide` [5, L, N]: the (hi, lo) pair W2 and the tiles v, dO, u (one stack, so that a role's operands are picked
     # by index; u's tile holds the right factors k^, b^ of the forward recompute before u arrives); `square`
@@ -180,9 +181,6 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
 
     def seg_rows(shape):
       return rows(seg_i, shape)
-
-    def last(kb=None):  # rows of the chunk's last segment
-      return seg_rows(shape(kb)) == seg_last
 
     def causal(s, t):  # same segment and s (row - column) >= t: the masks of A (s 1; t 1: >, t 0: >=) and of A^T
       same = seg_rows(LL) == cols(load(s_ref.at[bi, tok], COL), LL)  # (a COL vector: 16 registers, not kept)
@@ -270,8 +268,8 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
       with jax.named_scope("dv"):
         dv = mm(LN, x2(transposed(Aqk_s), do_s) + x3(transposed(Aak_s), W2))
         for kb in range(KB):
-          kbar = split(jnp.where(last(kb), inp(k_ref, kb) * jnp.exp(gl(kb) - G(kb)), 0.0))
-          dv = dv + mm(LN, x2(kbar, st_rows(kb)))
+          # Kbar as the forward's state pass took it (bf16): one load, not k, G, g_last, a split and two passes
+          dv = dv + mm(LN, [(load(kbar_ref.at[bi, h, tok, ks(kb)]), st_rows(kb))])
         out(dv_ref, dv, None)
 
     if KB == 1:
@@ -424,4 +422,4 @@ def chunk_grads(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_l
                       interpret=interpret_params(interpret), kernel_name="wkv7_chunk_grads")
   ri, ci = jnp.indices((L, L))
   tri = jnp.stack([ci >= ri, jnp.ones((L, L), bool)]).astype(BF16)  # M_>= and ones: dw's products
-  return kern(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, u, du_state, tri)
+  return kern(r, k, v, a, b, g_pad, seg, dec, states, d_o, d_states, t_hi, t_lo, kbar, u, du_state, tri)

@@ -220,7 +220,7 @@ def test_gpu_chunk_grads_fits_two_ctas_per_sm():
   fn = functools.partial(gpu_bwd.chunk_grads, out_dtypes=[jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 4)
   bf16 = lambda *s: jax.ShapeDtypeStruct(s, jnp.bfloat16)  # noqa: E731
   t, state, tile = bf16(B, H, C, 64, 64), bf16(B, H, C, N, N), bf16(B, H, Tp, N)
-  args = (x,) * 5 + (f32(B, 1 + Tp, H, N), f32(B, Tp), f32(B, H, C, N), state, x, state, t, t, tile, tile)
+  args = (x,) * 5 + (f32(B, 1 + Tp, H, N), f32(B, Tp), f32(B, H, C, N), state, x, state, t, t, tile, tile, tile)
   text = pallas_checks.lower_for_two_ctas_per_sm(fn, *args)
   assert "wkv7_chunk_grads" in text
 
