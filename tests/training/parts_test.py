@@ -7,7 +7,6 @@ import fiddle as fdl
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import experiments
