@@ -29,14 +29,16 @@ timings never included). Two timings on the host's clock, after 3 warm-up calls,
 within each repetition, the median of --repeats reported for each:
   device-bound (the table's "ms" and ratios; the spec's primary metric times on the device or amortises dispatch):
     10 calls enqueued back to back, then one device sync (JAX: block_until_ready; torch: cuda.synchronize), time / 10:
-    each call's host work (JAX: jit dispatch, PjRt, buffer allocation, the launch, ~0.45 ms per call measured on the
+    each call's host work (JAX: jit dispatch, PjRt, buffer allocation, the launch, ~0.5-0.9 ms per call at K1 on the
     H100; fla: Python, autograd, Triton launches) runs while the device runs the call before it, as in training,
-    where the host works ahead of the device; one call's host latency in ten is still counted;
-  host-timed: one call timed around its device sync (until the sixteenth session the only timing), which adds the
-    host latency before the first kernel to every call. Peak memory: JAX from the compiled executable's memory analysis (temporaries + outputs),
-torch from max_memory_allocated over one call; both exclude the inputs. F = the roofline fraction,
-bytes_min / (t * 3.0 TB/s) with bytes_min per token-head (spec section 3) = 14N (fwd) or 40N + 8N^2/64 (fwd+bwd)
-for wkv7, 10N or 28N + 8N^2/64 for wkv6, 8N or 22N + 8N^2/64 for wkv5 (no per-token decay).
+    where the host works ahead of the device; one call's host latency in ten is still counted (at K1 the result was
+    0.03 ms above the profiler's device time per call);
+  host-timed: one call timed around its device sync (the only timing before the seventeenth session), which adds the
+    host latency before the first kernel to every call.
+Peak memory: JAX from the compiled executable's memory analysis (temporaries + outputs), torch from
+max_memory_allocated over one call; both exclude the inputs. F = the roofline fraction, bytes_min / (t * 3.0 TB/s)
+with bytes_min per token-head (spec section 3) = 14N (fwd) or 40N + 8N^2/64 (fwd+bwd) for wkv7, 10N or 28N + 8N^2/64
+for wkv6, 8N or 22N + 8N^2/64 for wkv5 (no per-token decay).
 A forward correctness check at S0 compares every impl with the op's reference (relative max error of o and the state).
 Prints a table; writes JSON and a markdown row to $OUT (if set); --append-docs appends the row to docs/benchmarks.md.
 --pieces SHAPES also times pallas_gpu's kernels one by one at those shapes; --state-bv adds its two state kernels at

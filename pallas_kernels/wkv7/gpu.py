@@ -27,8 +27,9 @@ sections 2.2-2.4), four pieces:
    dU = Bbar dS, dS <- diag(d) dS + W^T dU + Qo^T dO; writes dS after every chunk and dU (both bf16), and dS0.
 4. `gpu_bwd.chunk_grads` (Mosaic GPU, chunk-parallel, grid (C, H, B), one warpgroup per 64-channel K block): the
    input gradients, the math of `common.chunk_backward` per chunk from what 1-3 saved (S, dS', T, Kbar as 2 took it,
-   u, dU) and the chunk's recomputed factors and intra-chunk matrices. At K1 (8, 4096, 32, 64) on an H100 it takes 3.8 ms (XLA's
-   vmapped `common.chunk_backward` 22.7 ms; docs/benchmarks.md, thirteenth session).
+   u, dU) and the chunk's recomputed factors and intra-chunk matrices. At K1 (8, 4096, 32, 64) on an H100 it takes
+   2.79 ms of device time (seventeenth session; XLA's vmapped `common.chunk_backward` 22.7 ms, thirteenth session;
+   docs/benchmarks.md).
 
 Verified on an H100 against a float64 reference (`tests/ops/wkv7_pallas_test.py`: bf16 inputs, resets, slow decays,
 T % 64 != 0, N = 64 and 128): every output and gradient <= 5.6e-3 (tenth session, with the bf16 rounding of
